@@ -1,0 +1,43 @@
+"""xs2mask: cloud and cloud-shadow masks for Sentinel-2 data cubes.
+
+Examples
+--------
+>>> import xs2mask
+>>> cube = xs2mask.data.demo_scene()
+>>> ds = cube.s2mask.predict()          # or xs2mask.predict(cube)
+>>> sorted(ds.data_vars)
+['mask']
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("xs2mask")
+except PackageNotFoundError:  # running from a source tree without installing
+    __version__ = "0+unknown"
+
+from . import accessor, classes, data, models  # noqa: E402  (accessor registers .s2mask)
+from .exceptions import (  # noqa: E402
+    BandError,
+    DeviceError,
+    InputError,
+    ModelNotFoundError,
+    WeightsError,
+    XS2MaskError,
+)
+from .inference import predict  # noqa: E402
+
+__all__ = [
+    "BandError",
+    "DeviceError",
+    "InputError",
+    "ModelNotFoundError",
+    "WeightsError",
+    "XS2MaskError",
+    "__version__",
+    "accessor",
+    "classes",
+    "data",
+    "models",
+    "predict",
+]

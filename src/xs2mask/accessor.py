@@ -1,0 +1,34 @@
+"""The ``.s2mask`` accessor on DataArrays and Datasets: a thin shell over plain functions."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import xarray as xr
+
+from . import inference
+
+
+def _method(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn ``func(obj, ...)`` into an accessor method sharing its docstring."""
+
+    @functools.wraps(func)
+    def method(self: _S2MaskAccessor, *args: Any, **kwargs: Any) -> Any:
+        return func(self._obj, *args, **kwargs)
+
+    return method
+
+
+class _S2MaskAccessor:
+    # xarray caches an accessor per object and rebuilds it after each operation:
+    # it must hold no state and compute nothing here.
+    def __init__(self, obj: xr.DataArray | xr.Dataset) -> None:
+        self._obj = obj
+
+    predict = _method(inference.predict)
+
+
+xr.register_dataarray_accessor("s2mask")(_S2MaskAccessor)
+xr.register_dataset_accessor("s2mask")(_S2MaskAccessor)

@@ -1,0 +1,662 @@
+"""Chunk-wise, seamless model inference over xarray / Dask cubes.
+
+:func:`predict` validates the input, builds a small hashable :class:`Plan`, and
+maps :func:`predict_block` over the (halo-extended) Dask blocks. Nothing is
+computed and no model is loaded while the graph is built; each worker loads
+each model once (:func:`xs2mask.models.load`).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import xarray as xr
+
+from . import __version__
+from .bands import canonical_band
+from .classes import CLASS_NAMES, NODATA, mask_attrs
+from .exceptions import BandError, InputError
+from .models import ModelSpec, Runtime, get, load, resolve_default
+from .models.backends import resolve_device, resolve_dtype
+from .tiling import TTA_TRANSFORMS, axis_grid, check_patch, forward, inverse, margin
+
+# Asset names of Sentinel-2 products that are not spectral bands: ignored quietly.
+_NON_SPECTRAL = {"scl", "aot", "wvp", "tci", "visual", "snw", "cld", "visual-jp2", "scl-jp2"}
+_DN_SCALE = 10_000.0
+
+
+@dataclass(frozen=True)
+class ModelRun:
+    """One model of the ensemble with its tiling and band positions in the block."""
+
+    spec: ModelSpec
+    patch_size: int
+    overlap: int
+    band_index: tuple[int, ...]
+
+    @property
+    def per_pixel(self) -> bool:
+        return self.spec.backend == "lightgbm"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What every block needs to know; small and hashable, it travels in the graph."""
+
+    runs: tuple[ModelRun, ...]
+    runtime: Runtime
+    classes: tuple[int, ...]  # output class codes, probability channel order
+    height: int
+    width: int
+    factor: int  # processing pixel = factor x factor input pixels
+    halo: int
+    tta: int
+    batch_size: int
+    offset: float
+    integer_input: bool
+    output: Literal["mask", "probability", "both"]
+    probability_dtype: str
+
+    @property
+    def n_out(self) -> int:
+        n = 0 if self.output == "probability" else 1
+        return n + (0 if self.output == "mask" else len(self.classes))
+
+    @property
+    def out_dtype(self) -> np.dtype:
+        if self.output == "mask" or self.probability_dtype == "uint8":
+            return np.dtype(np.uint8)
+        return np.dtype(np.float16)
+
+
+def predict(
+    obj: xr.DataArray | xr.Dataset,
+    model: str | ModelSpec | Sequence[str | ModelSpec] = "default",
+    *,
+    patch_size: int | None = None,
+    overlap: int | None = None,
+    batch_size: int | None = None,
+    tta: int = 0,
+    processing_resolution: float | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    output: Literal["mask", "probability", "both"] = "mask",
+    probability_dtype: Literal["uint8", "float16"] = "uint8",
+    offset: float = 0.0,
+    threads: int = 0,
+) -> xr.Dataset:
+    """Mask clouds and cloud shadows in a Sentinel-2 cube.
+
+    Lazy in, lazy out: with Dask-backed input nothing is computed (and no model
+    is loaded) until the result is; with numpy input the result is computed now.
+
+    Parameters
+    ----------
+    obj
+        ``DataArray`` with dims ``(band, y, x)`` or ``(time, band, y, x)`` whose
+        ``band`` coordinate holds Sentinel-2 names (``B02``, ``B8A``) or STAC
+        common names (``blue``, ``nir08``); or a ``Dataset`` with one variable per
+        band. Float values are reflectance; integer values are DN
+        (reflectance = (DN + offset) / 10000). Extra bands are ignored.
+    model
+        A registered name (``xs2mask.models.available()``), a :class:`ModelSpec`,
+        ``"default"`` (the best installed model the bands allow), or a list of
+        them: an ensemble whose class probabilities are averaged.
+    patch_size, overlap
+        Patch edge and overlap between patches in processing pixels; default: the model's.
+    batch_size
+        Patches per model call; default 1 on the CPU, 8 on a GPU.
+    tta
+        Test-time augmentation: 0 (none) to 7 extra rotated/flipped passes, averaged.
+    processing_resolution
+        Run the model at this ground sampling distance in metres (e.g. 20 for
+        10 m input), then return on the input grid; a whole multiple of the input's.
+    device
+        ``"auto"`` (cuda > mps > cpu), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
+    dtype
+        ``"auto"`` (float32 on the CPU, bfloat16/float16 on a GPU), ``"float32"``,
+        ``"float16"``, ``"bfloat16"``.
+    output
+        ``"mask"``, ``"probability"`` or ``"both"``.
+    probability_dtype
+        ``"uint8"`` (0-255) or ``"float16"`` (0-1) for the ``probability`` variable.
+    offset
+        DN offset added before scaling integer input, e.g. -1000 for products of
+        processing baseline 04.00 and later.
+    threads
+        Threads per model call (0: the backend's default).
+
+    Returns
+    -------
+    xarray.Dataset
+        ``mask`` (uint8: 0 clear, 1 thick cloud, 2 thin cloud, 3 cloud shadow,
+        255 no-data) and/or ``probability`` (``class``, y, x), on the input grid
+        with its ``time``/``y``/``x`` coordinates and CRS.
+
+    Examples
+    --------
+    >>> import xs2mask
+    >>> cube = xs2mask.data.demo_scene()
+    >>> ds = xs2mask.predict(cube)
+    >>> ds.mask.attrs["flag_meanings"]
+    'clear thick_cloud thin_cloud cloud_shadow'
+    """
+    da, had_time = _as_band_array(obj)
+    specs = _resolve_models(model, [str(b) for b in da["band"].values])
+    needed = tuple(dict.fromkeys(b for s in specs for b in s.bands))
+    da = da.sel(band=list(needed))
+    _check_dtype(da, offset)
+
+    device = resolve_device(device, specs)
+    runtime = Runtime(device=device, dtype=resolve_dtype(dtype, device, specs), threads=threads)
+    if tta not in range(len(TTA_TRANSFORMS)):
+        raise ValueError(f"tta must be an integer from 0 to {len(TTA_TRANSFORMS) - 1}, got {tta!r}")
+    if output not in ("mask", "probability", "both"):
+        raise ValueError(f"output must be 'mask', 'probability' or 'both', got {output!r}")
+    if probability_dtype not in ("uint8", "float16"):
+        raise ValueError(f"probability_dtype must be 'uint8' or 'float16', got {probability_dtype!r}")
+
+    factor = _factor(da, processing_resolution)
+    runs = tuple(
+        _model_run(s, needed, patch_size, overlap) for s in specs
+    )
+    halo = max(_halo(r, factor) for r in runs)
+    classes = tuple(sorted({c for s in specs for c in s.classes}))
+    plan = Plan(
+        runs=runs,
+        runtime=runtime,
+        classes=classes,
+        height=da.sizes["y"],
+        width=da.sizes["x"],
+        factor=factor,
+        halo=halo,
+        tta=tta,
+        batch_size=batch_size or (1 if device == "cpu" else 8),
+        offset=float(offset),
+        integer_input=np.issubdtype(da.dtype, np.integer),
+        output=output,
+        probability_dtype=probability_dtype,
+    )
+    data = da.data
+    if _is_dask(data):
+        result = _map_dask(data, plan)
+    else:
+        result = predict_block(np.asarray(data), plan, (0, plan.height), (0, plan.width))
+    return _to_dataset(result, da, plan, processing_resolution, had_time)
+
+
+# --------------------------------------------------------------------------- input checks
+
+
+def _as_band_array(obj: xr.DataArray | xr.Dataset) -> tuple[xr.DataArray, bool]:
+    """Return ``(time, band, y, x)`` with ESA band names, and whether a time dim was given."""
+    if isinstance(obj, xr.Dataset):
+        obj = _dataset_to_array(obj)
+    if not isinstance(obj, xr.DataArray):
+        raise InputError(
+            f"expected an xarray DataArray or Dataset, got {type(obj).__name__}; wrap numpy arrays "
+            "with xr.DataArray(arr, dims=('band', 'y', 'x'), coords={'band': [...]})"
+        )
+    dims = set(obj.dims)
+    if dims not in ({"band", "y", "x"}, {"time", "band", "y", "x"}):
+        raise InputError(
+            f"input dims are {tuple(obj.dims)}; expected (band, y, x) or (time, band, y, x). "
+            "Rename spatial dims with .rename(lat='y', lon='x') (or rio.set_spatial_dims) "
+            "and a band dim with .rename(bands='band')."
+        )
+    if "time" not in dims:
+        obj = obj.expand_dims("time")
+    obj = obj.transpose("time", "band", "y", "x")
+    if any(obj.sizes[d] == 0 for d in obj.dims):
+        raise InputError(f"input is empty: sizes {dict(obj.sizes)}")
+    if "band" not in obj.coords:
+        raise BandError(
+            "the band dim has no coordinate: add one with .assign_coords(band=['B02', 'B03', ...])"
+        )
+    names = []
+    for raw in obj["band"].values:
+        if str(raw).lower() in _NON_SPECTRAL:
+            names.append(None)
+            continue
+        names.append(canonical_band(raw))
+    spectral = [n for n in names if n is not None]
+    dupes = sorted({n for n in spectral if spectral.count(n) > 1})
+    if dupes:
+        raise BandError(f"bands {dupes} appear more than once (after mapping aliases to ESA names)")
+    keep = [i for i, n in enumerate(names) if n is not None]
+    obj = obj.isel(band=keep)
+    band_dependent = [c for c in obj.coords if "band" in obj[c].dims and c != "band"]
+    return obj.drop_vars(band_dependent).assign_coords(band=spectral), "time" in dims
+
+
+def _dataset_to_array(ds: xr.Dataset) -> xr.DataArray:
+    bands = {}
+    for name, var in ds.data_vars.items():
+        if str(name).lower() in _NON_SPECTRAL:
+            continue
+        try:
+            bands[canonical_band(name)] = var
+        except BandError:
+            if set(var.dims) & {"y", "x"}:
+                raise
+    if not bands:
+        raise BandError(
+            f"no Sentinel-2 band among the Dataset's variables {list(ds.data_vars)}; "
+            "name variables B02, B03 ... or blue, green ..."
+        )
+    return xr.concat(list(bands.values()), dim="band", coords="minimal", compat="override").assign_coords(
+        band=list(bands)
+    )
+
+
+def _resolve_models(model: object, bands: list[str]) -> tuple[ModelSpec, ...]:
+    items = [model] if isinstance(model, str | ModelSpec) else list(model)  # type: ignore[arg-type]
+    if not items:
+        raise ValueError("model list is empty")
+    specs = tuple(resolve_default(bands) if m == "default" else get(m) for m in items)  # type: ignore[arg-type]
+    for spec in specs:
+        missing = [b for b in spec.bands if b not in bands]
+        if missing:
+            raise BandError(
+                f"model {spec.name!r} needs bands {list(spec.bands)}; the input lacks {missing} "
+                f"(it has {bands}). Load the missing bands or choose a model that fits, "
+                "e.g. a 4-band model for B02 B03 B04 B08."
+            )
+    for spec in specs:
+        spec.weights.path()  # fail now, not in a worker, if the weights aren't installed
+    return specs
+
+
+def _check_dtype(da: xr.DataArray, offset: float) -> None:
+    if not (np.issubdtype(da.dtype, np.integer) or np.issubdtype(da.dtype, np.floating)):
+        raise InputError(
+            f"input dtype {da.dtype} is not numeric: pass reflectance as float or DN as integers"
+        )
+    if offset and not np.issubdtype(da.dtype, np.integer):
+        raise InputError(
+            "offset= applies to integer DN; this input is float (taken as reflectance). "
+            "Apply the offset yourself, or pass the DN as integers."
+        )
+
+
+def _factor(da: xr.DataArray, processing_resolution: float | None) -> int:
+    if processing_resolution is None:
+        return 1
+    try:
+        res = abs(float(da["x"][1] - da["x"][0]))
+    except (KeyError, IndexError, TypeError):
+        raise InputError(
+            "processing_resolution needs numeric x coordinates (two or more) to know the input's resolution"
+        ) from None
+    ratio = processing_resolution / res
+    factor = round(ratio)
+    if factor < 1 or not math.isclose(ratio, factor, rel_tol=1e-3):
+        raise InputError(
+            f"processing_resolution={processing_resolution} m must be a whole multiple of the "
+            f"input resolution ({res:g} m)"
+        )
+    return factor
+
+
+def _model_run(spec: ModelSpec, needed: tuple[str, ...], patch: int | None, overlap: int | None) -> ModelRun:
+    if patch is not None and spec.fixed_patch_size and patch != spec.patch_size:
+        raise ValueError(f"model {spec.name!r} only accepts patch_size={spec.patch_size}")
+    p = patch or spec.patch_size
+    o = spec.overlap if overlap is None else overlap
+    if spec.backend == "lightgbm":
+        o = 0  # per-pixel model: no context, no overlap needed
+    check_patch(p, o)
+    return ModelRun(spec, p, o, tuple(needed.index(b) for b in spec.bands))
+
+
+def _halo(run: ModelRun, factor: int) -> int:
+    """Input pixels each side a block needs so its patches match the whole array's."""
+    # +2 processing pixels: bilinear upsampling reads one neighbour, plus rounding.
+    if run.per_pixel:
+        return 0 if factor == 1 else 2 * factor
+    return factor * (run.patch_size - margin(run.overlap) + 2)
+
+
+# --------------------------------------------------------------------------- dask mapping
+
+
+def _is_dask(data: object) -> bool:
+    return type(data).__module__.startswith("dask")
+
+
+def _map_dask(data, plan: Plan):
+    import dask.array as da
+    from dask.array.overlap import ensure_minimum_chunksize
+
+    chunks = list(data.chunks)
+    chunks[1] = (data.shape[1],)  # the model needs every band of a pixel at once
+    for axis in (2, 3):
+        c = chunks[axis]
+        if plan.factor > 1:
+            c = _align_chunks(c, plan.factor)
+        if plan.halo and min(c) < plan.halo and len(c) > 1:
+            new = ensure_minimum_chunksize(plan.halo, c)
+            if min(c[:-1], default=plan.halo) < plan.halo:
+                warnings.warn(
+                    f"spatial chunks {c[:3]}... are smaller than the halo of {plan.halo} pixels the "
+                    f"patches need; rechunked to {new[:3]}.... Chunk by 2048 or more to avoid this.",
+                    stacklevel=3,
+                )
+            c = new
+        chunks[axis] = tuple(c)
+    if tuple(chunks) != data.chunks:
+        data = data.rechunk(tuple(chunks))
+    if plan.halo:
+        extended = da.overlap.overlap(data, depth={2: plan.halo, 3: plan.halo}, boundary="none")
+    else:
+        extended = data
+    out_chunks = (data.chunks[0], (plan.n_out,), data.chunks[2], data.chunks[3])
+    return da.map_blocks(
+        _dask_kernel,
+        extended,
+        plan=plan,
+        chunks=out_chunks,
+        dtype=plan.out_dtype,
+        meta=np.empty((0, 0, 0, 0), plan.out_dtype),
+        name="xs2mask-predict",
+    )
+
+
+def _align_chunks(chunks: tuple[int, ...], factor: int) -> tuple[int, ...]:
+    """Move chunk boundaries onto multiples of ``factor``."""
+    bounds = np.cumsum(chunks)[:-1]
+    bounds = np.unique(np.round(bounds / factor).astype(int) * factor)
+    total = sum(chunks)
+    bounds = bounds[(bounds > 0) & (bounds < total)]
+    return tuple(np.diff(np.concatenate([[0], bounds, [total]])).tolist())
+
+
+def _dask_kernel(block: np.ndarray, plan: Plan, block_info=None) -> np.ndarray:
+    (t0, t1), _, (y0, y1), (x0, x1) = block_info[None]["array-location"]
+    return predict_block(block, plan, (y0, y1), (x0, x1))
+
+
+# --------------------------------------------------------------------------- block kernel
+
+
+def predict_block(
+    block: np.ndarray, plan: Plan, core_y: tuple[int, int], core_x: tuple[int, int]
+) -> np.ndarray:
+    """Predict the core of a halo-extended block ``(time, band, y, x)``.
+
+    ``core_y``/``core_x`` are the global pixel ranges of the output; the block
+    extends ``min(halo, distance to the array edge)`` beyond them on each side.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(time, n_out, core_h, core_w)``: the mask first (unless only
+        probabilities were asked for), then one probability channel per class.
+    """
+    top, left = min(plan.halo, core_y[0]), min(plan.halo, core_x[0])
+    origin = (core_y[0] - top, core_x[0] - left)
+    expected = (
+        core_y[1] - core_y[0] + top + min(plan.halo, plan.height - core_y[1]),
+        core_x[1] - core_x[0] + left + min(plan.halo, plan.width - core_x[1]),
+    )
+    if block.shape[2:] != expected:
+        raise RuntimeError(f"internal error: block shape {block.shape[2:]} != expected {expected}")
+    out = np.empty(
+        (block.shape[0], plan.n_out, core_y[1] - core_y[0], core_x[1] - core_x[0]), plan.out_dtype
+    )
+    for t in range(block.shape[0]):
+        out[t] = _predict_scene(block[t], plan, origin, core_y, core_x)
+    return out
+
+
+def _predict_scene(
+    scene: np.ndarray,
+    plan: Plan,
+    origin: tuple[int, int],
+    core_y: tuple[int, int],
+    core_x: tuple[int, int],
+) -> np.ndarray:
+    refl = _reflectance(scene, plan)
+    nodata = np.all(np.isnan(refl) | (refl == 0), axis=0)
+    _check_scale(refl, nodata)
+    f = plan.factor
+    coarse, coarse_nodata = _coarsen(refl, nodata, f)
+    n_y, n_x = -(-plan.height // f), -(-plan.width // f)
+    g_y, g_x = origin[0] // f, origin[1] // f
+    # processing-grid rows/cols whose values the core needs (bilinear reads one neighbour)
+    need_y = _needed(core_y, f, n_y)
+    need_x = _needed(core_x, f, n_x)
+    probs = np.zeros((len(plan.classes), need_y[1] - need_y[0], need_x[1] - need_x[0]), np.float32)
+    for run in plan.runs:
+        probs += _run_model(run, plan, coarse, coarse_nodata, (g_y, g_x), (n_y, n_x), need_y, need_x)
+    probs /= len(plan.runs)
+    if f > 1:
+        probs = _upsample(probs, need_y, need_x, core_y, core_x, f, (n_y, n_x))
+    core_nodata = nodata[
+        core_y[0] - origin[0] : core_y[1] - origin[0], core_x[0] - origin[1] : core_x[1] - origin[1]
+    ]
+    return _encode(probs, core_nodata, plan)
+
+
+def _reflectance(scene: np.ndarray, plan: Plan) -> np.ndarray:
+    if plan.integer_input:
+        dn = scene.astype(np.float32)
+        dn[scene == 0] = np.nan  # DN 0 is no-data in every band
+        return (dn + np.float32(plan.offset)) / np.float32(_DN_SCALE)
+    return scene.astype(np.float32, copy=False)
+
+
+def _check_scale(refl: np.ndarray, nodata: np.ndarray) -> None:
+    valid = refl[:, ~nodata]
+    if valid.size == 0:
+        return
+    median = float(np.nanmedian(valid[:, :: max(1, valid.shape[1] // 10_000)]))
+    if median > 2.0:
+        raise InputError(
+            f"float input looks like DN, not reflectance (median {median:.0f}): "
+            "divide by 10000 (after removing any baseline-04.00 offset) or pass integer DN"
+        )
+
+
+def _coarsen(refl: np.ndarray, nodata: np.ndarray, f: int) -> tuple[np.ndarray, np.ndarray]:
+    if f == 1:
+        return refl, nodata
+    c, h, w = refl.shape
+    ph, pw = -(-h // f) * f, -(-w // f) * f
+    padded = np.full((c, ph, pw), np.nan, np.float32)
+    padded[:, :h, :w] = np.where(nodata, np.nan, refl)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows are no-data
+        coarse = np.nanmean(padded.reshape(c, ph // f, f, pw // f, f), axis=(2, 4))
+    return coarse, np.all(np.isnan(coarse), axis=0)
+
+
+def _needed(core: tuple[int, int], f: int, n: int) -> tuple[int, int]:
+    if f == 1:
+        return core
+    lo = math.floor((core[0] + 0.5) / f - 0.5)
+    hi = math.floor((core[1] - 0.5) / f - 0.5) + 2
+    return max(lo, 0), min(hi, n)
+
+
+def _run_model(
+    run: ModelRun,
+    plan: Plan,
+    coarse: np.ndarray,
+    nodata: np.ndarray,
+    origin: tuple[int, int],
+    size: tuple[int, int],
+    need_y: tuple[int, int],
+    need_x: tuple[int, int],
+) -> np.ndarray:
+    """Blend one model's patch predictions over ``need_y x need_x`` (processing grid)."""
+    spec = run.spec
+    anchor = (need_y[0], need_x[0]) if run.per_pixel else (0, 0)
+    grids = [
+        axis_grid(size[i], run.patch_size, run.overlap, fixed=spec.fixed_patch_size, anchor=anchor[i])
+        for i in (0, 1)
+    ]
+    oy = grids[0].origins(*need_y)
+    ox = grids[1].origins(*need_x)
+    py, px = grids[0].patch, grids[1].patch
+    # canvas covering every patch, in global processing coordinates [r0, r1)
+    r0 = (int(oy[0]), int(ox[0]))
+    r1 = (int(oy[-1]) + py, int(ox[-1]) + px)
+    mean = np.asarray(spec.mean, np.float32)[:, None, None]
+    std = np.asarray(spec.std, np.float32)[:, None, None]
+    src, pad = [], []
+    for i in (0, 1):
+        lo, hi = max(r0[i], 0), min(r1[i], size[i])
+        if lo < origin[i] or hi > origin[i] + coarse.shape[1 + i]:
+            if not run.per_pixel:  # per-pixel models need no context beyond the block
+                raise RuntimeError("internal error: patches reach beyond the block's halo")
+            lo, hi = max(lo, origin[i]), min(hi, origin[i] + coarse.shape[1 + i])
+        src.append(slice(lo - origin[i], hi - origin[i]))
+        pad.append((lo - r0[i], r1[i] - hi))
+    data = coarse[list(run.band_index)][:, src[0], src[1]]
+    ok = ~nodata[src[0], src[1]]
+    normed = (data - mean) / std
+    # No-data and NaN get the normalised mean (0), as a zero-padded convolution sees;
+    # beyond the array edge the image is mirrored, as ukis-csmask does.
+    normed = np.where(ok & ~np.isnan(normed), normed, np.float32(0))
+    canvas = np.pad(normed, ((0, 0), *pad), mode="symmetric")
+    valid = np.pad(ok, pad, mode="constant")
+
+    weight = grids[0].window()[:, None] * grids[1].window()[None, :]
+    acc = np.zeros((len(plan.classes),) + canvas.shape[1:], np.float32)
+    wsum = np.zeros(canvas.shape[1:], np.float32)
+    channel = np.array([plan.classes.index(c) for c in spec.classes])
+    predictor = load(spec, plan.runtime)
+    patches = [(y, x) for y in oy - r0[0] for x in ox - r0[1] if valid[y : y + py, x : x + px].any()]
+    for transform in TTA_TRANSFORMS[: plan.tta + 1]:
+        for start in range(0, len(patches), plan.batch_size):
+            chunk = patches[start : start + plan.batch_size]
+            batch = np.stack([forward(canvas[:, y : y + py, x : x + px], transform) for y, x in chunk])
+            out = predictor(batch)
+            prob = _softmax(out) if spec.outputs == "logits" else out
+            for (y, x), p in zip(chunk, prob, strict=True):
+                acc[channel, y : y + py, x : x + px] += inverse(p, transform) * weight
+                if transform == TTA_TRANSFORMS[0]:
+                    wsum[y : y + py, x : x + px] += weight
+    wsum *= plan.tta + 1
+    ys = slice(need_y[0] - r0[0], need_y[1] - r0[0])
+    xs = slice(need_x[0] - r0[1], need_x[1] - r0[1])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.nan_to_num(acc[:, ys, xs] / wsum[ys, xs], nan=0.0)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z
+
+
+def _upsample(
+    probs: np.ndarray,
+    need_y: tuple[int, int],
+    need_x: tuple[int, int],
+    core_y: tuple[int, int],
+    core_x: tuple[int, int],
+    f: int,
+    size: tuple[int, int],
+) -> np.ndarray:
+    """Bilinear, pixel-centre aligned, clamped at the array edge: independent of chunking."""
+    for axis, (need, core, n) in enumerate(((need_y, core_y, size[0]), (need_x, core_x, size[1]))):
+        u = (np.arange(core[0], core[1]) + 0.5) / f - 0.5
+        lo = np.floor(u).astype(int)
+        frac = (u - lo).astype(np.float32)
+        i0 = np.clip(lo, 0, n - 1) - need[0]
+        i1 = np.clip(lo + 1, 0, n - 1) - need[0]
+        a = np.take(probs, i0, axis=axis + 1)
+        b = np.take(probs, i1, axis=axis + 1)
+        shape = [1, 1, 1]
+        shape[axis + 1] = -1
+        frac = frac.reshape(shape)
+        probs = a * (1 - frac) + b * frac
+    return probs
+
+
+def _encode(probs: np.ndarray, nodata: np.ndarray, plan: Plan) -> np.ndarray:
+    parts = []
+    if plan.output != "probability":
+        codes = np.asarray(plan.classes, np.uint8)[np.argmax(probs, axis=0)]
+        codes[nodata] = NODATA
+        parts.append(codes[None].astype(plan.out_dtype))
+    if plan.output != "mask":
+        if plan.probability_dtype == "uint8":
+            p = np.rint(np.clip(probs, 0, 1) * 255).astype(np.uint8)
+            p[:, nodata] = 0
+        else:
+            p = probs.astype(np.float16)
+            p[:, nodata] = np.nan
+        parts.append(p)
+    return np.concatenate(parts, axis=0)
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _to_dataset(
+    result, da: xr.DataArray, plan: Plan, processing_resolution: float | None, had_time: bool
+) -> xr.Dataset:
+    keep = {
+        name: coord
+        for name, coord in da.coords.items()
+        if name != "band" and "band" not in coord.dims
+    }
+    names = [s.spec.name for s in plan.runs]
+    attrs = {
+        "xs2mask_version": __version__,
+        "xs2mask_model": ",".join(names),
+        "xs2mask_model_licence": "; ".join(s.spec.licence for s in plan.runs),
+        "xs2mask_patch_size": ",".join(str(s.patch_size) for s in plan.runs),
+        "xs2mask_overlap": ",".join(str(s.overlap) for s in plan.runs),
+        "xs2mask_tta": plan.tta,
+        "xs2mask_processing_resolution": processing_resolution or "input",
+        "xs2mask_device": plan.runtime.device,
+        "xs2mask_dtype": plan.runtime.dtype,
+    }
+    data_vars = {}
+    i = 0
+    if plan.output != "probability":
+        mask = xr.DataArray(result[:, 0].astype(np.uint8), dims=("time", "y", "x"), attrs=mask_attrs())
+        mask.encoding["_FillValue"] = NODATA
+        data_vars["mask"] = mask
+        i = 1
+    if plan.output != "mask":
+        scale = 1 / 255 if plan.probability_dtype == "uint8" else 1.0
+        prob = xr.DataArray(
+            result[:, i:],
+            dims=("time", "class", "y", "x"),
+            attrs={"long_name": "class probability", "scale_factor_to_probability": scale},
+        )
+        data_vars["probability"] = prob
+    ds = xr.Dataset(data_vars, coords=keep, attrs=attrs)
+    if plan.output != "mask":
+        ds = ds.assign_coords(
+            {"class": list(plan.classes), "class_name": ("class", [CLASS_NAMES[c] for c in plan.classes])}
+        )
+    if not had_time:
+        ds = ds.squeeze("time", drop=True)
+    return _keep_crs(ds, da)
+
+
+def _keep_crs(ds: xr.Dataset, da: xr.DataArray) -> xr.Dataset:
+    try:
+        import rioxarray  # noqa: F401  (registers the .rio accessor)
+    except ImportError:
+        return ds
+    crs = da.rio.crs
+    if crs is None:
+        return ds
+    ds = ds.rio.write_crs(crs)
+    for name in ds.data_vars:
+        ds[name].attrs.pop("grid_mapping", None)
+        ds[name].encoding["grid_mapping"] = "spatial_ref"
+    return ds

@@ -1,0 +1,187 @@
+"""The models xs2mask knows about, and how ``"default"`` is resolved."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+
+from ..classes import CLEAR, CLOUD_SHADOW, THICK_CLOUD
+from ..exceptions import ModelNotFoundError
+from .spec import ModelSpec, Weights
+
+_UKIS_HINT = "pip install 'xs2mask[ukis]'  (ships ukis-csmask's ONNX weights, Apache-2.0)"
+_UKIS_STATS = {
+    # mean / std of reflectance per band, from the model_*.json files in ukis-csmask 1.0.0
+    "l1c": (
+        (0.27552253007888794, 0.2556644380092621, 0.269801527261734, 0.33431220054626465,
+         0.20851291716098785, 0.15826508402824402),
+        (0.24488002061843872, 0.22757470607757568, 0.2537152171134949, 0.23213787376880646,
+         0.148738831281662, 0.12604215741157532),
+    ),
+    "l2a": (
+        (0.26681777834892273, 0.27799084782600403, 0.28811994194984436, 0.36494743824005127,
+         0.2225709855556488, 0.17859040200710297),
+        (0.33637598156929016, 0.3125455975532532, 0.311148464679718, 0.27260705828666687,
+         0.16653667390346527, 0.14328984916210175),
+    ),
+}  # fmt: skip
+_UKIS_SHA256 = {
+    "4b_l1c": "81611f290adc315b86bb7e7c69b0f2496b3abe0390c2a5c8e9e9da9622e8a0c8",
+    "4b_l2a": "3884d75ca497ec59d8335973477bd31eb038857007bbb36fb2aba1ad375ee043",
+    "6b_l1c": "aa79e9a0f02ff8e0243d93771d1daf6a8d1166b7ac06c3771560b83367c6c573",
+    "6b_l2a": "d11c530978637ca420eedc40791c62bf78997dd39e1201777e2527e4bd94904e",
+}
+
+
+def _ukis(nbands: int, level: str) -> ModelSpec:
+    bands = ("B02", "B03", "B04", "B08", "B11", "B12")[:nbands]
+    mean, std = (s[:nbands] for s in _UKIS_STATS[level])
+    key = f"{nbands}b_{level}"
+    return ModelSpec(
+        name=f"ukis-csmask-{nbands}b-{level}",
+        bands=bands,
+        classes=(CLEAR, THICK_CLOUD, CLOUD_SHADOW),
+        backend="onnx",
+        weights=Weights(f"model_{key}.onnx", _UKIS_SHA256[key], "ukis_csmask", _UKIS_HINT),
+        mean=mean,
+        std=std,
+        resolution_m=30,
+        patch_size=256,
+        fixed_patch_size=True,
+        overlap=32,
+        levels=(level.upper(),),
+        licence="Apache-2.0 (DLR ukis-csmask 1.0.0)",
+        description=f"DLR ukis-csmask U-Net (EfficientNet-B4), {nbands} bands, {level.upper()}; "
+        "3 classes: clear, cloud (reported as thick cloud), shadow",
+    )
+
+
+S2CLOUDLESS = ModelSpec(
+    name="s2cloudless",
+    bands=("B01", "B02", "B04", "B05", "B08", "B8A", "B09", "B10", "B11", "B12"),
+    classes=(CLEAR, THICK_CLOUD),
+    backend="lightgbm",
+    weights=Weights(
+        "models/pixel_s2_cloud_detector_lightGBM_v0.1.txt",
+        "0f92b6822cc0ad42982f55bab9b1688329e119451ad9a9e0a56384b9f37bc61d",
+        "s2cloudless",
+        "pip install 'xs2mask[s2cloudless]'  (Sinergise s2cloudless, CC BY-SA 4.0)",
+    ),
+    mean=(0.0,) * 10,
+    std=(1.0,) * 10,
+    outputs="probabilities",
+    resolution_m=10,
+    patch_size=1024,
+    overlap=0,
+    levels=("L1C",),
+    licence="CC BY-SA 4.0 (Sinergise s2cloudless)",
+    description="Sinergise s2cloudless per-pixel LightGBM, 10 L1C bands; cloud probability only",
+)
+
+_REGISTRY: dict[str, ModelSpec] = {}
+_lock = threading.Lock()
+# Most preferred first; "default" takes the first installed one the input's bands allow.
+_DEFAULT_ORDER: list[str] = []
+
+
+def register(spec: ModelSpec, *, default_rank: int | None = None, overwrite: bool = False) -> None:
+    """Register a model so that ``predict(model=spec.name)`` finds it.
+
+    Parameters
+    ----------
+    spec
+        The model description.
+    default_rank
+        Position in the list ``model="default"`` chooses from (0 = most preferred);
+        None keeps it out of that list.
+    overwrite
+        Replace an existing model of the same name.
+
+    Examples
+    --------
+    >>> from xs2mask.models import ModelSpec, Weights, register
+    >>> spec = ModelSpec(name="my-unet", bands=("B02", "B03", "B04", "B08"),
+    ...                  classes=(0, 1, 2, 3), backend="torch",
+    ...                  weights=Weights("/path/my-unet.safetensors", "<sha256>"),
+    ...                  mean=(0.1,) * 4, std=(0.1,) * 4,
+    ...                  architecture=(("arch", "unet"), ("encoder_name", "resnet18")))
+    >>> register(spec)  # doctest: +SKIP
+    """
+    with _lock:
+        if spec.name in _REGISTRY and not overwrite:
+            raise ValueError(f"a model named {spec.name!r} is already registered (pass overwrite=True)")
+        _REGISTRY[spec.name] = spec
+        if spec.name in _DEFAULT_ORDER:
+            _DEFAULT_ORDER.remove(spec.name)
+        if default_rank is not None:
+            _DEFAULT_ORDER.insert(default_rank, spec.name)
+
+
+for _rank, _spec in enumerate(
+    [_ukis(6, "l2a"), _ukis(6, "l1c"), _ukis(4, "l2a"), _ukis(4, "l1c"), S2CLOUDLESS]
+):
+    register(_spec, default_rank=_rank)
+
+
+def registered() -> list[str]:
+    """Names of every registered model, installed or not."""
+    return sorted(_REGISTRY)
+
+
+def available() -> list[str]:
+    """Names of the models whose weights are installed and can run here.
+
+    Examples
+    --------
+    >>> import xs2mask
+    >>> "ukis-csmask-6b-l2a" in xs2mask.models.available()  # with xs2mask[ukis]
+    True
+    """
+    return sorted(name for name, spec in _REGISTRY.items() if spec.weights.is_available())
+
+
+def get(name: str | ModelSpec) -> ModelSpec:
+    """Return the spec of a registered model (installed or not).
+
+    Raises
+    ------
+    ModelNotFoundError
+        If no model of that name is registered; the message lists the available ones.
+
+    Examples
+    --------
+    >>> import xs2mask
+    >>> xs2mask.models.get("ukis-csmask-4b-l2a").bands
+    ('B02', 'B03', 'B04', 'B08')
+    """
+    if isinstance(name, ModelSpec):
+        return name
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ModelNotFoundError(
+            f"unknown model {name!r}; available here: {', '.join(available()) or 'none'} "
+            f"(registered: {', '.join(registered())}). Models list: `xs2mask models`."
+        ) from None
+
+
+def resolve_default(bands: Iterable[str]) -> ModelSpec:
+    """The most preferred installed model that the given bands can feed.
+
+    Data that carry B10 (cirrus) are L1C, so L1C variants are preferred for them;
+    otherwise L2A variants are.
+    """
+    bands = set(bands)
+    level = "L1C" if "B10" in bands else "L2A"
+    candidates = [_REGISTRY[n] for n in _DEFAULT_ORDER if _REGISTRY[n].weights.is_available()]
+    fitting = [s for s in candidates if set(s.bands) <= bands]
+    # Stable sort: keep the ranking, but put models trained on this level first.
+    fitting.sort(key=lambda s: level not in s.levels)
+    if not fitting:
+        raise ModelNotFoundError(
+            "no installed model can run on bands "
+            f"{sorted(bands) or 'none'}: installed models and the bands they need: "
+            + "; ".join(f"{s.name} {'/'.join(s.bands)}" for s in candidates)
+            + ". Install one with `pip install 'xs2mask[ukis]'`."
+        )
+    return fitting[0]
