@@ -339,9 +339,11 @@ def _map_dask(data, plan: Plan):
         c = chunks[axis]
         if plan.factor > 1:
             c = _align_chunks(c, plan.factor)
-        if plan.halo and min(c) < plan.halo and len(c) > 1:
+        if len(c) > 1 and plan.halo >= sum(c):
+            c = (sum(c),)  # every block would need the whole axis anyway
+        elif len(c) > 1 and min(c) < plan.halo:
             new = ensure_minimum_chunksize(plan.halo, c)
-            if min(c[:-1], default=plan.halo) < plan.halo:
+            if min(c[:-1]) < plan.halo:
                 warnings.warn(
                     f"spatial chunks {c[:3]}... are smaller than the halo of {plan.halo} pixels the "
                     f"patches need; rechunked to {new[:3]}.... Chunk by 2048 or more to avoid this.",
@@ -351,10 +353,11 @@ def _map_dask(data, plan: Plan):
         chunks[axis] = tuple(c)
     if tuple(chunks) != data.chunks:
         data = data.rechunk(tuple(chunks))
-    if plan.halo:
-        extended = da.overlap.overlap(data, depth={2: plan.halo, 3: plan.halo}, boundary="none")
-    else:
-        extended = data
+    # Axes in one chunk need no halo; the kernel finds the same from the array edges.
+    depth = {axis: plan.halo if len(data.chunks[axis]) > 1 else 0 for axis in (2, 3)}
+    extended = data
+    if any(depth.values()):
+        extended = da.overlap.overlap(data, depth=depth, boundary="none")
     out_chunks = (data.chunks[0], (plan.n_out,), data.chunks[2], data.chunks[3])
     return da.map_blocks(
         _dask_kernel,

@@ -39,23 +39,35 @@ def write_geotiff(mask: xr.DataArray, path: str | Path) -> Path:
     >>> ds = xs2mask.predict(xs2mask.data.demo_scene())
     >>> write_geotiff(ds.mask, "mask.tif")  # doctest: +SKIP
     """
-    import rioxarray  # noqa: F401
+    import rasterio
+    import rasterio.shutil
+    import rioxarray  # noqa: F401  (registers .rio)
 
     path = Path(path)
     values = np.asarray(mask.values, np.uint8)
-    out = mask.copy(data=values)
-    out.attrs = {}
-    out.encoding = {}
-    tmp = path.with_name(path.name + ".partial")
-    out.rio.write_nodata(NODATA, encoded=False, inplace=True)
-    out.rio.to_raster(tmp, driver="COG", compress="DEFLATE", dtype="uint8")
-    import rasterio
-
-    with rasterio.open(tmp, "r+") as dst:
-        dst.write_colormap(1, {code: rgba for code, rgba in CLASS_COLOURS.items()})
-        dst.update_tags(**{f"PCT_{k.upper()}": str(v) for k, v in class_percentages(values).items()})
-        dst.update_tags(1, flag_meanings=" ".join(CLASS_NAMES.values()), flag_values="0 1 2 3")
-    tmp.replace(path)
+    profile = {
+        "driver": "GTiff",
+        "height": values.shape[0],
+        "width": values.shape[1],
+        "count": 1,
+        "dtype": "uint8",
+        "nodata": NODATA,
+        "crs": mask.rio.crs,
+        "transform": mask.rio.transform(),
+    }
+    staging = path.with_name(path.name + ".staging.tif")
+    partial = path.with_name(path.name + ".partial")
+    try:
+        with rasterio.open(staging, "w", **profile) as dst:
+            dst.write(values, 1)
+            dst.write_colormap(1, dict(CLASS_COLOURS))
+            dst.update_tags(**{f"PCT_{k.upper()}": str(v) for k, v in class_percentages(values).items()})
+            dst.update_tags(1, flag_values="0 1 2 3", flag_meanings=" ".join(CLASS_NAMES.values()))
+        rasterio.shutil.copy(staging, partial, driver="COG", compress="DEFLATE")
+        partial.replace(path)
+    finally:
+        staging.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
     return path
 
 

@@ -1,0 +1,283 @@
+"""The chunk-wise engine: laziness, chunking invariance, no-data, options, backends, schedulers."""
+
+from __future__ import annotations
+
+import dask
+import dask.array as dsa
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors.torch import save_file
+
+import xs2mask
+from xs2mask.models import ModelSpec, Weights, sha256_file
+
+BANDS4 = ["B02", "B03", "B04", "B08"]
+
+
+@pytest.fixture(scope="module")
+def demo() -> xr.DataArray:
+    """The shipped real scene, cropped to keep the tests fast (uint16 DN)."""
+    return xs2mask.data.demo_scene().isel(y=slice(0, 320), x=slice(96, 416)).load()
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory) -> dict[str, ModelSpec]:
+    """A small smp U-Net with fixed random weights, as safetensors (torch) and ONNX.
+
+    Random weights suffice here: these tests check the engine's arithmetic
+    (tiling, blending, chunk invariance, backend equivalence), not accuracy;
+    accuracy is the real models' business (test_parity).
+    """
+    import segmentation_models_pytorch as smp
+
+    torch.manual_seed(0)
+    arch = (
+        ("arch", "unet"),
+        ("encoder_name", "resnet18"),
+        ("encoder_depth", 3),
+        ("decoder_channels", (32, 16, 8)),
+    )
+    net = smp.create_model(**dict(arch), encoder_weights=None, in_channels=4, classes=4).eval()
+    folder = tmp_path_factory.mktemp("weights")
+    st_path = folder / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, st_path)
+    onnx_path = folder / "tiny.onnx"
+    torch.onnx.export(
+        net,
+        torch.zeros(1, 4, 64, 64),
+        onnx_path,
+        input_names=["input"],
+        output_names=["output"],
+        dynamic_axes={"input": {0: "n", 2: "h", 3: "w"}},
+        dynamo=False,
+    )
+    common = dict(
+        bands=tuple(BANDS4),
+        classes=(0, 1, 2, 3),
+        mean=(0.1, 0.1, 0.1, 0.2),
+        std=(0.1, 0.1, 0.1, 0.1),
+        patch_size=64,
+        overlap=16,
+    )
+    specs = {
+        "torch": ModelSpec(
+            name="test-tiny-torch",
+            backend="torch",
+            weights=Weights(str(st_path), sha256_file(st_path)),
+            architecture=arch,
+            **common,
+        ),
+        "onnx": ModelSpec(
+            name="test-tiny-onnx",
+            backend="onnx",
+            weights=Weights(str(onnx_path), sha256_file(onnx_path)),
+            **common,
+        ),
+    }
+    for spec in specs.values():
+        xs2mask.models.register(spec, overwrite=True)
+    return specs
+
+
+@pytest.fixture(scope="module")
+def demo512() -> xr.DataArray:
+    """The whole shipped scene: 512 x 512, enough for chunks larger than ukis-csmask's halo."""
+    return xs2mask.data.demo_scene().load()
+
+
+def _raise_on_compute(*args, **kwargs):
+    raise AssertionError("the graph was computed while it was being built")
+
+
+# --------------------------------------------------------------------------- laziness
+
+
+def test_building_the_graph_computes_nothing_and_loads_no_model():
+    xs2mask.models.clear_cache()
+    cube = xs2mask.data.demo_scene(chunks=256)  # lazily read from the GeoTIFF
+    with dask.config.set(scheduler=_raise_on_compute):
+        ds = cube.s2mask.predict(model="ukis-csmask-4b-l2a", output="both")
+        coarse = cube.s2mask.predict(model="ukis-csmask-4b-l2a", processing_resolution=20, tta=3)
+    assert isinstance(coarse.mask.data, dsa.Array)
+    assert isinstance(ds.mask.data, dsa.Array)
+    assert isinstance(ds.probability.data, dsa.Array)
+    assert ds.mask.chunks == ((256, 256), (256, 256))
+    assert xs2mask.models.load_counts() == {}
+    assert ds.mask.dtype == np.uint8
+
+
+def test_numpy_in_numpy_out(demo):
+    ds = xs2mask.predict(demo.isel(y=slice(0, 64), x=slice(0, 64)), model="ukis-csmask-4b-l2a")
+    assert isinstance(ds.mask.data, np.ndarray)
+    assert ds.mask.shape == (64, 64)
+
+
+# --------------------------------------------------------------------------- chunking
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_chunking_gives_the_same_mask(demo, tiny_models, data):
+    cube = demo.isel(y=slice(0, 240), x=slice(0, 200))
+    reference = xs2mask.predict(cube, model="test-tiny-torch", output="both")
+
+    def chunks(n: int) -> tuple[int, ...]:
+        sizes = []
+        while sum(sizes) < n:
+            sizes.append(min(data.draw(st.integers(70, 150)), n - sum(sizes)))
+        return tuple(sizes)
+
+    lazy = cube.chunk({"y": chunks(240), "x": chunks(200)})
+    result = xs2mask.predict(lazy, model="test-tiny-torch", output="both").compute()
+    np.testing.assert_array_equal(result.mask.values, reference.mask.values)
+    diff = np.abs(result.probability.values.astype(int) - reference.probability.values.astype(int))
+    assert diff.max() <= 1  # float rounding only
+
+
+def test_real_model_is_seamless_across_chunks(demo512):
+    reference = xs2mask.predict(demo512, model="ukis-csmask-4b-l2a", output="both")
+    lazy = xs2mask.predict(demo512.chunk(y=256, x=(260, 252)), model="ukis-csmask-4b-l2a", output="both")
+    assert lazy.mask.chunks == ((256, 256), (260, 252))
+    np.testing.assert_array_equal(lazy.mask.values, reference.mask.values)
+    assert np.abs(lazy.probability.values.astype(int) - reference.probability.values.astype(int)).max() <= 1
+
+
+def test_processing_resolution_is_chunk_invariant_and_returns_input_grid(demo, tiny_models):
+    reference = xs2mask.predict(demo, model="test-tiny-torch", processing_resolution=20)
+    assert reference.mask.shape == (320, 320)
+    np.testing.assert_array_equal(reference.x.values, demo.x.values)
+    assert reference.attrs["xs2mask_processing_resolution"] == 20
+    lazy = xs2mask.predict(demo.chunk(y=150, x=170), model="test-tiny-torch", processing_resolution=20)
+    np.testing.assert_array_equal(lazy.mask.values, reference.mask.values)
+    # 20 m processing differs from 10 m, but not wildly (same model, same scene)
+    at10 = xs2mask.predict(demo, model="test-tiny-torch").mask.values
+    assert 0.5 < (at10 == reference.mask.values).mean() < 1.0
+
+
+# --------------------------------------------------------------------------- no-data
+
+
+def test_no_data_is_255_and_its_fill_does_not_leak(demo):
+    refl = (demo.astype("float32") / 10_000).copy()
+    zeros = refl.copy()
+    zeros[:, 100:180, 100:180] = 0.0
+    nans = refl.copy()
+    nans[:, 100:180, 100:180] = np.nan
+    a = xs2mask.predict(zeros, model="ukis-csmask-4b-l2a", output="both")
+    b = xs2mask.predict(nans, model="ukis-csmask-4b-l2a", output="both")
+    assert (a.mask.values[100:180, 100:180] == 255).all()
+    assert (a.mask.values != 255).sum() == 320 * 320 - 80 * 80
+    np.testing.assert_array_equal(a.mask.values, b.mask.values)
+    np.testing.assert_array_equal(a.probability.values, b.probability.values)
+
+
+def test_integer_dn_equals_float_reflectance_and_offset_applies(demo):
+    dn = xs2mask.predict(demo, model="ukis-csmask-4b-l2a", output="probability")
+    refl = xs2mask.predict(demo.astype("float32") / 10_000, model="ukis-csmask-4b-l2a", output="probability")
+    assert np.abs(dn.probability.values.astype(int) - refl.probability.values.astype(int)).max() <= 1
+    shifted = xs2mask.predict((demo + 1000).astype("uint16"), model="ukis-csmask-4b-l2a", offset=-1000)
+    assert (shifted.mask.values == xs2mask.predict(demo, model="ukis-csmask-4b-l2a").mask.values).mean() > 0.999
+
+
+# --------------------------------------------------------------------------- options
+
+
+def test_tta_averages_symmetries(demo, tiny_models):
+    cube = demo.isel(y=slice(0, 128), x=slice(0, 128))
+    plain = xs2mask.predict(cube, model="test-tiny-torch", output="probability", probability_dtype="float16")
+    tta = xs2mask.predict(
+        cube, model="test-tiny-torch", output="probability", probability_dtype="float16", tta=7
+    )
+    p = tta.probability.values.astype("float32")
+    np.testing.assert_allclose(p.sum(axis=0), 1.0, atol=5e-3)
+    assert not np.allclose(p, plain.probability.values.astype("float32"), atol=1e-3)
+    # TTA over all 8 symmetries is itself symmetric: a flipped input gives the flipped output
+    flipped = xs2mask.predict(
+        cube.isel(x=slice(None, None, -1)),
+        model="test-tiny-torch",
+        output="probability",
+        probability_dtype="float16",
+        tta=7,
+        patch_size=128,
+        overlap=0,
+    )
+    unflipped = xs2mask.predict(
+        cube, model="test-tiny-torch", output="probability", probability_dtype="float16", tta=7,
+        patch_size=128, overlap=0,
+    )
+    np.testing.assert_allclose(
+        flipped.probability.values[:, :, ::-1].astype("float32"),
+        unflipped.probability.values.astype("float32"),
+        atol=2e-3,
+    )
+
+
+def test_ensemble_averages_member_probabilities(demo):
+    cube = demo.isel(y=slice(0, 256), x=slice(0, 256))
+    kw = dict(output="probability", probability_dtype="float16")
+    a = xs2mask.predict(cube, model="ukis-csmask-4b-l2a", **kw).probability.values.astype("float32")
+    b = xs2mask.predict(cube, model="ukis-csmask-4b-l1c", **kw).probability.values.astype("float32")
+    both = xs2mask.predict(cube, model=["ukis-csmask-4b-l2a", "ukis-csmask-4b-l1c"], **kw)
+    np.testing.assert_allclose(both.probability.values.astype("float32"), (a + b) / 2, atol=2e-3)
+    assert both.attrs["xs2mask_model"] == "ukis-csmask-4b-l2a,ukis-csmask-4b-l1c"
+
+
+def test_torch_and_onnx_backends_agree(demo, tiny_models):
+    cube = demo.isel(y=slice(0, 160), x=slice(0, 160))
+    kw = dict(output="probability", probability_dtype="float16")
+    t = xs2mask.predict(cube, model="test-tiny-torch", **kw).probability.values.astype("float32")
+    o = xs2mask.predict(cube, model="test-tiny-onnx", **kw).probability.values.astype("float32")
+    np.testing.assert_allclose(t, o, atol=2e-3)
+
+
+# --------------------------------------------------------------------------- input forms
+
+
+def test_dataset_time_series_common_names_and_crs(demo):
+    cube = demo.isel(y=slice(0, 128), x=slice(0, 128))
+    series = xr.concat([cube, cube[:, ::-1, :].assign_coords(y=cube.y)], dim="time")
+    series = series.assign_coords(
+        time=np.array(["2020-04-29", "2020-05-04"], dtype="datetime64[ns]"),
+        band=["blue", "green", "red", "nir"],
+    )
+    ds = series.to_dataset("band")
+    out = ds.s2mask.predict(model="ukis-csmask-4b-l2a")
+    assert out.mask.dims == ("time", "y", "x")
+    np.testing.assert_array_equal(out.time.values, series.time.values)
+    assert out.rio.crs == demo.rio.crs
+    single = xs2mask.predict(cube, model="ukis-csmask-4b-l2a")
+    np.testing.assert_array_equal(out.mask.values[0], single.mask.values)
+    assert out.mask.attrs["flag_meanings"] == "clear thick_cloud thin_cloud cloud_shadow"
+
+
+# --------------------------------------------------------------------------- schedulers
+
+
+def test_processes_scheduler(demo512):
+    cube = demo512.isel(y=slice(0, 256))
+    reference = xs2mask.predict(cube, model="ukis-csmask-4b-l2a").mask.values
+    lazy = xs2mask.predict(cube.chunk(x=256), model="ukis-csmask-4b-l2a")
+    with dask.config.set(scheduler="processes", num_workers=2):
+        np.testing.assert_array_equal(lazy.mask.values, reference)
+
+
+def test_distributed_loads_the_model_once_per_worker(demo512):
+    from distributed import Client, LocalCluster
+
+    cube = demo512.chunk(x=256, y=256)  # 4 chunks ...
+    series = xr.concat([cube, cube], dim="time").chunk(time=1)  # ... x 2 dates = 8 tasks
+    reference = xs2mask.predict(demo512, model="ukis-csmask-4b-l2a").mask.values
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        out = xs2mask.predict(series, model="ukis-csmask-4b-l2a").compute()
+        counts = client.run(xs2mask.models.load_counts)
+    for t in range(2):
+        np.testing.assert_array_equal(out.mask.values[t], reference)
+    assert all(c.get("ukis-csmask-4b-l2a", 0) <= 1 for c in counts.values()), counts
+    assert sum(c.get("ukis-csmask-4b-l2a", 0) for c in counts.values()) >= 1
