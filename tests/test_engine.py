@@ -180,7 +180,9 @@ def test_integer_dn_equals_float_reflectance_and_offset_applies(demo):
     refl = xs2mask.predict(demo.astype("float32") / 10_000, model="ukis-csmask-4b-l2a", output="probability")
     assert np.abs(dn.probability.values.astype(int) - refl.probability.values.astype(int)).max() <= 1
     shifted = xs2mask.predict((demo + 1000).astype("uint16"), model="ukis-csmask-4b-l2a", offset=-1000)
-    assert (shifted.mask.values == xs2mask.predict(demo, model="ukis-csmask-4b-l2a").mask.values).mean() > 0.999
+    assert (
+        shifted.mask.values == xs2mask.predict(demo, model="ukis-csmask-4b-l2a").mask.values
+    ).mean() > 0.999
 
 
 # --------------------------------------------------------------------------- options
@@ -206,8 +208,13 @@ def test_tta_averages_symmetries(demo, tiny_models):
         overlap=0,
     )
     unflipped = xs2mask.predict(
-        cube, model="test-tiny-torch", output="probability", probability_dtype="float16", tta=7,
-        patch_size=128, overlap=0,
+        cube,
+        model="test-tiny-torch",
+        output="probability",
+        probability_dtype="float16",
+        tta=7,
+        patch_size=128,
+        overlap=0,
     )
     np.testing.assert_allclose(
         flipped.probability.values[:, :, ::-1].astype("float32"),

@@ -16,8 +16,8 @@ try:
 except PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0+unknown"
 
-from . import accessor, classes, data, models  # noqa: E402  (accessor registers .s2mask)
-from .exceptions import (  # noqa: E402
+from . import accessor, classes, data, io, models
+from .exceptions import (
     BandError,
     DeviceError,
     InputError,
@@ -25,7 +25,7 @@ from .exceptions import (  # noqa: E402
     WeightsError,
     XS2MaskError,
 )
-from .inference import predict  # noqa: E402
+from .inference import predict
 
 __all__ = [
     "BandError",
@@ -38,6 +38,7 @@ __all__ = [
     "accessor",
     "classes",
     "data",
+    "io",
     "models",
     "predict",
 ]

@@ -21,7 +21,7 @@ CLASS_COLOURS: dict[int, tuple[int, int, int, int]] = {
     THICK_CLOUD: (255, 255, 255, 255),
     THIN_CLOUD: (0, 200, 255, 255),
     CLOUD_SHADOW: (60, 60, 60, 255),
-    NODATA: (0, 0, 0, 0),
+    NODATA: (0, 0, 0, 255),
 }
 
 

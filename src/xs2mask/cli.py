@@ -24,15 +24,18 @@ def _demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cube = data.demo_scene()
-    print(f"scene: {data.demo_path()}  {dict(cube.sizes)}  {cube.attrs.get('PLACE')} {cube.attrs.get('DATETIME')}")
+    where = f"{cube.attrs.get('PLACE')} {cube.attrs.get('DATETIME')}"
+    print(f"scene: {data.demo_path()}  {dict(cube.sizes)}  {where}")
     start = time.perf_counter()
     ds = predict(cube, model=args.model, tta=args.tta, device=args.device)
     mask = ds.mask.values
     seconds = time.perf_counter() - start
     tif = write_geotiff(ds.mask, out / "demo_mask.tif")
     rgb = (cube.sel(band=["B04", "B03", "B02"]).values / 10_000.0).astype("float32")
-    png = quicklook(rgb, mask, out / "demo_quicklook.png", title=f"xs2mask demo: {ds.attrs['xs2mask_model']}")
-    print(f"model: {ds.attrs['xs2mask_model']} ({ds.attrs['xs2mask_model_licence']}) on {ds.attrs['xs2mask_device']}")
+    title = f"xs2mask demo: {ds.attrs['xs2mask_model']}"
+    png = quicklook(rgb, mask, out / "demo_quicklook.png", title=title)
+    attrs = ds.attrs
+    print(f"model: {attrs['xs2mask_model']} ({attrs['xs2mask_model_licence']}) on {attrs['xs2mask_device']}")
     print(f"masked {mask.size / 1e6:.2f} Mpx in {seconds:.1f} s")
     for name, pct in class_percentages(mask).items():
         print(f"  {name:<13} {pct:6.2f} %")
@@ -52,7 +55,9 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xs2mask", description="Cloud and cloud-shadow masks for Sentinel-2.")
+    parser = argparse.ArgumentParser(
+        prog="xs2mask", description="Cloud and cloud-shadow masks for Sentinel-2."
+    )
     parser.add_argument("--version", action="version", version=f"xs2mask {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -162,9 +162,7 @@ def predict(
         raise ValueError(f"probability_dtype must be 'uint8' or 'float16', got {probability_dtype!r}")
 
     factor = _factor(da, processing_resolution)
-    runs = tuple(
-        _model_run(s, needed, patch_size, overlap) for s in specs
-    )
+    runs = tuple(_model_run(s, needed, patch_size, overlap) for s in specs)
     halo = max(_halo(r, factor) for r in runs)
     classes = tuple(sorted({c for s in specs for c in s.classes}))
     plan = Plan(
@@ -380,7 +378,7 @@ def _align_chunks(chunks: tuple[int, ...], factor: int) -> tuple[int, ...]:
 
 
 def _dask_kernel(block: np.ndarray, plan: Plan, block_info=None) -> np.ndarray:
-    (t0, t1), _, (y0, y1), (x0, x1) = block_info[None]["array-location"]
+    _, _, (y0, y1), (x0, x1) = block_info[None]["array-location"]
     return predict_block(block, plan, (y0, y1), (x0, x1))
 
 
@@ -409,9 +407,7 @@ def predict_block(
     )
     if block.shape[2:] != expected:
         raise RuntimeError(f"internal error: block shape {block.shape[2:]} != expected {expected}")
-    out = np.empty(
-        (block.shape[0], plan.n_out, core_y[1] - core_y[0], core_x[1] - core_x[0]), plan.out_dtype
-    )
+    out = np.empty((block.shape[0], plan.n_out, core_y[1] - core_y[0], core_x[1] - core_x[0]), plan.out_dtype)
     for t in range(block.shape[0]):
         out[t] = _predict_scene(block[t], plan, origin, core_y, core_x)
     return out
@@ -531,7 +527,7 @@ def _run_model(
     valid = np.pad(ok, pad, mode="constant")
 
     weight = grids[0].window()[:, None] * grids[1].window()[None, :]
-    acc = np.zeros((len(plan.classes),) + canvas.shape[1:], np.float32)
+    acc = np.zeros((len(plan.classes), *canvas.shape[1:]), np.float32)
     wsum = np.zeros(canvas.shape[1:], np.float32)
     channel = np.array([plan.classes.index(c) for c in spec.classes])
     predictor = load(spec, plan.runtime)
@@ -608,11 +604,7 @@ def _encode(probs: np.ndarray, nodata: np.ndarray, plan: Plan) -> np.ndarray:
 def _to_dataset(
     result, da: xr.DataArray, plan: Plan, processing_resolution: float | None, had_time: bool
 ) -> xr.Dataset:
-    keep = {
-        name: coord
-        for name, coord in da.coords.items()
-        if name != "band" and "band" not in coord.dims
-    }
+    keep = {name: coord for name, coord in da.coords.items() if name != "band" and "band" not in coord.dims}
     names = [s.spec.name for s in plan.runs]
     attrs = {
         "xs2mask_version": __version__,

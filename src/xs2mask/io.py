@@ -105,7 +105,7 @@ def quicklook(rgb_reflectance: np.ndarray, mask: np.ndarray, path: str | Path, t
         Patch(facecolor=np.array(CLASS_COLOURS[c]) / 255, edgecolor="0.5", label=f"{n} {pct[n]:.1f}%")
         for c, n in CLASS_NAMES.items()
     ]
-    handles.append(Patch(facecolor="none", edgecolor="0.5", label="no data"))
+    handles.append(Patch(facecolor="black", edgecolor="0.5", label="no data"))
     fig.legend(handles=handles, loc="lower center", ncol=5, frameon=False)
     if title:
         fig.suptitle(title)

@@ -50,9 +50,7 @@ def load(spec: ModelSpec, runtime: Runtime = Runtime()) -> Predictor:
     key = (spec, runtime)
     with _cache_lock:
         if key not in _cache:
-            loader = {"onnx": _load_onnx, "torch": _load_torch, "lightgbm": _load_lightgbm}[
-                spec.backend
-            ]
+            loader = {"onnx": _load_onnx, "torch": _load_torch, "lightgbm": _load_lightgbm}[spec.backend]
             _cache[key] = loader(spec, runtime)
             _load_counts[spec.name] += 1
         return _cache[key]
@@ -180,9 +178,7 @@ def _load_torch(spec: ModelSpec, runtime: Runtime) -> Predictor:
         state = load_file(str(path))
         model.load_state_dict(state)
     except Exception as err:  # safetensors / torch raise several error types
-        raise WeightsError(
-            f"{spec.name}: weights {path} do not fit architecture {arch}: {err}"
-        ) from err
+        raise WeightsError(f"{spec.name}: weights {path} do not fit architecture {arch}: {err}") from err
     device = torch.device(runtime.device)
     model = model.eval().to(device, memory_format=torch.channels_last)
     dtype = getattr(torch, runtime.dtype)
@@ -191,10 +187,8 @@ def _load_torch(spec: ModelSpec, runtime: Runtime) -> Predictor:
     @torch.inference_mode()
     def predict(batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(batch, np.float32))
-        if device.type == "cuda":
-            x = x.pin_memory().to(device, non_blocking=True)
-        else:
-            x = x.to(device)
+        # pinned host memory lets the copy overlap the previous batch's compute
+        x = x.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else x.to(device)
         x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=dtype, enabled=autocast):
             out = model(x)
