@@ -304,6 +304,23 @@ def markdown(rows: list[dict[str, Any]], agreement: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def class_table(masks: dict[str, np.ndarray]) -> tuple[str, dict[str, dict[str, float]]]:
+    """Share of each class in each case's mask, as a markdown table and as numbers."""
+    names = {0: "clear", 1: "cloud", 2: "thin cloud", 3: "shadow", 255: "no-data"}
+    shares = {
+        case: {
+            names.get(int(c), str(c)): 100.0 * n / mask.size
+            for c, n in zip(*np.unique(mask, return_counts=True), strict=True)
+        }
+        for case, mask in masks.items()
+    }
+    columns = [n for n in names.values() if any(n in s for s in shares.values())]
+    lines = ["| case | " + " | ".join(f"{c} %" for c in columns) + " |", "|---|" + "---:|" * len(columns)]
+    for case, share in shares.items():
+        lines.append(f"| {case} | " + " | ".join(f"{share.get(c, 0.0):.2f}" for c in columns) + " |")
+    return "\n".join(lines), shares
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=2048, help="cube edge in pixels (default 2048)")
@@ -369,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(markdown(rows, agreement))
     print()
+    classes, shares = class_table(masks)
+    print(classes)
+    print()
     ratios: dict[str, float] = {}
     if reference is not None:
         print(f"reference: {reference['case']} (the faster CSmask setting); agreement is with its mask")
@@ -402,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
                     "rows": rows,
                     "runs": runs,
                     "agreement_percent": agreement,
+                    "class_percent": shares,
                     "reference": None if reference is None else reference["case"],
                     "ratio_vs_csmask": ratios,
                 },

@@ -190,37 +190,20 @@ def test_integer_dn_equals_float_reflectance_and_offset_applies(demo):
 
 def test_tta_averages_symmetries(demo, tiny_models):
     cube = demo.isel(y=slice(0, 128), x=slice(0, 128))
-    plain = xs2mask.predict(cube, model="test-tiny-torch", output="probability", probability_dtype="float16")
-    tta = xs2mask.predict(
-        cube, model="test-tiny-torch", output="probability", probability_dtype="float16", tta=7
-    )
-    p = tta.probability.values.astype("float32")
+
+    def probability(image: xr.DataArray, **kw) -> np.ndarray:
+        ds = xs2mask.predict(
+            image, model="test-tiny-torch", output="probability", probability_dtype="float16", **kw
+        )
+        return ds.probability.values.astype("float32")
+
+    p = probability(cube, tta=7)
     np.testing.assert_allclose(p.sum(axis=0), 1.0, atol=5e-3)
-    assert not np.allclose(p, plain.probability.values.astype("float32"), atol=1e-3)
+    assert not np.allclose(p, probability(cube), atol=1e-3)
     # TTA over all 8 symmetries is itself symmetric: a flipped input gives the flipped output
-    flipped = xs2mask.predict(
-        cube.isel(x=slice(None, None, -1)),
-        model="test-tiny-torch",
-        output="probability",
-        probability_dtype="float16",
-        tta=7,
-        patch_size=128,
-        overlap=0,
-    )
-    unflipped = xs2mask.predict(
-        cube,
-        model="test-tiny-torch",
-        output="probability",
-        probability_dtype="float16",
-        tta=7,
-        patch_size=128,
-        overlap=0,
-    )
-    np.testing.assert_allclose(
-        flipped.probability.values[:, :, ::-1].astype("float32"),
-        unflipped.probability.values.astype("float32"),
-        atol=2e-3,
-    )
+    one_patch = dict(tta=7, patch_size=128, overlap=0)
+    flipped = probability(cube.isel(x=slice(None, None, -1)), **one_patch)
+    np.testing.assert_allclose(flipped[:, :, ::-1], probability(cube, **one_patch), atol=2e-3)
 
 
 def test_ensemble_averages_member_probabilities(demo):

@@ -88,7 +88,7 @@ def canonical_band(name: object) -> str:
         return _ALIASES[key]
     except KeyError:
         raise BandError(
-            f"unknown band name {name!r}: use Sentinel-2 names ({', '.join(BAND_NAMES)}) "
+            f"unknown band name {str(name)!r}: use Sentinel-2 names ({', '.join(BAND_NAMES)}) "
             "or STAC common names (coastal, blue, green, red, rededge1-3, nir, nir08, nir09, "
             "cirrus, swir16, swir22)"
         ) from None

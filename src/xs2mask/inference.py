@@ -154,13 +154,17 @@ def predict(
 
     device = resolve_device(device, specs)
     runtime = Runtime(device=device, dtype=resolve_dtype(dtype, device, specs), threads=threads)
-    if tta not in range(len(TTA_TRANSFORMS)):
+    if isinstance(tta, bool) or not isinstance(tta, int) or tta not in range(len(TTA_TRANSFORMS)):
         raise ValueError(f"tta must be an integer from 0 to {len(TTA_TRANSFORMS) - 1}, got {tta!r}")
     if output not in ("mask", "probability", "both"):
         raise ValueError(f"output must be 'mask', 'probability' or 'both', got {output!r}")
     if probability_dtype not in ("uint8", "float16"):
         raise ValueError(f"probability_dtype must be 'uint8' or 'float16', got {probability_dtype!r}")
 
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+    ):
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     factor = _factor(da, processing_resolution)
     runs = tuple(_model_run(s, needed, patch_size, overlap) for s in specs)
     halo = max(_halo(r, factor) for r in runs)
@@ -285,12 +289,12 @@ def _check_dtype(da: xr.DataArray, offset: float) -> None:
 def _factor(da: xr.DataArray, processing_resolution: float | None) -> int:
     if processing_resolution is None:
         return 1
-    try:
-        res = abs(float(da["x"][1] - da["x"][0]))
-    except (KeyError, IndexError, TypeError):
+    if "x" not in da.coords or da.sizes["x"] < 2 or not np.issubdtype(da["x"].dtype, np.number):
         raise InputError(
-            "processing_resolution needs numeric x coordinates (two or more) to know the input's resolution"
-        ) from None
+            "processing_resolution needs numeric x coordinates (two or more) to know the input's "
+            "resolution; assign them, e.g. with rioxarray or .assign_coords(x=...)"
+        )
+    res = abs(float(da["x"][1] - da["x"][0]))
     ratio = processing_resolution / res
     factor = round(ratio)
     if factor < 1 or not math.isclose(ratio, factor, rel_tol=1e-3):
@@ -304,7 +308,7 @@ def _factor(da: xr.DataArray, processing_resolution: float | None) -> int:
 def _model_run(spec: ModelSpec, needed: tuple[str, ...], patch: int | None, overlap: int | None) -> ModelRun:
     if patch is not None and spec.fixed_patch_size and patch != spec.patch_size:
         raise ValueError(f"model {spec.name!r} only accepts patch_size={spec.patch_size}")
-    p = patch or spec.patch_size
+    p = spec.patch_size if patch is None else patch
     o = spec.overlap if overlap is None else overlap
     if spec.backend == "lightgbm":
         o = 0  # per-pixel model: no context, no overlap needed
@@ -495,13 +499,13 @@ def _run_model(
 ) -> np.ndarray:
     """Blend one model's patch predictions over ``need_y x need_x`` (processing grid)."""
     spec = run.spec
-    anchor = (need_y[0], need_x[0]) if run.per_pixel else (0, 0)
-    grids = [
-        axis_grid(size[i], run.patch_size, run.overlap, fixed=spec.fixed_patch_size, anchor=anchor[i])
-        for i in (0, 1)
-    ]
-    oy = grids[0].origins(*need_y)
-    ox = grids[1].origins(*need_x)
+    if run.per_pixel:  # no context needed: patches tile just the needed region
+        extent, shift = (need_y[1] - need_y[0], need_x[1] - need_x[0]), (need_y[0], need_x[0])
+    else:  # patches on the global grid, whatever the block
+        extent, shift = size, (0, 0)
+    grids = [axis_grid(extent[i], run.patch_size, run.overlap, fixed=spec.fixed_patch_size) for i in (0, 1)]
+    oy = grids[0].origins(need_y[0] - shift[0], need_y[1] - shift[0]) + shift[0]
+    ox = grids[1].origins(need_x[0] - shift[1], need_x[1] - shift[1]) + shift[1]
     py, px = grids[0].patch, grids[1].patch
     # canvas covering every patch, in global processing coordinates [r0, r1)
     r0 = (int(oy[0]), int(ox[0]))

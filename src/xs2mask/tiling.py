@@ -24,12 +24,11 @@ def margin(overlap: int) -> int:
 
 @dataclass(frozen=True)
 class AxisGrid:
-    """Patches along one axis of length ``n``: origins ``anchor - margin + k * stride``."""
+    """Patches along one axis of length ``n``: origins ``k * stride - margin``."""
 
     n: int
     patch: int
     overlap: int
-    anchor: int = 0
 
     @property
     def margin(self) -> int:
@@ -42,8 +41,7 @@ class AxisGrid:
     def origins(self, start: int, stop: int) -> np.ndarray:
         """Origins of the patches whose non-zero weight touches ``[start, stop)``."""
         m, s = self.margin, self.stride
-        k = np.arange(max(0, -(-(self.n - self.anchor) // s)))
-        first = self.anchor + k * s  # first pixel of non-zero weight
+        first = np.arange(-(-self.n // s)) * s  # first pixel of non-zero weight
         hit = (first < stop) & (first + self.patch - 2 * m > start)
         return first[hit] - m
 
@@ -61,7 +59,7 @@ class AxisGrid:
         return w
 
 
-def axis_grid(n: int, patch: int, overlap: int, *, fixed: bool, anchor: int = 0) -> AxisGrid:
+def axis_grid(n: int, patch: int, overlap: int, *, fixed: bool) -> AxisGrid:
     """Grid for an axis of ``n`` pixels; small axes get a smaller patch unless ``fixed``.
 
     Examples
@@ -74,7 +72,7 @@ def axis_grid(n: int, patch: int, overlap: int, *, fixed: bool, anchor: int = 0)
         needed = n + 2 * margin(overlap)
         patch = min(patch, -(-needed // ALIGN) * ALIGN)
         overlap = min(overlap, patch // 2)
-    return AxisGrid(n=n, patch=patch, overlap=overlap, anchor=anchor)
+    return AxisGrid(n=n, patch=patch, overlap=overlap)
 
 
 def check_patch(patch: int, overlap: int) -> None:
