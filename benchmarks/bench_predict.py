@@ -14,7 +14,9 @@ own and every run is cold (model loading included in the timed section, imports 
   the threaded scheduler;
 * ``xs2mask-numpy``: ``xs2mask.predict`` on the numpy cube (one block);
 * ``csmask-t0`` / ``csmask-t2``: ``ukis_csmask.mask.CSmask`` on the same pixels, with
-  ``intra_op_num_threads`` 0 (onnxruntime's choice) and 2.
+  ``intra_op_num_threads`` 0 (onnxruntime's choice) and 2;
+* ``xs2mask-dask-t1`` (only when named in ``--cases``): the Dask case with ``threads=1``, one
+  onnxruntime thread per task, so the scheduler's threads do not oversubscribe the cores.
 
 Usage::
 
@@ -47,6 +49,8 @@ CSMASK_BANDS = ["blue", "green", "red", "nir", "swir16", "swir22"]
 MODEL = "ukis-csmask-6b-l2a"
 CHUNK = 1024
 CASES = ("xs2mask-dask", "xs2mask-numpy", "csmask-t0", "csmask-t2")
+# Optional: the Dask case with one onnxruntime thread per task (the scheduler's 2 threads give parallelism)
+EXTRA_CASES = ("xs2mask-dask-t1",)
 # CSmask classes 0 clear, 1 cloud, 2 shadow -> xs2mask codes 0 clear, 1 thick cloud, 3 cloud shadow
 CSMASK_TO_XS2MASK = np.array([0, 1, 3], np.uint8)
 CUBE_VERSION = 2  # bump when the mosaic recipe changes, to invalidate cached cubes
@@ -146,9 +150,12 @@ def run_case(case: str, cube_path: Path, mask_path: Path) -> dict[str, Any]:
     cpu_before = resource.getrusage(resource.RUSAGE_SELF)
 
     start = time.perf_counter()
-    if case == "xs2mask-dask":
+    if case in ("xs2mask-dask", "xs2mask-dask-t1"):
         lazy = dsa.from_array(cube, chunks=(len(BANDS), CHUNK, CHUNK))
-        ds = xs2mask.predict(xr.DataArray(lazy, dims=("band", "y", "x"), coords=coords), model=MODEL)
+        threads = 1 if case.endswith("-t1") else 0
+        ds = xs2mask.predict(
+            xr.DataArray(lazy, dims=("band", "y", "x"), coords=coords), model=MODEL, threads=threads
+        )
         with dask.config.set(scheduler="threads"):
             mask = ds["mask"].compute().values
     elif case == "xs2mask-numpy":
@@ -161,7 +168,7 @@ def run_case(case: str, cube_path: Path, mask_path: Path) -> dict[str, Any]:
         csm = CSmask(img, band_order=CSMASK_BANDS, product_level="l2a", intra_op_num_threads=threads).csm
         mask = CSMASK_TO_XS2MASK[csm[..., 0]]
     else:
-        raise ValueError(f"unknown case {case!r}; choose from {', '.join(CASES)}")
+        raise ValueError(f"unknown case {case!r}; choose from {', '.join(CASES + EXTRA_CASES)}")
     seconds = time.perf_counter() - start
 
     cpu = resource.getrusage(resource.RUSAGE_SELF)
@@ -325,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=2048, help="cube edge in pixels (default 2048)")
     parser.add_argument("--repeat", type=int, default=1, help="fresh-process runs per case; best is kept")
-    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
+    parser.add_argument("--cases", nargs="+", choices=CASES + EXTRA_CASES, default=list(CASES))
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where the cube is cached")
@@ -363,7 +370,9 @@ def main(argv: list[str] | None = None) -> int:
                 mask_path = Path(tmp) / f"{case}.npy"
                 if args.max_busy is not None:
                     wait_for_idle(args.max_busy, args.idle_timeout)
+                source = source_version()
                 result = spawn(case, cube_path, mask_path, args.timeout)
+                result["source"] = source
                 runs.append(result)
                 print(
                     f"  run {i + 1}/{args.repeat} {case}: {result['seconds']:.1f} s, "
@@ -400,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"{r['case']} / {reference['case']} Mpx/s ratio: {ratios[r['case']]:.3f} "
                     f"({verdict} the >= 1.0 target)"
                 )
+    sources = sorted({r["source"] for r in runs})
+    if len(sources) > 1:
+        print(f"WARNING: the xs2mask source changed during the benchmark: {', '.join(sources)}")
     if {"xs2mask-dask", "xs2mask-numpy"} <= masks.keys():
         same = 100.0 * float(np.mean(masks["xs2mask-dask"] == masks["xs2mask-numpy"]))
         print(f"xs2mask dask vs numpy masks identical on {same:.4f} % of pixels")
@@ -413,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
                     "megapixels": megapixels,
                     "repeat": args.repeat,
                     "cpu": cpu_name(),
-                    "source": source_version(),
+                    "source": sources,
                     "python": platform.python_version(),
                     "numpy": np.__version__,
                     **meta,
