@@ -275,19 +275,23 @@ def summarise(runs: list[dict[str, Any]], megapixels: float) -> list[dict[str, A
     return rows
 
 
-def source_version() -> str:
-    """Git commit of the checkout being measured, ``-dirty`` when ``src/`` has local changes."""
+def _git(*args: str) -> str:
     root = Path(__file__).resolve().parents[1]
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def source_version() -> str:
+    """The measured code: ``src`` tree hash (``-dirty`` with local changes) and the commit it is at.
+
+    The tree hash changes only when the package source does, not with commits to tests or docs.
+    """
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "src"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
+        tree = _git("rev-parse", "--short", "HEAD:src")
+        dirty = _git("status", "--porcelain", "src")
+        commit = _git("rev-parse", "--short", "HEAD")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-    return commit + ("-dirty" if dirty else "")
+    return f"src {tree}{'-dirty' if dirty else ''} (commit {commit})"
 
 
 def _fmt(value: float | None, spec: str, missing: str = "") -> str:
@@ -410,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"({verdict} the >= 1.0 target)"
                 )
     sources = sorted({r["source"] for r in runs})
-    if len(sources) > 1:
+    if len({src.split(" (commit")[0] for src in sources}) > 1:
         print(f"WARNING: the xs2mask source changed during the benchmark: {', '.join(sources)}")
     if {"xs2mask-dask", "xs2mask-numpy"} <= masks.keys():
         same = 100.0 * float(np.mean(masks["xs2mask-dask"] == masks["xs2mask-numpy"]))
