@@ -156,16 +156,14 @@ def predict(
 
     device = resolve_device(device, specs)
     runtime = Runtime(device=device, dtype=resolve_dtype(dtype, device, specs), threads=threads)
-    if isinstance(tta, bool) or not isinstance(tta, int) or tta not in range(len(TTA_TRANSFORMS)):
+    if not _is_int(tta) or tta not in range(len(TTA_TRANSFORMS)):
         raise ValueError(f"tta must be an integer from 0 to {len(TTA_TRANSFORMS) - 1}, got {tta!r}")
     if output not in ("mask", "probability", "both"):
         raise ValueError(f"output must be 'mask', 'probability' or 'both', got {output!r}")
     if probability_dtype not in ("uint8", "float16"):
         raise ValueError(f"probability_dtype must be 'uint8' or 'float16', got {probability_dtype!r}")
 
-    if batch_size is not None and (
-        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
-    ):
+    if batch_size is not None and (not _is_int(batch_size) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     factor = _factor(da, processing_resolution)
     runs = tuple(_model_run(s, needed, patch_size, overlap) for s in specs)
@@ -195,6 +193,11 @@ def predict(
 
 
 # --------------------------------------------------------------------------- input checks
+
+
+def _is_int(value: object) -> bool:
+    """A true integer: bool and float (1.0) do not count."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _as_band_array(obj: xr.DataArray | xr.Dataset) -> tuple[xr.DataArray, bool]:

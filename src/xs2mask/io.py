@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from .classes import CLASS_COLOURS, CLASS_NAMES, NODATA
+from .classes import CLASS_COLOURS, CLASS_NAMES, NODATA, mask_attrs
 
 
 def class_percentages(mask: np.ndarray) -> dict[str, float]:
@@ -62,7 +62,12 @@ def write_geotiff(mask: xr.DataArray, path: str | Path) -> Path:
             dst.write(values, 1)
             dst.write_colormap(1, dict(CLASS_COLOURS))
             dst.update_tags(**{f"PCT_{k.upper()}": str(v) for k, v in class_percentages(values).items()})
-            dst.update_tags(1, flag_values="0 1 2 3", flag_meanings=" ".join(CLASS_NAMES.values()))
+            flags = mask_attrs()
+            dst.update_tags(
+                1,
+                flag_values=" ".join(map(str, flags["flag_values"])),
+                flag_meanings=flags["flag_meanings"],
+            )
         rasterio.shutil.copy(staging, partial, driver="COG", compress="DEFLATE")
         partial.replace(path)
     finally:
@@ -105,7 +110,7 @@ def quicklook(rgb_reflectance: np.ndarray, mask: np.ndarray, path: str | Path, t
         Patch(facecolor=np.array(CLASS_COLOURS[c]) / 255, edgecolor="0.5", label=f"{n} {pct[n]:.1f}%")
         for c, n in CLASS_NAMES.items()
     ]
-    handles.append(Patch(facecolor="black", edgecolor="0.5", label="no data"))
+    handles.append(Patch(facecolor=np.array(CLASS_COLOURS[NODATA]) / 255, edgecolor="0.5", label="no data"))
     fig.legend(handles=handles, loc="lower center", ncol=5, frameon=False)
     if title:
         fig.suptitle(title)
