@@ -16,22 +16,29 @@ try:
 except PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0+unknown"
 
-from . import accessor, classes, data, io, models
+from . import accessor, classes, data, io, models, radiometry, stac, store
 from .exceptions import (
     BandError,
     DeviceError,
     InputError,
     ModelNotFoundError,
+    RadiometryWarning,
+    StacError,
+    StoreError,
     WeightsError,
     XS2MaskError,
 )
 from .inference import predict
+from .store import open_masks, to_zarr
 
 __all__ = [
     "BandError",
     "DeviceError",
     "InputError",
     "ModelNotFoundError",
+    "RadiometryWarning",
+    "StacError",
+    "StoreError",
     "WeightsError",
     "XS2MaskError",
     "__version__",
@@ -40,5 +47,10 @@ __all__ = [
     "data",
     "io",
     "models",
+    "open_masks",
     "predict",
+    "radiometry",
+    "stac",
+    "store",
+    "to_zarr",
 ]

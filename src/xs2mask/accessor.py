@@ -8,7 +8,7 @@ from typing import Any
 
 import xarray as xr
 
-from . import inference
+from . import inference, store
 
 
 def _method(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -28,6 +28,7 @@ class _S2MaskAccessor:
         self._obj = obj
 
     predict = _method(inference.predict)
+    to_zarr = _method(store.to_zarr)
 
 
 xr.register_dataarray_accessor("s2mask")(_S2MaskAccessor)

@@ -28,3 +28,15 @@ class WeightsError(XS2MaskError, OSError):
 
 class DeviceError(XS2MaskError, RuntimeError):
     """The requested device or precision is not available."""
+
+
+class StacError(XS2MaskError, RuntimeError):
+    """A STAC API does not answer, answers with errors, or finds no usable items."""
+
+
+class StoreError(XS2MaskError, ValueError):
+    """A Zarr store exists with another layout, or cannot be written as asked."""
+
+
+class RadiometryWarning(UserWarning):
+    """Pixel values contradict an item's radiometric metadata (e.g. a wrong offset flag)."""

@@ -1,0 +1,417 @@
+"""Sentinel-2 from any STAC API: search (pystac-client) and lazy loading (stackstac).
+
+:func:`search` wraps :class:`pystac_client.Client` with bounded retries and clear
+errors, and signs Planetary Computer hrefs. :func:`load` turns the items into one
+lazy ``(time, band, y, x)`` float32 reflectance cube, whatever the provider:
+
+- assets are found by band, whatever the provider calls them (``B04``, ``red``,
+  ``red-jp2``; a COG is preferred over a JPEG2000 copy), and renamed to ESA names;
+- DN become reflectance per item and band, as :mod:`xs2mask.radiometry` decides
+  from the item's metadata (processing baseline, ``raster:bands``, Earth Search's
+  ``boa_offset_applied``); stackstac's own rescaling is off so nothing is applied twice;
+- items of one day (neighbouring MGRS tiles of one overpass) are mosaicked into one
+  time step on one grid; items in other UTM zones are reprojected onto it;
+- coordinates are pixel centres, the CRS is attached (rioxarray), no-data is NaN,
+  and stackstac's object-dtype coordinates are dropped so the cube goes to Zarr.
+
+Per time step the cube records the offset applied (``radiometric_offset``, in
+reflectance) and, in ``attrs["xs2mask_radiometry"]``, each item's decision.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from .bands import canonical_band
+from .exceptions import BandError, InputError, StacError
+
+Signer = Callable[[Any], Any]
+_RETRY_STATUS = (429, 500, 502, 503, 504)
+_PC_HOSTS = (".blob.core.windows.net",)
+
+
+def search(
+    url: str,
+    *,
+    collections: str | Sequence[str],
+    bbox: Sequence[float] | None = None,
+    intersects: dict | None = None,
+    datetime: str | None = None,
+    query: dict | None = None,
+    max_items: int | None = None,
+    sign: bool | Signer | None = None,
+    retries: int = 3,
+    timeout: float = 30.0,
+):
+    """Search a STAC API for Sentinel-2 items.
+
+    Parameters
+    ----------
+    url
+        STAC API root, e.g. ``https://planetarycomputer.microsoft.com/api/stac/v1``
+        or ``https://earth-search.aws.element84.com/v1``.
+    collections, bbox, intersects, datetime, query, max_items
+        As in :meth:`pystac_client.Client.search` (``bbox`` in lon/lat,
+        ``datetime`` like ``"2024-06-01/2024-06-30"``).
+    sign
+        ``None`` signs Planetary Computer hrefs when the ``planetary-computer``
+        package is installed; ``False`` never signs; a callable ``item -> item``
+        signs with it. Signatures expire after about 45 minutes: long jobs
+        re-sign per slab (:func:`resign`).
+    retries
+        Retries of a failing request (HTTP 429/5xx, connection errors), with
+        exponential back-off, before :class:`~xs2mask.exceptions.StacError`.
+    timeout
+        Seconds to wait for each answer.
+
+    Returns
+    -------
+    pystac.ItemCollection
+        Possibly empty: :func:`load` explains what to change when nothing matched.
+
+    Examples
+    --------
+    >>> items = search(  # doctest: +SKIP
+    ...     "https://earth-search.aws.element84.com/v1", collections="sentinel-2-l2a",
+    ...     bbox=[13.3, 52.4, 13.5, 52.6], datetime="2024-06-01/2024-06-30",
+    ... )
+    """
+    import pystac_client
+    import requests
+    from pystac_client.exceptions import APIError
+    from pystac_client.stac_api_io import StacApiIO
+    from urllib3.util.retry import Retry
+
+    retry = Retry(
+        total=retries,
+        backoff_factor=0.5,
+        status_forcelist=_RETRY_STATUS,
+        allowed_methods=None,  # POST searches are idempotent too
+        raise_on_status=False,
+    )
+    collections = [collections] if isinstance(collections, str) else list(collections)
+    try:
+        client = pystac_client.Client.open(
+            url, stac_io=StacApiIO(max_retries=retry, timeout=timeout), modifier=_signer(sign)
+        )
+        found = client.search(
+            collections=collections,
+            bbox=bbox,
+            intersects=intersects,
+            datetime=datetime,
+            query=query,
+            max_items=max_items,
+        ).item_collection()
+    except (requests.exceptions.RequestException, APIError, OSError) as err:
+        raise StacError(
+            f"the STAC API at {url} failed after {retries} retries: {_short(err)}. "
+            "Check the URL (it must be the API root), your network, and the provider's status page."
+        ) from err
+    return found
+
+
+def resign(items: Iterable[Any], sign: bool | Signer | None = None) -> list:
+    """Return copies of ``items`` with freshly signed hrefs (old signatures stripped first).
+
+    Examples
+    --------
+    >>> import pystac, datetime as dt
+    >>> item = pystac.Item("a", None, None, dt.datetime(2024, 1, 1), {})
+    >>> item.add_asset("B04", pystac.Asset("https://x.blob.core.windows.net/b04.tif?se=old&sig=1"))
+    >>> resign([item], sign=False)[0].assets["B04"].href
+    'https://x.blob.core.windows.net/b04.tif'
+    """
+    fresh = []
+    for item in items:
+        item = item.clone()
+        for asset in item.assets.values():
+            if any(h in asset.href for h in _PC_HOSTS):
+                asset.href = asset.href.split("?", 1)[0]
+        signer = _signer(sign)
+        if signer is not None:
+            item = signer(item) or item
+        fresh.append(item)
+    return fresh
+
+
+def load(
+    items: Iterable[Any],
+    *,
+    bands: Sequence[str] | None = None,
+    resolution: float = 10,
+    epsg: int | None = None,
+    bounds: Sequence[float] | None = None,
+    bounds_latlon: Sequence[float] | None = None,
+    chunks: int = 1024,
+    harmonize: bool | str = "auto",
+    model: str = "default",
+) -> xr.DataArray:
+    """Load items as a lazy ``(time, band, y, x)`` float32 reflectance cube.
+
+    Parameters
+    ----------
+    items
+        pystac Items (an ItemCollection, a list, or dicts) of Sentinel-2 L1C/L2A.
+    bands
+        Bands in any naming (``"B04"``, ``"red"``). ``None``: the bands ``model`` needs.
+    resolution
+        Output pixel size in metres of the (UTM) grid.
+    epsg
+        Output CRS; default the most common CRS of the items (others are reprojected).
+    bounds, bounds_latlon
+        Output extent in the output CRS or in lon/lat; default the union of the
+        items' footprints. Grids snap to multiples of ``resolution`` like
+        Sentinel-2 tiles do, so neighbouring tiles share one grid.
+    chunks
+        Dask chunk size in pixels along y and x (one time step and all bands per chunk).
+    harmonize
+        ``"auto"`` decides the baseline-04.00 offset per item from its metadata
+        (falling back to the date, with a warning); ``True`` requires metadata
+        evidence; ``False`` never applies an offset (DN / 10000).
+    model
+        Model whose bands are loaded when ``bands`` is None.
+
+    Returns
+    -------
+    xarray.DataArray
+        Reflectance with NaN no-data, pixel-centre coordinates, CRS attached.
+
+    Examples
+    --------
+    >>> cube = load(items, bounds_latlon=[13.3, 52.4, 13.5, 52.6])  # doctest: +SKIP
+    >>> masks = cube.s2mask.predict()  # doctest: +SKIP
+    """
+    import rioxarray  # noqa: F401  (registers .rio)
+    import stackstac
+
+    from .radiometry import item_radiometry
+
+    items = [_as_item(i) for i in items]
+    if not items:
+        raise StacError(
+            "no items to load: the search matched nothing. Widen the bbox or the dates, "
+            "check the collection name, or raise the cloud-cover limit."
+        )
+    if harmonize not in ("auto", True, False):
+        raise InputError(f"harmonize must be 'auto', True or False, got {harmonize!r}")
+    wanted = _wanted_bands(bands, model)
+    epsg = epsg or _common_epsg(items)
+
+    renamed, scales, offsets, records = [], [], [], {}
+    for item in items:
+        keys = _asset_keys(item, wanted)
+        decisions = {b: item_radiometry(item, keys[b], harmonize=harmonize) for b in wanted}
+        renamed.append(_renamed(item, keys))
+        scales.append([decisions[b].scale for b in wanted])
+        offsets.append([decisions[b].offset for b in wanted])
+        records[item.id] = sorted({d.source for d in decisions.values()})
+
+    stack = stackstac.stack(
+        renamed,
+        assets=list(wanted),
+        epsg=epsg,
+        resolution=resolution,
+        bounds=bounds,
+        bounds_latlon=bounds_latlon,
+        chunksize=(1, -1, chunks, chunks),
+        dtype=np.dtype("float32"),
+        fill_value=np.float32(np.nan),
+        rescale=False,
+        sortby_date=False,
+        xy_coords="center",
+        properties=False,
+        band_coords=False,
+    )
+    scale = xr.DataArray(np.asarray(scales, np.float32), dims=("time", "band"))
+    offset = xr.DataArray(np.asarray(offsets, np.float32), dims=("time", "band"))
+    refl = (stack.where(stack != 0) * scale + offset).astype(np.float32)
+    refl = refl.assign_coords(band=list(wanted), item=("time", [i.id for i in items]))
+    refl = refl.assign_coords(radiometric_offset=("time", _per_time_offset(offsets)))
+    cube = _mosaic_days(refl.sortby("time"), chunks)
+    cube = cube.drop_vars(
+        [n for n in cube.coords if n not in ("time", "band", "y", "x", "radiometric_offset")]
+    )
+    cube.attrs = {"xs2mask_radiometry": json.dumps(_by_day(items, records), sort_keys=True)}
+    cube.name = "reflectance"
+    return cube.rio.write_crs(epsg)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _short(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return (text[0] if text else type(err).__name__)[:300]
+
+
+def _signer(sign: bool | Signer | None) -> Signer | None:
+    if sign is False:
+        return None
+    if callable(sign):
+        return sign
+    try:
+        import planetary_computer
+    except ImportError:
+        if sign is True:
+            raise InputError(
+                "sign=True needs the planetary-computer package: pip install 'xs2mask[pc]'"
+            ) from None
+        return None
+
+    def pc_sign(obj):
+        # Only Planetary Computer blobs need a token; signing others would call its API for nothing.
+        text = json.dumps(obj if isinstance(obj, dict) else obj.to_dict(), default=str)
+        if sign is True or any(h in text for h in _PC_HOSTS):
+            return planetary_computer.sign(obj)
+        return obj
+
+    return pc_sign
+
+
+def _as_item(item: Any):
+    import pystac
+
+    if isinstance(item, pystac.Item):
+        return item
+    if isinstance(item, dict):
+        return pystac.Item.from_dict(item)
+    raise InputError(f"expected pystac Items or item dicts, got {type(item).__name__}")
+
+
+def _wanted_bands(bands: Sequence[str] | None, model: str) -> tuple[str, ...]:
+    if bands is None:
+        from .bands import BAND_NAMES
+        from .models import registry
+
+        spec = registry.resolve_default(BAND_NAMES) if model == "default" else registry.get(model)
+        return tuple(spec.bands)
+    if isinstance(bands, str):
+        bands = [bands]
+    wanted = tuple(canonical_band(b) for b in bands)
+    if len(set(wanted)) != len(wanted):
+        raise BandError(f"bands {list(bands)} name a band twice")
+    return wanted
+
+
+def _asset_keys(item, wanted: Sequence[str]) -> dict[str, str]:
+    """Asset key of each wanted band in this item (COG preferred over JPEG2000)."""
+    found: dict[str, list[str]] = {}
+    for key in item.assets:
+        try:
+            band = canonical_band(key)
+        except BandError:
+            continue
+        found.setdefault(band, []).append(key)
+    keys = {}
+    for band in wanted:
+        candidates = sorted(found.get(band, []), key=lambda k: (k.endswith("-jp2"), k))
+        if not candidates:
+            raise BandError(
+                f"item {item.id} has no asset for band {band} (its assets: {', '.join(item.assets)}). "
+                "Choose a collection with that band (B10 is L1C only), or pass bands= without it."
+            )
+        keys[band] = candidates[0]
+    return keys
+
+
+def _renamed(item, keys: dict[str, str]) -> dict:
+    """A copy of ``item`` (as a dict) whose assets are the wanted bands under their ESA names.
+
+    Raster scale/offset are removed (xs2mask applies radiometry itself) and the
+    EPSG code is restored where pystac migrated it to ``proj:code``, which
+    stackstac 0.5 does not read.
+    """
+    clone = item.clone()
+    epsg = _item_epsg(item)
+    clone.assets = {}
+    for band, key in keys.items():
+        asset = item.assets[key].clone()
+        asset.extra_fields.pop("raster:bands", None)
+        asset.extra_fields.pop("bands", None)
+        code = asset.extra_fields.pop("proj:code", None)
+        if code and "proj:epsg" not in asset.extra_fields:
+            asset.extra_fields["proj:epsg"] = _epsg_of(code)
+        clone.add_asset(band, asset)
+    clone.properties.pop("proj:code", None)
+    if epsg is not None:
+        clone.properties["proj:epsg"] = epsg
+    # Links are dropped: serialising them would try to resolve the catalogue root over the network.
+    clone.clear_links()
+    return clone.to_dict(transform_hrefs=False)
+
+
+def _epsg_of(code: Any) -> int | None:
+    if isinstance(code, int):
+        return code
+    match = re.fullmatch(r"EPSG:(\d+)", str(code))
+    return int(match.group(1)) if match else None
+
+
+def _item_epsg(item) -> int | None:
+    props = item.properties
+    return _epsg_of(props.get("proj:epsg")) or _epsg_of(props.get("proj:code"))
+
+
+def _common_epsg(items: Sequence[Any]) -> int:
+    codes = Counter(e for e in (_item_epsg(i) for i in items) if e)
+    if not codes:
+        raise InputError(
+            "the items carry no projection (proj:epsg / proj:code); pass epsg= (e.g. 32633) to load()"
+        )
+    return codes.most_common(1)[0][0]
+
+
+def _per_time_offset(offsets: list[list[float]]) -> np.ndarray:
+    """One offset per item when all its bands share it (always so far), else NaN."""
+    out = []
+    for row in offsets:
+        out.append(row[0] if np.allclose(row, row[0]) else np.nan)
+    return np.asarray(out, np.float32)
+
+
+def _day(value: np.datetime64) -> np.datetime64:
+    return np.datetime64(value, "D")
+
+
+def _mosaic_days(refl: xr.DataArray, chunks: int) -> xr.DataArray:
+    """One time step per day: the first valid pixel among that day's items (tiles of one overpass)."""
+    days = np.array([_day(t) for t in refl["time"].values])
+    if len(np.unique(days)) == len(days):
+        return refl
+    parts = []
+    for day in np.unique(days):
+        idx = np.flatnonzero(days == day)
+        group = refl.isel(time=idx)
+        if len(idx) == 1:
+            parts.append(group)
+            continue
+        merged = _first_valid(group).expand_dims(time=group["time"].values[:1])
+        parts.append(
+            merged.assign_coords(
+                radiometric_offset=("time", [float(np.nanmean(group["radiometric_offset"].values))]),
+                item=("time", [",".join(group["item"].values)]),
+            )
+        )
+    return xr.concat(parts, dim="time").chunk({"time": 1, "y": chunks, "x": chunks})
+
+
+def _first_valid(group: xr.DataArray) -> xr.DataArray:
+    out = group.isel(time=0, drop=True)
+    for t in range(1, group.sizes["time"]):
+        out = out.fillna(group.isel(time=t, drop=True))
+    return out
+
+
+def _by_day(items: Sequence[Any], records: dict[str, list[str]]) -> dict[str, dict[str, list[str]]]:
+    out: dict[str, dict[str, list[str]]] = {}
+    for item in items:
+        day = str(_day(np.datetime64(item.datetime.replace(tzinfo=None), "ns")))
+        out.setdefault(day, {})[item.id] = records[item.id]
+    return out
