@@ -92,7 +92,7 @@ def test_interrupted_store_is_never_complete_and_resume_is_bit_identical(tmp_pat
     attrs = attrs_of(path)
     assert attrs["xs2mask_status"] == "incomplete"
     assert len(attrs["xs2mask_done"]) == 5
-    with pytest.raises(StoreError, match="incomplete.*Rerun"):
+    with pytest.raises(StoreError, match=r"incomplete.*Rerun"):
         xs2mask.open_masks(str(path))
     partial = xs2mask.open_masks(str(path), allow_incomplete=True).mask.values
     # What was never written reads as no-data (Zarr's fill value is 255 too), never as "clear".
@@ -175,7 +175,7 @@ def test_incompatible_store_is_refused_and_left_untouched(tmp_path, masks):
     store.to_zarr(masks.isel(time=[0]), str(path), block=256)
     before = {p: p.read_bytes() for p in path.rglob("*") if p.is_file()}
     other_area = masks.isel(time=[0], x=slice(0, 256))
-    with pytest.raises(StoreError, match="incompatible layout.*x coordinates"):
+    with pytest.raises(StoreError, match=r"incompatible layout.*x coordinates"):
         store.to_zarr(other_area, str(path), block=256, mode="a")
     with pytest.raises(StoreError, match="chunks differ"):
         store.to_zarr(masks.isel(time=[0]), str(path), chunks={"y": 128, "x": 128}, block=256)
@@ -207,7 +207,8 @@ def test_shards_hold_whole_dask_chunks(tmp_path, masks, expected):
     assert raw.shards == (1, 256, 256)
     np.testing.assert_array_equal(xs2mask.open_masks(str(path)).mask.values, expected)
     with pytest.raises(StoreError, match="multiple of the chunk size"):
-        store.to_zarr(masks, str(tmp_path / "bad.zarr"), chunks={"y": 96, "x": 96}, shards={"y": 256, "x": 256})
+        bad = str(tmp_path / "bad.zarr")
+        store.to_zarr(masks, bad, chunks={"y": 96, "x": 96}, shards={"y": 256, "x": 256})
 
 
 def test_stale_encodings_and_object_coords_are_cleared(masks):
@@ -242,5 +243,5 @@ def test_bad_arguments(tmp_path, masks):
         store.to_zarr(masks, str(tmp_path / "a.zarr"), mode="r")
     with pytest.raises(StoreError, match="shards need Zarr format 3"):
         store.to_zarr(masks, str(tmp_path / "a.zarr"), zarr_format=2, shards={"y": 512, "x": 512})
-    with pytest.raises(StoreError, match="not an xs2mask mask store|cannot open"):
+    with pytest.raises(StoreError, match=r"not an xs2mask mask store|cannot open"):
         xs2mask.open_masks(str(tmp_path / "missing.zarr"))

@@ -4,6 +4,9 @@ Examples
 --------
 ``xs2mask demo``                  mask the shipped scene, write GeoTIFF + PNG quick-look
 ``xs2mask models``                list models, whether installed, bands and licence
+``xs2mask mask SCENE -o MASK.tif``  mask one scene given as files (.SAFE, band folder, GeoTIFF)
+``xs2mask predict --stac-url URL --collection C --bbox W S E N --datetime A/B --out STORE``
+                                  mask a STAC search into Zarr (resumable, appendable)
 """
 
 from __future__ import annotations
@@ -54,6 +57,142 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mask(args: argparse.Namespace) -> int:
+    import warnings
+
+    def show(message, category, *_args, **_kwargs) -> None:
+        print(f"xs2mask: warning: {message}", file=sys.stderr)
+
+    # Warnings (e.g. an offset that had to be assumed) read as messages here, not as source lines.
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        return _mask_scene(args)
+
+
+def _mask_scene(args: argparse.Namespace) -> int:
+    import dask
+
+    from . import models, predict
+    from .exceptions import InputError
+    from .io import class_percentages, write_geotiff
+    from .radiometry import check_reflectance, negative_fraction
+    from .scenes import read_scene
+
+    source, out = Path(args.input), Path(args.out)
+    # Checked before the (long) run, and again by nothing later: a file that appears meanwhile is
+    # the user's own doing. The input itself is never a valid output, even with --overwrite.
+    if out.is_dir():
+        raise InputError(f"-o {out} is a folder: give the mask's file name, e.g. -o {out / 'mask.tif'}")
+    if source.exists() and out.exists() and out.resolve() == source.resolve():
+        raise InputError(f"-o {out} is the input itself: choose another output name")
+    if out.exists() and not args.overwrite:
+        raise InputError(f"refusing to overwrite {out}: pass --overwrite, or choose another -o")
+    # Lazy read: predict selects the bands its model needs, so only those files are decoded.
+    cube = read_scene(source, bands=args.bands, resolution=None, chunks=args.chunks, offset=args.offset)
+    res = abs(cube.rio.resolution()[0])
+    print(
+        f"scene: {source}  {cube.sizes['y']} x {cube.sizes['x']} px at {res:g} m, {cube.rio.crs}, "
+        f"bands {' '.join(map(str, cube.band.values))}"
+    )
+    print(f"radiometry: {cube.attrs['xs2mask_radiometry']}")
+    start = time.perf_counter()
+    ds = predict(
+        cube,
+        model=args.model,
+        tta=args.tta,
+        device=args.device,
+        processing_resolution=args.processing_resolution,
+    )
+    used = list(
+        dict.fromkeys(b for name in ds.attrs["xs2mask_model"].split(",") for b in models.get(name).bands)
+    )
+    # One pass over the files: the radiometry check shares the reads with the model.
+    mask, fraction = dask.compute(ds.mask, negative_fraction(cube.sel(band=used)))
+    seconds = time.perf_counter() - start
+    check_reflectance(fraction, label=str(source))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_geotiff(mask, out)
+    attrs = ds.attrs
+    print(f"model: {attrs['xs2mask_model']} ({attrs['xs2mask_model_licence']}) on {attrs['xs2mask_device']}")
+    print(f"masked {mask.size / 1e6:.2f} Mpx in {seconds:.1f} s")
+    for name, pct in class_percentages(mask.values).items():
+        print(f"  {name:<13} {pct:6.2f} %")
+    print(f"wrote {out}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from contextlib import ExitStack
+
+    from .pipeline import Job, mask_stac
+
+    if args.workers and args.scheduler:
+        raise XS2MaskError("give either --workers or --scheduler, not both")
+    job = Job(
+        stac_url=args.stac_url,
+        collections=tuple(args.collection),
+        bbox=tuple(args.bbox),
+        datetime=args.datetime,
+        out=args.out,
+        model=args.model,
+        resolution=args.pixel_size,
+        processing_resolution=args.processing_resolution,
+        max_cloud=args.max_cloud,
+        chunks=args.chunks,
+        harmonize={"auto": "auto", "true": True, "false": False}[args.harmonize],
+        tta=args.tta,
+        mode="w" if args.overwrite else "a" if args.append else "w-",
+        zarr_format=args.zarr_format,
+        batch=args.batch,
+        storage_options=dict(_key_value(kv) for kv in args.storage_option),
+    )
+    start = time.perf_counter()
+    with ExitStack() as stack:
+        client = _client(args, stack)
+        if client is not None:
+            print(f"dask: {client.dashboard_link}  ({sum(client.nthreads().values())} threads)")
+        masks = mask_stac(job, progress=_progress_bar(args.quiet))
+    seconds = time.perf_counter() - start
+    n_px = masks.sizes["time"] * masks.sizes["y"] * masks.sizes["x"]
+    print(
+        f"wrote {job.out}: {masks.sizes['time']} dates x {masks.sizes['y']} x {masks.sizes['x']} px "
+        f"with {masks.attrs['xs2mask_model']} in {seconds:.1f} s ({n_px / seconds / 1e6:.2f} Mpx/s)"
+    )
+    return 0
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise XS2MaskError(f"--storage-option expects KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _client(args: argparse.Namespace, stack):
+    """A Dask client for --workers / --scheduler, closed when the job ends; None = threads here."""
+    if not (args.workers or args.scheduler):
+        return None
+    from distributed import Client, LocalCluster
+
+    if args.scheduler:
+        return stack.enter_context(Client(args.scheduler))
+    # One Dask thread per worker process: the model's own threads then share the cores without
+    # oversubscribing them.
+    cluster = stack.enter_context(LocalCluster(n_workers=args.workers, threads_per_worker=1))
+    return stack.enter_context(Client(cluster))
+
+
+def _progress_bar(quiet: bool):
+    if quiet:
+        return None
+    from tqdm.auto import tqdm
+
+    def wrap(iterator, total):
+        return tqdm(iterator, total=total, unit="slab", desc="masking")
+
+    return wrap
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xs2mask", description="Cloud and cloud-shadow masks for Sentinel-2."
@@ -68,8 +207,84 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     demo.set_defaults(func=_demo)
 
+    pred = sub.add_parser(
+        "predict",
+        help="mask a STAC search (area x dates) into a Zarr store",
+        description="Search a STAC API, mask every scene found and write the masks to Zarr. "
+        "Rerunning an interrupted job completes it; --append adds new dates.",
+    )
+    pred.add_argument("--stac-url", required=True, help="STAC API root URL")
+    pred.add_argument("--collection", required=True, action="append", help="collection id (repeatable)")
+    pred.add_argument("--bbox", required=True, nargs=4, type=float, metavar=("W", "S", "E", "N"))
+    pred.add_argument("--datetime", required=True, help="date range, e.g. 2024-06-01/2024-06-30")
+    pred.add_argument("--out", required=True, help="Zarr store: a path or an fsspec URL (s3://...)")
+    pred.add_argument("--model", default="default", help="model name (default: best installed)")
+    pred.add_argument(
+        "--resolution",
+        "--processing-resolution",
+        dest="processing_resolution",
+        type=float,
+        default=None,
+        help="run the model at this resolution in metres (e.g. 20; default: the pixel size)",
+    )
+    pred.add_argument("--pixel-size", type=float, default=10, help="pixel size of the masks in metres")
+    pred.add_argument("--max-cloud", type=float, default=None, help="skip items above this cloud cover %%")
+    pred.add_argument("--chunks", type=int, default=1024, help="chunk size in pixels (default 1024)")
+    pred.add_argument("--tta", type=int, default=0, help="test-time augmentation passes 0-7")
+    pred.add_argument("--harmonize", choices=("auto", "true", "false"), default="auto")
+    pred.add_argument("--workers", type=int, default=0, help="start a local Dask cluster of N workers")
+    pred.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
+    pred.add_argument("--zarr-format", type=int, choices=(2, 3), default=None)
+    pred.add_argument(
+        "--batch", type=int, default=None, help="slabs computed together (a killed job redoes at most one)"
+    )
+    pred.add_argument("--append", action="store_true", help="append new dates to an existing store")
+    pred.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    pred.add_argument(
+        "--storage-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fsspec option (repeatable)",
+    )
+    pred.add_argument("--quiet", action="store_true", help="no progress bar")
+    pred.set_defaults(func=_predict)
+
     lst = sub.add_parser("models", help="list the models and whether they are installed")
     lst.set_defaults(func=_models)
+
+    msk = sub.add_parser(
+        "mask",
+        help="mask one scene given as files (.SAFE, folder of band files, multi-band GeoTIFF)",
+        description="Mask one Sentinel-2 scene read from files and write the mask as a GeoTIFF "
+        "(COG, colour table, nodata 255) on the grid of the input's finest band.",
+    )
+    msk.add_argument("input", help=".SAFE folder (L1C or L2A), folder of band files, or multi-band GeoTIFF")
+    msk.add_argument("-o", "--out", required=True, help="mask GeoTIFF to write")
+    msk.add_argument("--model", default="default", help="model name (default: best installed for the bands)")
+    msk.add_argument(
+        "--resolution",
+        "--processing-resolution",
+        dest="processing_resolution",
+        type=float,
+        default=None,
+        metavar="M",
+        help="run the model at this resolution in metres (10, 20, 60); the mask keeps the input grid",
+    )
+    msk.add_argument("--tta", type=int, default=0, help="test-time augmentation passes 0-7")
+    msk.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    msk.add_argument(
+        "--bands", nargs="+", default=None, help="bands to read, or the names of a GeoTIFF's bands"
+    )
+    msk.add_argument(
+        "--offset",
+        type=float,
+        default=None,
+        help="DN offset when the metadata cannot tell: -1000 for processing baseline >= 04.00, else 0",
+    )
+    msk.add_argument("--chunks", type=int, default=1024, help="block size in pixels (default 1024)")
+    msk.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    msk.set_defaults(func=_mask)
     return parser
 
 

@@ -46,6 +46,7 @@ class Job:
     mode: str = "w-"
     zarr_format: int | None = None
     block: int | None = None
+    batch: int | None = None
     storage_options: dict[str, Any] = field(default_factory=dict, hash=False)
 
 
@@ -135,6 +136,7 @@ def mask_stac(
         storage_options=job.storage_options or None,
         zarr_format=job.zarr_format,
         block=job.block,
+        batch=job.batch,
         build=build,
         check=check,
         progress=progress,

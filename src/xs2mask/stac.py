@@ -229,9 +229,10 @@ def load(
         properties=False,
         band_coords=False,
     )
-    scale = xr.DataArray(np.asarray(scales, np.float32), dims=("time", "band"))
-    offset = xr.DataArray(np.asarray(offsets, np.float32), dims=("time", "band"))
-    refl = (stack.where(stack != 0) * scale + offset).astype(np.float32)
+    # (DN + offset_dn) / quantification, as ESA defines it: exact in float32, unlike DN * 1e-4.
+    quantification = xr.DataArray(1 / np.asarray(scales, np.float64), dims=("time", "band"))
+    offset_dn = xr.DataArray(np.asarray(offsets, np.float64) * quantification.values, dims=("time", "band"))
+    refl = (stack.where(stack != 0) + offset_dn.astype(np.float32)) / quantification.astype(np.float32)
     refl = refl.assign_coords(band=list(wanted), item=("time", [i.id for i in items]))
     refl = refl.assign_coords(radiometric_offset=("time", _per_time_offset(offsets)))
     cube = _mosaic_days(refl.sortby("time"), chunks)

@@ -1,0 +1,205 @@
+"""`xs2mask predict`: STAC API (rustac serve) -> lazy cube -> masks -> Zarr (local, S3), end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+import xs2mask
+from xs2mask import stac
+from xs2mask.cli import main
+from xs2mask.exceptions import RadiometryWarning
+from xs2mask.pipeline import Job, mask_stac
+
+MODEL = "ukis-csmask-4b-l2a"
+JUNE = "2020-06-01/2020-06-30"  # the 3-date time series of the PC catalogue
+
+
+def _args(cat, out, *extra, datetime=JUNE, bbox=None):
+    return [
+        "predict",
+        "--stac-url", cat.url,
+        "--collection", cat.collections[0],
+        "--bbox", *map(str, bbox or cat.bbox),
+        "--datetime", datetime,
+        "--out", str(out),
+        "--model", MODEL,
+        "--quiet",
+        *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def expected(stac_pc):
+    """Masks of the June time series computed in memory, without the pipeline."""
+    items = stac.search(stac_pc.url, collections="sentinel-2-l2a", bbox=stac_pc.bbox, datetime=JUNE)
+    cube = stac.load(items, bounds_latlon=stac_pc.bbox, model=MODEL)
+    return xs2mask.predict(cube, model=MODEL).compute()
+
+
+def test_cli_writes_the_same_masks_as_predict_in_memory(tmp_path, stac_pc, expected, capsys):
+    out = tmp_path / "june.zarr"
+    assert main(_args(stac_pc, out)) == 0
+    assert "wrote" in capsys.readouterr().out
+    masks = xs2mask.open_masks(str(out))
+    assert masks.sizes["time"] == 3
+    np.testing.assert_array_equal(masks.mask.values, expected.mask.values)
+    np.testing.assert_array_equal(masks.time.values, expected.time.values)
+    assert masks.mask.rio.crs.to_epsg() == 32736
+    assert masks.mask.attrs["flag_meanings"] == "clear thick_cloud thin_cloud cloud_shadow"
+    assert masks.attrs["xs2mask_model"] == MODEL
+    assert masks.attrs["xs2mask_stac_url"] == stac_pc.url
+    assert set(json.loads(masks.attrs["xs2mask_items"])) == set(stac_pc.groups["timeseries"])
+    radiometry = json.loads(masks.attrs["xs2mask_radiometry"])
+    assert sorted(radiometry) == ["2020-06-03", "2020-06-13", "2020-06-23"]
+    np.testing.assert_array_equal(masks.radiometric_offset.values, [0, 0, 0])
+    assert (masks.mask.values < 4).mean() > 0.9  # masks, not no-data
+    assert set(np.unique(masks.mask.values)) <= {0, 1, 3, 255}
+
+
+def test_processing_resolution_is_passed_to_the_engine(tmp_path, stac_pc):
+    out = tmp_path / "20m.zarr"
+    assert main([*_args(stac_pc, out, datetime="2020-06-03"), "--resolution", "20"]) == 0
+    masks = xs2mask.open_masks(str(out))
+    assert masks.attrs["xs2mask_processing_resolution"] == 20
+    assert float(abs(masks.x[1] - masks.x[0])) == 10  # run at 20 m, returned on the 10 m grid
+
+
+def test_local_cluster_gives_the_same_masks(tmp_path, stac_pc, expected):
+    out = tmp_path / "cluster.zarr"
+    assert main([*_args(stac_pc, out), "--workers", "2"]) == 0
+    np.testing.assert_array_equal(xs2mask.open_masks(str(out)).mask.values, expected.mask.values)
+
+
+def test_s3_store(stac_pc, s3_server, expected):
+    url = s3_server.url("june.zarr")
+    options = [
+        "--storage-option", f"endpoint_url={s3_server.endpoint_url}",
+        "--storage-option", f"key={s3_server.key}",
+        "--storage-option", f"secret={s3_server.secret}",
+    ]  # fmt: skip
+    assert main([*_args(stac_pc, url), *options]) == 0
+    masks = xs2mask.open_masks(url, storage_options=s3_server.storage_options)
+    np.testing.assert_array_equal(masks.mask.values, expected.mask.values)
+    assert masks.mask.rio.crs.to_epsg() == 32736
+
+
+def test_append_new_dates_then_nothing_left_to_do(tmp_path, stac_pc, expected):
+    out = tmp_path / "growing.zarr"
+    assert main(_args(stac_pc, out, datetime="2020-06-01/2020-06-15")) == 0
+    assert xs2mask.open_masks(str(out)).sizes["time"] == 2
+    assert main(_args(stac_pc, out)) == 2  # new dates without --append are refused
+    assert main([*_args(stac_pc, out), "--append"]) == 0
+    masks = xs2mask.open_masks(str(out))
+    np.testing.assert_array_equal(masks.mask.values, expected.mask.values)
+
+
+def test_signing_happens_per_slab(tmp_path, stac_pc):
+    signed = []
+
+    def sign(item):
+        signed.append(item.id)
+        return item
+
+    job = Job(stac_pc.url, ("sentinel-2-l2a",), stac_pc.bbox, "2020-06-03", str(tmp_path / "s.zarr"),
+              model=MODEL, chunks=256, block=256)  # fmt: skip
+    masks = mask_stac(job, sign=sign)
+    n_slabs = len(masks.attrs["xs2mask_done"])
+    assert n_slabs >= 4 and signed == [stac_pc.ids["timeseries_0"]] * n_slabs
+
+
+def test_tile_edge_gives_one_seamless_mask_equal_to_the_whole_scene(tmp_path, stac_pc):
+    def run(datetime, name):
+        out = tmp_path / name
+        assert main(_args(stac_pc, out, datetime=datetime)) == 0
+        return xs2mask.open_masks(str(out)).mask.isel(time=0).values
+
+    np.testing.assert_array_equal(run("2020-05-04", "edge.zarr"), run("2020-04-29", "whole.zarr"))
+
+
+def test_metadata_that_lies_is_reported(tmp_path, stac_es):
+    truth = stac_es.truth_of("lying")
+    day = truth.datetime[:10]
+    job = Job(
+        stac_es.url, ("sentinel-2-l2a",), truth.bbox, day, str(tmp_path / "l.zarr"), model=MODEL, chunks=256
+    )
+    with pytest.warns(RadiometryWarning, match=truth.item_id):
+        mask_stac(job)
+
+
+def test_no_items_is_a_clear_error_and_leaves_no_store(tmp_path, stac_pc, capsys):
+    out = tmp_path / "none.zarr"
+    assert main(_args(stac_pc, out, datetime="1999-01-01/1999-12-31")) == 2
+    err = capsys.readouterr().err
+    assert "no items in sentinel-2-l2a" in err and "Nothing was written" in err
+    assert not out.exists()
+    assert main([*_args(stac_pc, out), "--max-cloud", "0"]) == 2
+    assert "cloud cover below 0.0 %" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_max_cloud_skips_cloudy_items(tmp_path, stac_pc):
+    cover = {i["id"]: i["properties"]["eo:cloud_cover"] for i in stac_pc.items}
+    series = stac_pc.groups["timeseries"]
+    limit = sorted(cover[i] for i in series)[1]
+    out = tmp_path / "clear.zarr"
+    assert main([*_args(stac_pc, out), "--max-cloud", str(limit)]) == 0
+    kept = set(json.loads(xs2mask.open_masks(str(out)).attrs["xs2mask_items"]))
+    assert kept == {i for i in series if cover[i] <= limit}
+
+
+def test_unreachable_stac_api(tmp_path, unreachable_url, capsys):
+    out = tmp_path / "x.zarr"
+    args = ["predict", "--stac-url", unreachable_url, "--collection", "sentinel-2-l2a",
+            "--bbox", "0", "0", "1", "1", "--datetime", JUNE, "--out", str(out)]  # fmt: skip
+    assert main(args) == 2
+    assert f"the STAC API at {unreachable_url} failed" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_existing_store_of_another_area_is_refused(tmp_path, stac_pc, capsys):
+    out = tmp_path / "area.zarr"
+    assert main(_args(stac_pc, out, datetime="2020-06-03")) == 0
+    before = sorted(p.read_bytes() for p in out.rglob("*") if p.is_file())
+    w, s, e, n = stac_pc.bbox
+    smaller = (w, s, (w + e) / 2, n)
+    assert main([*_args(stac_pc, out, datetime="2020-06-03", bbox=smaller), "--append"]) == 2
+    assert "incompatible layout" in capsys.readouterr().err
+    assert sorted(p.read_bytes() for p in out.rglob("*") if p.is_file()) == before
+
+
+def test_killed_cli_job_resumes_to_identical_masks(tmp_path, stac_pc, expected):
+    out = tmp_path / "killed.zarr"
+    # One slab (one date) per batch, so that the kill lands between recorded slabs.
+    cmd = [sys.executable, "-m", "xs2mask.cli", *_args(stac_pc, out), "--batch", "1"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    child = subprocess.Popen(cmd, env=env)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if (out / "zarr.json").exists():
+                done = zarr.open_group(str(out), mode="r").attrs.get("xs2mask_done", [])
+                if done:
+                    break
+            assert child.poll() is None, "the job finished before it could be killed"
+            time.sleep(0.02)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait(timeout=30)
+    attrs = dict(zarr.open_group(str(out), mode="r").attrs)
+    assert attrs["xs2mask_status"] == "incomplete"
+    assert 0 < len(attrs["xs2mask_done"]) < 3
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    masks = xs2mask.open_masks(str(out))
+    np.testing.assert_array_equal(masks.mask.values, expected.mask.values)
+    assert Path(out).is_dir()
