@@ -1166,3 +1166,31 @@ def moto_s3(bucket: str = "xs2mask-test") -> Iterator[S3Server]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def _serve_forever(argv: list[str] | None = None) -> None:
+    """``python tests/servers.py pc|es [DATA]``: serve a test catalogue until Ctrl-C (try the CLI offline)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=_serve_forever.__doc__)
+    parser.add_argument("name", choices=("pc", "es"))
+    parser.add_argument(
+        "data", nargs="?", default=str(Path(__file__).resolve().parents[2] / "shared" / "data")
+    )
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix=f"xs2mask-{args.name}-") as tmp:
+        cat = build_catalogue(args.name, Path(args.data), Path(tmp))
+        with serve_catalogue(cat) as served:
+            w, s, e, n = served.bbox
+            print(f"STAC API {served.url}  collections {', '.join(served.collections)}", flush=True)
+            print(
+                f"try: xs2mask predict --stac-url {served.url} --collection {served.collections[0]} "
+                f"--bbox {w} {s} {e} {n} --datetime {served.datetime} --out masks.zarr",
+                flush=True,
+            )
+            with contextlib.suppress(KeyboardInterrupt):
+                threading.Event().wait()
+
+
+if __name__ == "__main__":
+    _serve_forever()

@@ -190,7 +190,7 @@ def test_foreign_folder_is_never_overwritten(tmp_path, masks):
     with pytest.raises(StoreError, match="not a Zarr store; refusing"):
         store.to_zarr(masks, str(folder))
     foreign = tmp_path / "foreign.zarr"
-    xr.Dataset({"a": ("x", np.arange(3))}).to_zarr(str(foreign))
+    xr.Dataset({"a": ("x", np.arange(3))}).to_zarr(str(foreign), consolidated=False)
     with pytest.raises(StoreError, match="not written by xs2mask"):
         store.to_zarr(masks, str(foreign), mode="a")
     assert (folder / "notes.txt").read_text() == "precious"

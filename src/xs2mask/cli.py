@@ -141,6 +141,7 @@ def _predict(args: argparse.Namespace) -> int:
         chunks=args.chunks,
         harmonize={"auto": "auto", "true": True, "false": False}[args.harmonize],
         tta=args.tta,
+        device=args.device,
         mode="w" if args.overwrite else "a" if args.append else "w-",
         zarr_format=args.zarr_format,
         batch=args.batch,
@@ -193,6 +194,25 @@ def _progress_bar(quiet: bool):
     return wrap
 
 
+def _add_model_options(parser: argparse.ArgumentParser, *, resolution: bool = True) -> None:
+    """The model options every masking command shares, with one meaning everywhere."""
+    parser.add_argument(
+        "--model", default="default", help="model name (default: best installed for the bands)"
+    )
+    if resolution:
+        parser.add_argument(
+            "--resolution",
+            "--processing-resolution",
+            dest="processing_resolution",
+            type=float,
+            default=None,
+            metavar="M",
+            help="run the model at this resolution in metres (10, 20, 60); the mask keeps the input grid",
+        )
+    parser.add_argument("--tta", type=int, default=0, help="test-time augmentation passes 0-7")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xs2mask", description="Cloud and cloud-shadow masks for Sentinel-2."
@@ -202,9 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="mask the Sentinel-2 scene shipped with xs2mask")
     demo.add_argument("--out", default="xs2mask-demo", help="output folder (default: ./xs2mask-demo)")
-    demo.add_argument("--model", default="default", help="model name (default: best installed)")
-    demo.add_argument("--tta", type=int, default=0, help="test-time augmentation passes 0-7")
-    demo.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    _add_model_options(demo, resolution=False)
     demo.set_defaults(func=_demo)
 
     pred = sub.add_parser(
@@ -218,19 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--bbox", required=True, nargs=4, type=float, metavar=("W", "S", "E", "N"))
     pred.add_argument("--datetime", required=True, help="date range, e.g. 2024-06-01/2024-06-30")
     pred.add_argument("--out", required=True, help="Zarr store: a path or an fsspec URL (s3://...)")
-    pred.add_argument("--model", default="default", help="model name (default: best installed)")
-    pred.add_argument(
-        "--resolution",
-        "--processing-resolution",
-        dest="processing_resolution",
-        type=float,
-        default=None,
-        help="run the model at this resolution in metres (e.g. 20; default: the pixel size)",
-    )
     pred.add_argument("--pixel-size", type=float, default=10, help="pixel size of the masks in metres")
     pred.add_argument("--max-cloud", type=float, default=None, help="skip items above this cloud cover %%")
     pred.add_argument("--chunks", type=int, default=1024, help="chunk size in pixels (default 1024)")
-    pred.add_argument("--tta", type=int, default=0, help="test-time augmentation passes 0-7")
     pred.add_argument("--harmonize", choices=("auto", "true", "false"), default="auto")
     pred.add_argument("--workers", type=int, default=0, help="start a local Dask cluster of N workers")
     pred.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
@@ -248,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="fsspec option (repeatable)",
     )
     pred.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_model_options(pred)
     pred.set_defaults(func=_predict)
 
     lst = sub.add_parser("models", help="list the models and whether they are installed")
@@ -261,18 +270,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     msk.add_argument("input", help=".SAFE folder (L1C or L2A), folder of band files, or multi-band GeoTIFF")
     msk.add_argument("-o", "--out", required=True, help="mask GeoTIFF to write")
-    msk.add_argument("--model", default="default", help="model name (default: best installed for the bands)")
-    msk.add_argument(
-        "--resolution",
-        "--processing-resolution",
-        dest="processing_resolution",
-        type=float,
-        default=None,
-        metavar="M",
-        help="run the model at this resolution in metres (10, 20, 60); the mask keeps the input grid",
-    )
-    msk.add_argument("--tta", type=int, default=0, help="test-time augmentation passes 0-7")
-    msk.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     msk.add_argument(
         "--bands", nargs="+", default=None, help="bands to read, or the names of a GeoTIFF's bands"
     )
@@ -284,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     msk.add_argument("--chunks", type=int, default=1024, help="block size in pixels (default 1024)")
     msk.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    _add_model_options(msk)
     msk.set_defaults(func=_mask)
     return parser
 

@@ -43,6 +43,7 @@ class Job:
     chunks: int = 1024
     harmonize: bool | str = "auto"
     tta: int = 0
+    device: str = "auto"
     mode: str = "w-"
     zarr_format: int | None = None
     block: int | None = None
@@ -97,7 +98,12 @@ def mask_stac(
     common = {"resolution": job.resolution, "chunks": job.chunks, "harmonize": job.harmonize}
     full = load(items, bounds_latlon=job.bbox, model=job.model, **common)
     grid = {"epsg": full.rio.crs.to_epsg(), "bounds": _bounds(full), "bands": list(full["band"].values)}
-    options = {"model": job.model, "tta": job.tta, "processing_resolution": job.processing_resolution}
+    options = {
+        "model": job.model,
+        "tta": job.tta,
+        "processing_resolution": job.processing_resolution,
+        "device": job.device,
+    }
     template = predict(full, **options)
     template.attrs.update(
         {

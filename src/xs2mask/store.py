@@ -114,7 +114,7 @@ def slabs(ds: xr.Dataset, block: int | None = None) -> list[Slab]:
     --------
     >>> t = xr.Dataset({"mask": (("time", "y", "x"), np.zeros((2, 4, 6), np.uint8))},
     ...                coords={"time": np.array(["2024-01-01", "2024-01-02"], "datetime64[ns]")})
-    >>> [s.key for s in slabs(prepare(t, chunks={"y": 2, "x": 3}), block=3)][:3]
+    >>> [s.key for s in slabs(prepare(t, chunks={"y": 2, "x": 3}), block=2)][:3]
     ['2024-01-01T00:00:00/y0/x0', '2024-01-01T00:00:00/y0/x1', '2024-01-01T00:00:00/y1/x0']
     """
     cy, cx = _first_chunk(ds, "y"), _first_chunk(ds, "x")
