@@ -17,6 +17,7 @@ except PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0+unknown"
 
 from . import accessor, classes, data, io, models, radiometry, stac, store
+from .evaluation import ClassScores, Scores, combine, evaluate
 from .exceptions import (
     BandError,
     DeviceError,
@@ -33,10 +34,12 @@ from .store import open_masks, to_zarr
 
 __all__ = [
     "BandError",
+    "ClassScores",
     "DeviceError",
     "InputError",
     "ModelNotFoundError",
     "RadiometryWarning",
+    "Scores",
     "StacError",
     "StoreError",
     "WeightsError",
@@ -44,7 +47,9 @@ __all__ = [
     "__version__",
     "accessor",
     "classes",
+    "combine",
     "data",
+    "evaluate",
     "io",
     "models",
     "open_masks",

@@ -4,6 +4,7 @@ Examples
 --------
 ``xs2mask demo``                  mask the shipped scene, write GeoTIFF + PNG quick-look
 ``xs2mask models``                list models, whether installed, bands and licence
+``xs2mask train --config FILE``   train a model (configs/xs2mask-4b.toml)
 ``xs2mask mask SCENE -o MASK.tif``  mask one scene given as files (.SAFE, band folder, GeoTIFF)
 ``xs2mask predict --stac-url URL --collection C --bbox W S E N --datetime A/B --out STORE``
                                   mask a STAC search into Zarr (resumable, appendable)
@@ -194,6 +195,20 @@ def _progress_bar(quiet: bool):
     return wrap
 
 
+def _train(args: argparse.Namespace) -> int:
+    from .training.train import TrainConfig, train
+
+    config = TrainConfig.from_toml(args.config)
+    overrides = {k: v for k, v in (("data", args.data), ("out", args.out), ("device", args.device)) if v}
+    if overrides:
+        from dataclasses import replace
+
+        config = replace(config, **overrides)
+    run = train(config)
+    print(f"trained {config.name}: {run}")
+    return 0
+
+
 def _add_model_options(parser: argparse.ArgumentParser, *, resolution: bool = True) -> None:
     """The model options every masking command shares, with one meaning everywhere."""
     parser.add_argument(
@@ -258,6 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_model_options(pred)
     pred.set_defaults(func=_predict)
+
+    trn = sub.add_parser("train", help="train a model from a TOML config (see configs/)")
+    trn.add_argument("--config", required=True, help="TOML file: bands, architecture, stages")
+    trn.add_argument("--data", default=None, help="folder of the real training data (default: the config's)")
+    trn.add_argument("--out", default=None, help="folder for runs (default: the config's)")
+    trn.add_argument("--device", default=None, help="auto, cpu, cuda")
+    trn.set_defaults(func=_train)
 
     lst = sub.add_parser("models", help="list the models and whether they are installed")
     lst.set_defaults(func=_models)

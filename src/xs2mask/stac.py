@@ -149,7 +149,7 @@ def load(
     epsg: int | None = None,
     bounds: Sequence[float] | None = None,
     bounds_latlon: Sequence[float] | None = None,
-    chunks: int = 1024,
+    chunks: int | None = None,
     harmonize: bool | str = "auto",
     model: str = "default",
 ) -> xr.DataArray:
@@ -170,7 +170,8 @@ def load(
         items' footprints. Grids snap to multiples of ``resolution`` like
         Sentinel-2 tiles do, so neighbouring tiles share one grid.
     chunks
-        Dask chunk size in pixels along y and x (one time step and all bands per chunk).
+        Dask chunk size in pixels along y and x (default 1024; one time step and all
+        bands per chunk).
     harmonize
         ``"auto"`` decides the baseline-04.00 offset per item from its metadata
         (falling back to the date, with a warning); ``True`` requires metadata
@@ -193,6 +194,7 @@ def load(
 
     from .radiometry import item_radiometry
 
+    chunks = chunks or 1024
     items = [_as_item(i) for i in items]
     if not items:
         raise StacError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
+from pathlib import Path
 
 from ..classes import CLEAR, CLOUD_SHADOW, THICK_CLOUD
 from ..exceptions import ModelNotFoundError
@@ -117,10 +118,76 @@ def register(spec: ModelSpec, *, default_rank: int | None = None, overwrite: boo
             _DEFAULT_ORDER.insert(default_rank, spec.name)
 
 
+def shipped(folder=None) -> list[ModelSpec]:
+    """xs2mask's own models, whose weights ship inside the package (``models/weights/<name>.json``).
+
+    Each JSON file is written by :func:`xs2mask.training.train.export` and names the
+    bands, normalisation, architecture and the sha256 of the ONNX and safetensors files.
+    The ONNX file is the CPU path (``<name>``); the safetensors one runs through torch
+    (``<name>-torch``), for GPUs.
+    """
+    import json
+    from importlib import resources
+
+    specs = []
+    package = folder is None
+    folder = resources.files("xs2mask.models").joinpath("weights") if package else Path(folder)
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name) if folder.is_dir() else ():
+        if not entry.name.endswith(".json"):
+            continue
+        meta = json.loads(entry.read_text())
+        if "sha256" not in meta:  # not a model description (e.g. a run's config.json)
+            continue
+        common = {
+            "bands": tuple(meta["bands"]),
+            "classes": tuple(meta["classes"]),
+            "mean": tuple(meta["mean"]),
+            "std": tuple(meta["std"]),
+            "resolution_m": meta["resolution_m"],
+            "patch_size": meta.get("patch_size", 512),
+            "overlap": meta.get("overlap", 64),
+            "levels": ("L1C", "L2A"),
+            "licence": meta["licence"],
+            "description": meta.get("description", ""),
+        }
+        name = meta["name"]
+        specs.append(
+            ModelSpec(
+                name=name,
+                backend="onnx",
+                weights=_weights(folder, package, f"{name}.onnx", meta["sha256"]["onnx"]),
+                **common,
+            )
+        )
+        specs.append(
+            ModelSpec(
+                name=f"{name}-torch",
+                backend="torch",
+                weights=_weights(folder, package, f"{name}.safetensors", meta["sha256"]["safetensors"]),
+                architecture=tuple(
+                    (k, tuple(v) if isinstance(v, list) else v) for k, v in meta["architecture"].items()
+                ),
+                **common,
+            )
+        )
+    return specs
+
+
+def _weights(folder, package: bool, filename: str, sha256: str) -> Weights:
+    if package:
+        return Weights(f"weights/{filename}", sha256, "xs2mask.models")
+    return Weights(str(Path(folder) / filename), sha256)
+
+
+_OWN = shipped()
 for _rank, _spec in enumerate(
-    [_ukis(6, "l2a"), _ukis(6, "l1c"), _ukis(4, "l2a"), _ukis(4, "l1c"), S2CLOUDLESS]
+    [s for s in _OWN if s.backend == "onnx"]
+    + [_ukis(6, "l2a"), _ukis(6, "l1c"), _ukis(4, "l2a"), _ukis(4, "l1c"), S2CLOUDLESS]
 ):
     register(_spec, default_rank=_rank)
+for _spec in _OWN:
+    if _spec.backend == "torch":
+        register(_spec)
 
 
 def registered() -> list[str]:

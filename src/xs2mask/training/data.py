@@ -1,0 +1,234 @@
+"""Training samples: simulated clouds on clear scenes, pseudo-labelled cloudy scenes, augmentation.
+
+A sample is a deterministic function of ``(seed, epoch, index)``, so a run is
+reproducible from its config, any sample can be rebuilt later (hard-example mining
+stores only keys), and data loader workers need no shared state.
+
+Targets use the codes of :mod:`xs2mask.classes` plus ``4`` ("cloud, thick or thin",
+from a teacher that has one cloud class) and ``255`` (ignored). :func:`partial_ce`
+is the loss that accepts either cloud class for code 4.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .pseudo import CLOUD_ANY, IGNORE, PseudoLabels
+from .sources import Scene
+
+# Which model output classes a target code allows (rows: codes 0-4).
+ALLOWED = np.array(
+    [
+        [1, 0, 0, 0],  # clear
+        [0, 1, 0, 0],  # thick cloud
+        [0, 0, 1, 0],  # thin cloud
+        [0, 0, 0, 1],  # shadow
+        [0, 1, 1, 0],  # cloud, thick or thin
+    ],
+    dtype=bool,
+)
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Augmentation ranges (all drawn per sample)."""
+
+    flips: bool = True
+    scale: tuple[float, float] = (0.75, 1.33)
+    gain: float = 0.08  # per-band multiplicative jitter, +-
+    offset: float = 0.01  # per-band additive jitter, +- reflectance
+    noise: float = 0.004  # Gaussian band noise (reflectance)
+
+
+def stable_fraction(name: str) -> float:
+    """A number in [0, 1) fixed by the scene name: splits that never change between runs."""
+    return int(hashlib.sha1(name.encode()).hexdigest()[:8], 16) / 2**32
+
+
+@dataclass(frozen=True, eq=False)
+class Pools:
+    """Scenes sorted for training: clear backgrounds and pseudo-labelled cloudy scenes."""
+
+    clear: tuple[Scene, ...]
+    cloudy: tuple[tuple[Scene, PseudoLabels], ...]
+    clear_validation: tuple[Scene, ...]
+
+
+def make_pools(
+    scenes: Sequence[Scene],
+    labels: Sequence[PseudoLabels],
+    *,
+    clear_below: float = 0.02,
+    validation_fraction: float = 0.1,
+) -> Pools:
+    """Sort training scenes by the teacher's cloud fraction; hold out some clear ones for validation.
+
+    Examples
+    --------
+    >>> make_pools([], []).clear
+    ()
+    """
+    clear, cloudy, held = [], [], []
+    for scene, pl in zip(scenes, labels, strict=True):
+        if scene.split != "train":
+            continue
+        if pl.cloud_fraction < clear_below:
+            (held if stable_fraction(scene.name) < validation_fraction else clear).append(scene)
+        else:
+            cloudy.append((scene, pl))
+    return Pools(tuple(clear), tuple(cloudy), tuple(held))
+
+
+class SampleMaker:
+    """Builds sample ``(x, target, weight)`` for ``(epoch, index)``; picklable, stateless.
+
+    Parameters
+    ----------
+    pools
+        Where samples come from.
+    bands, mean, std
+        Model input bands and their normalisation.
+    patch
+        Edge of the square sample in pixels.
+    simulated_fraction
+        Share of samples that are simulated clouds (the rest: pseudo-labelled scenes).
+    seed
+        Base seed of the run.
+    """
+
+    def __init__(
+        self,
+        pools: Pools,
+        bands: tuple[str, ...],
+        mean: np.ndarray,
+        std: np.ndarray,
+        *,
+        patch: int,
+        simulated_fraction: float,
+        seed: int,
+        augment: Augment = Augment(),
+        cloud_config=None,
+    ) -> None:
+        self.pools, self.bands, self.patch = pools, bands, patch
+        self.mean = np.asarray(mean, np.float32)[:, None, None]
+        self.std = np.asarray(std, np.float32)[:, None, None]
+        self.simulated_fraction, self.seed, self.augment = simulated_fraction, seed, augment
+        self.cloud_config = cloud_config
+
+    def __call__(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rng = np.random.default_rng((self.seed, epoch, index))
+        size = self._window_size(rng)
+        if not self.pools.cloudy or rng.random() < self.simulated_fraction:
+            refl, target, weight = self._simulated(rng, size, self.pools.clear)
+        else:
+            refl, target, weight = self._pseudo(rng, size)
+        refl, target, weight = self._resize(refl, target, weight)
+        refl, target, weight = self._geometry(rng, refl, target, weight)
+        refl = self._radiometry(rng, refl)
+        return self.normalise(refl), target, weight
+
+    def validation_sample(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A fixed simulated sample on held-out clear scenes (no augmentation)."""
+        rng = np.random.default_rng((self.seed, 2**31, index))  # an epoch no training run reaches
+        refl, target, weight = self._simulated(rng, self.patch, self.pools.clear_validation)
+        return self.normalise(refl), target, weight
+
+    def normalise(self, refl: np.ndarray) -> np.ndarray:
+        x = (refl - self.mean) / self.std
+        # No-data becomes the normalised mean, as the inference engine feeds it.
+        return np.nan_to_num(x, nan=0.0).astype(np.float32)
+
+    # ------------------------------------------------------------------ parts
+
+    def _window_size(self, rng: np.random.Generator) -> int:
+        lo, hi = self.augment.scale
+        return max(8, round(self.patch / rng.uniform(lo, hi)))
+
+    def _crop(self, rng: np.random.Generator, arrays: list[np.ndarray], size: int) -> list[np.ndarray]:
+        h, w = arrays[0].shape[-2:]
+        pad_y, pad_x = max(0, size - h), max(0, size - w)
+        if pad_y or pad_x:
+            # Small patches (EuroSAT's 64 px) are mirrored up to size: plausible imagery, consistent labels.
+            widths = ((pad_y // 2, pad_y - pad_y // 2), (pad_x // 2, pad_x - pad_x // 2))
+            arrays = [np.pad(a, ((0, 0),) * (a.ndim - 2) + widths, mode="symmetric") for a in arrays]
+            h, w = arrays[0].shape[-2:]
+        y0, x0 = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
+        return [a[..., y0 : y0 + size, x0 : x0 + size] for a in arrays]
+
+    def _simulated(self, rng, size, pool):
+        from .simulate import CloudConfig, simulate
+
+        scene = pool[rng.integers(len(pool))]
+        (refl,) = self._crop(rng, [scene.select(self.bands)], size)
+        config = self.cloud_config or CloudConfig()
+        cloudy, labels = simulate(np.ascontiguousarray(refl), self.bands, rng=rng, config=config)
+        return cloudy, labels, np.ones(labels.shape, np.float32)
+
+    def _pseudo(self, rng, size):
+        scene, pl = self.pools.cloudy[rng.integers(len(self.pools.cloudy))]
+        refl, target, confidence = self._crop(rng, [scene.select(self.bands), pl.target, pl.confidence], size)
+        return refl, target, confidence.astype(np.float32)
+
+    def _resize(self, refl, target, weight):
+        size = refl.shape[-1]
+        if size == self.patch:
+            return refl, target, weight
+        # Nearest for every array: labels stay labels, and reflectance keeps real pixel values.
+        idx = np.minimum((np.arange(self.patch) * size / self.patch).astype(int), size - 1)
+        return refl[:, idx][:, :, idx], target[idx][:, idx], weight[idx][:, idx]
+
+    def _geometry(self, rng, refl, target, weight):
+        if not self.augment.flips:
+            return refl, target, weight
+        k = int(rng.integers(4))
+        refl, target, weight = (np.rot90(a, k, axes=(-2, -1)) for a in (refl, target, weight))
+        if rng.random() < 0.5:
+            refl, target, weight = (a[..., ::-1] for a in (refl, target, weight))
+        return np.ascontiguousarray(refl), np.ascontiguousarray(target), np.ascontiguousarray(weight)
+
+    def _radiometry(self, rng, refl):
+        a = self.augment
+        n = refl.shape[0]
+        gain = rng.uniform(1 - a.gain, 1 + a.gain, n).astype(np.float32)[:, None, None]
+        offset = rng.uniform(-a.offset, a.offset, n).astype(np.float32)[:, None, None]
+        noise = rng.normal(0, a.noise, refl.shape).astype(np.float32)
+        return refl * gain + offset + noise
+
+
+def band_statistics(scenes: Sequence[Scene], bands: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band mean and standard deviation of reflectance over the training scenes (NaN ignored)."""
+    values = np.concatenate(
+        [s.select(bands).reshape(len(bands), -1) for s in scenes if s.split == "train"], axis=1
+    )
+    return np.nanmean(values, axis=1), np.nanstd(values, axis=1)
+
+
+def partial_ce(logits, target, weight, class_weights=None):
+    """Cross-entropy that accepts any allowed class: ``-log sum_{k allowed} p_k``, per pixel, weighted.
+
+    ``target`` codes 0-3 allow one class, 4 allows thick or thin cloud, 255 nothing (ignored).
+
+    Examples
+    --------
+    >>> import torch
+    >>> logits = torch.zeros(1, 4, 1, 2)
+    >>> round(float(partial_ce(logits, torch.tensor([[[4, 0]]]), torch.ones(1, 1, 2))), 4)  # log 2, log 4
+    1.0397
+    """
+    import torch
+
+    allowed = torch.as_tensor(ALLOWED, device=logits.device)
+    valid = target != IGNORE
+    codes = torch.where(valid, target, torch.zeros_like(target)).long()
+    mask = allowed[codes].permute(0, 3, 1, 2)  # (N, K, H, W)
+    logp = torch.log_softmax(logits.float(), dim=1)
+    picked = torch.logsumexp(logp.masked_fill(~mask, float("-inf")), dim=1)
+    w = weight * valid
+    if class_weights is not None:
+        cw = torch.as_tensor(class_weights, device=logits.device, dtype=logp.dtype)
+        w = w * cw[codes.clamp(max=CLOUD_ANY)]
+    return -(picked * w).sum() / w.sum().clamp(min=1.0)

@@ -1,0 +1,394 @@
+"""Training xs2mask's own U-Nets: config, stages, validation, hard examples, export.
+
+``xs2mask train --config FILE`` runs :func:`train` on a TOML config
+(:class:`TrainConfig`, example in ``configs/``). A run is a sequence of stages:
+
+* **progressive resizing**: stages with growing ``patch`` (small patches first: many
+  cheap steps that teach texture and colour, then larger ones that teach context such
+  as a shadow beside its cloud);
+* **hard-example fine-tuning**: a stage with ``hard_examples > 0`` first scores a pool
+  of candidate samples with the current model and trains on the worst of them, mixed
+  with fresh samples;
+* **transfer learning**: ``init_from`` starts from another run's weights (e.g. the
+  simulated-data model, or an all-band model whose first convolution is mapped onto
+  this model's bands by band name, see :func:`transfer`).
+
+Everything is seeded; CPU runs use float32, a GPU uses bfloat16 autocast. Each stage
+writes a safetensors checkpoint and appends one JSON line per epoch to
+``metrics.jsonl``; the end of the run exports safetensors, ONNX, the sha256 of both
+and a model card.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..exceptions import InputError
+
+CLASSES = (0, 1, 2, 3)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training stage."""
+
+    name: str
+    patch: int = 128
+    epochs: int = 1
+    samples_per_epoch: int = 512
+    batch_size: int = 16
+    lr: float = 2e-3
+    simulated_fraction: float = 0.6
+    hard_examples: int = 0
+    hard_pool: int = 0
+    init_from: str | None = None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training run, as read from TOML."""
+
+    name: str
+    bands: tuple[str, ...]
+    stages: tuple[Stage, ...]
+    encoder: str = "tu-mobilenetv3_small_100"
+    decoder_channels: tuple[int, ...] = (64, 32, 16, 16, 8)
+    resolution_m: int = 10
+    seed: int = 0
+    data: str = "../shared/data"
+    sources: tuple[str, ...] | None = None  # default: every source of training.sources.SOURCES
+    out: str = "runs"
+    cache: str = "~/.cache/xs2mask/pseudo"
+    class_weights: tuple[float, ...] = (1.0, 1.0, 1.5, 2.0, 1.0)  # codes 0-4
+    min_confidence: float = 0.7
+    validation_samples: int = 48
+    threads: int = 0
+    device: str = "auto"
+    licence: str = "Apache-2.0"
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> TrainConfig:
+        """Read a config file; unknown keys are an error naming them.
+
+        Examples
+        --------
+        >>> cfg = TrainConfig.from_toml("configs/xs2mask-4b.toml")  # doctest: +SKIP
+        >>> cfg.stages[0].patch  # doctest: +SKIP
+        128
+        """
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib
+
+        raw = tomllib.loads(Path(path).read_text())
+        stages = tuple(_build(Stage, s, f"{path} [[stages]]") for s in raw.pop("stages", []))
+        if not stages:
+            raise InputError(f"{path}: no [[stages]]; a run needs at least one stage")
+        raw["bands"] = tuple(raw.get("bands", ()))
+        for key in ("decoder_channels", "class_weights", "sources"):
+            if key in raw:
+                raw[key] = tuple(raw[key])
+        return _build(cls, {**raw, "stages": stages}, str(path))
+
+
+def _build(kind, values: dict, where: str):
+    names = {f for f in kind.__dataclass_fields__}
+    unknown = set(values) - names
+    if unknown:
+        raise InputError(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(names)}")
+    return kind(**values)
+
+
+# --------------------------------------------------------------------------- model
+
+
+def build_model(config: TrainConfig):
+    """The U-Net of ``config`` (segmentation-models-pytorch, random init: no download)."""
+    import segmentation_models_pytorch as smp
+
+    return smp.create_model(
+        **dict(architecture(config)),
+        encoder_weights=None,
+        in_channels=len(config.bands),
+        classes=len(CLASSES),
+    )
+
+
+def architecture(config: TrainConfig) -> tuple[tuple[str, object], ...]:
+    """smp ``create_model`` keyword arguments, hashable, as stored in the :class:`ModelSpec`.
+
+    Bands and classes are not among them: the spec has them, and the loader passes them.
+    """
+    return (
+        ("arch", "Unet"),
+        ("encoder_name", config.encoder),
+        ("decoder_channels", tuple(config.decoder_channels)),
+    )
+
+
+def transfer(model, state: dict, src_bands: tuple[str, ...], dst_bands: tuple[str, ...]) -> list[str]:
+    """Load ``state`` into ``model``; input convolutions are mapped band by band.
+
+    Tensors whose shape matches are copied; a first-layer weight whose input channels
+    are bands is rebuilt from the source's channels of the same bands (bands the source
+    lacks start at zero). Returns the names of tensors left at their initial values.
+    """
+    import torch
+
+    own = model.state_dict()
+    skipped = []
+    for name, value in own.items():
+        src = state.get(name)
+        if src is None:
+            skipped.append(name)
+        elif src.shape == value.shape:
+            own[name] = src
+        elif src.ndim == 4 and src.shape[1] == len(src_bands) and value.shape[1] == len(dst_bands):
+            mapped = torch.zeros_like(value)
+            for j, band in enumerate(dst_bands):
+                if band in src_bands:
+                    mapped[:, j] = src[:, src_bands.index(band)]
+            own[name] = mapped
+        else:
+            skipped.append(name)
+    model.load_state_dict(own)
+    return skipped
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train(config: TrainConfig, *, log=print) -> Path:
+    """Run every stage of ``config``; return the run folder with the exported model.
+
+    Examples
+    --------
+    >>> run = train(TrainConfig.from_toml("configs/xs2mask-4b.toml"))  # doctest: +SKIP
+    """
+    import torch
+
+    from . import pseudo, sources
+    from .data import Pools, SampleMaker, band_statistics, make_pools
+
+    torch.manual_seed(config.seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = _device(config.device)
+    out = Path(config.out).expanduser() / config.name
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(config), indent=1, default=str))
+
+    data = Path(config.data).expanduser()
+    scenes = sources.scenes(data, bands=config.bands, only=config.sources)
+    train_scenes = [s for s in scenes if s.split == "train"]
+    validation = [s for s in scenes if s.split == "validation"]
+    cache = Path(config.cache).expanduser()
+    labels = [pseudo.pseudo_label(s, min_confidence=config.min_confidence, cache=cache) for s in train_scenes]
+    pools: Pools = make_pools(train_scenes, labels)
+    mean, std = band_statistics(train_scenes, config.bands)
+    log(
+        f"data: {len(pools.clear)} clear scenes (+{len(pools.clear_validation)} held out), "
+        f"{len(pools.cloudy)} pseudo-labelled cloudy scenes, {len(validation)} validation chips"
+    )
+
+    model = build_model(config).to(device)
+    metrics_path = out / "metrics.jsonl"
+    for stage in config.stages:
+        if stage.init_from:
+            _init_from(model, stage.init_from, config, log)
+        maker = SampleMaker(
+            pools, config.bands, mean, std, patch=stage.patch,
+            simulated_fraction=stage.simulated_fraction, seed=config.seed,
+        )  # fmt: skip
+        hard = _mine(model, maker, stage, device, config) if stage.hard_examples else []
+        optimiser = torch.optim.AdamW(model.parameters(), lr=stage.lr, weight_decay=1e-4)
+        steps = stage.epochs * -(-stage.samples_per_epoch // stage.batch_size)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=stage.lr, total_steps=steps)
+        for epoch in range(stage.epochs):
+            start = time.perf_counter()
+            loss = _epoch(model, maker, stage, epoch, hard, optimiser, schedule, device, config)
+            scores = validate(model, maker, validation, mean, std, config, device)
+            record = {
+                "stage": stage.name,
+                "epoch": epoch,
+                "loss": loss,
+                "seconds": time.perf_counter() - start,
+            }
+            record.update(scores)
+            with metrics_path.open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+        _save(model, out / f"{stage.name}.safetensors")
+    export(model, config, mean, std, out)
+    return out
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name != "auto":
+        return name
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _init_from(model, path: str, config: TrainConfig, log) -> None:
+    from safetensors.torch import load_file
+
+    source = Path(path).expanduser()
+    state = load_file(str(source))
+    meta_path = source.with_suffix(".json")
+    src_bands = tuple(json.loads(meta_path.read_text())["bands"]) if meta_path.exists() else config.bands
+    skipped = transfer(model, state, src_bands, config.bands)
+    log(f"init from {source} ({len(state)} tensors, {len(skipped)} kept at init)")
+
+
+def _batches(maker, keys, batch_size):
+    for i in range(0, len(keys), batch_size):
+        items = [maker(*key) for key in keys[i : i + batch_size]]
+        yield tuple(np.stack(parts) for parts in zip(*items, strict=True))
+
+
+def _epoch(model, maker, stage, epoch, hard, optimiser, schedule, device, config) -> float:
+    import torch
+
+    from .data import partial_ce
+
+    model.train()
+    rng = np.random.default_rng((config.seed, 7, epoch))
+    fresh = [(epoch, int(i)) for i in rng.permutation(stage.samples_per_epoch)]
+    keys = fresh
+    if hard:
+        # Half of each epoch revisits the hardest samples found before the stage.
+        take = min(len(hard), stage.samples_per_epoch // 2)
+        chosen = [hard[i] for i in rng.choice(len(hard), take, replace=False)]
+        keys = chosen + fresh[: stage.samples_per_epoch - take]
+        keys = [keys[i] for i in rng.permutation(len(keys))]
+    total, count = 0.0, 0
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else _null()
+    for x, target, weight in _batches(maker, keys, stage.batch_size):
+        x = torch.from_numpy(x).to(device)
+        target = torch.from_numpy(target).to(device)
+        weight = torch.from_numpy(weight).to(device)
+        with autocast:
+            logits = model(x)
+        loss = partial_ce(logits, target, weight, config.class_weights)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        if schedule.last_epoch + 1 < schedule.total_steps:
+            schedule.step()
+        total += loss.item() * len(x)
+        count += len(x)
+    return total / max(count, 1)
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _mine(model, maker, stage, device, config) -> list[tuple[int, int]]:
+    """Score ``hard_pool`` candidate samples with the current model; keep the ``hard_examples`` worst."""
+    import torch
+
+    from .data import partial_ce
+
+    model.eval()
+    keys = [(10_000 + i, i) for i in range(stage.hard_pool)]
+    losses = []
+    with torch.no_grad():
+        for key in keys:
+            x, target, weight = (torch.from_numpy(a[None]).to(device) for a in maker(*key))
+            losses.append(float(partial_ce(model(x), target, weight, config.class_weights)))
+    order = np.argsort(losses)[::-1][: stage.hard_examples]
+    return [keys[i] for i in order]
+
+
+def predict_array(model, x: np.ndarray, device: str) -> np.ndarray:
+    """Class probabilities ``(4, H, W)`` of one normalised ``(C, H, W)`` array (padded to 32 px)."""
+    import torch
+
+    h, w = x.shape[-2:]
+    ph, pw = -h % 32, -w % 32
+    xp = np.pad(x, ((0, 0), (0, ph), (0, pw)), mode="symmetric")
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.from_numpy(xp[None]).to(device))
+        probs = torch.softmax(logits.float(), dim=1)[0, :, :h, :w]
+    return probs.cpu().numpy()
+
+
+def validate(model, maker, validation, mean, std, config: TrainConfig, device: str) -> dict[str, float]:
+    """Cloud BOA on the human-labelled validation chips; per-class BOA on held-out simulated samples."""
+    from ..evaluation import combine, evaluate
+
+    real = []
+    for scene in validation:
+        x = maker.normalise(scene.select(config.bands))
+        pred = np.asarray(CLASSES, np.uint8)[predict_array(model, x, device).argmax(axis=0)]
+        pred[np.all(np.isnan(scene.reflectance), axis=0)] = 255
+        real.append(evaluate(pred, scene.labels, reference_scheme="cloud"))
+    scores: dict[str, float] = {}
+    if real:
+        scores["val_cloud_boa"] = combine(real)["cloud"].boa
+    if maker.pools.clear_validation and config.validation_samples:
+        sims = []
+        for i in range(config.validation_samples):
+            x, target, _ = maker.validation_sample(i)
+            pred = np.asarray(CLASSES, np.uint8)[predict_array(model, x, device).argmax(axis=0)]
+            sims.append(evaluate(pred, target, reference_scheme="full"))
+        pooled = combine(sims)
+        for name in ("cloud", "thick_cloud", "thin_cloud", "cloud_shadow", "clear"):
+            scores[f"sim_{name}_boa"] = pooled[name].boa
+    return scores
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _save(model, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(path))
+
+
+def export(model, config: TrainConfig, mean, std, out: Path) -> dict[str, str]:
+    """Write ``<name>.safetensors``, ``<name>.onnx`` and ``<name>.json`` (spec fields + sha256)."""
+    import torch
+
+    from ..models.spec import sha256_file
+
+    model = model.to("cpu").eval()
+    weights = out / f"{config.name}.safetensors"
+    _save(model, weights)
+    onnx_path = out / f"{config.name}.onnx"
+    dummy = torch.zeros(1, len(config.bands), 256, 256)
+    torch.onnx.export(
+        model, dummy, str(onnx_path), input_names=["x"], output_names=["logits"], opset_version=17,
+        dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}, "logits": {0: "n", 2: "h", 3: "w"}}, dynamo=False,
+    )  # fmt: skip
+    meta = {
+        "name": config.name,
+        "bands": list(config.bands),
+        "classes": list(CLASSES),
+        "mean": [float(v) for v in mean],
+        "std": [float(v) for v in std],
+        "resolution_m": config.resolution_m,
+        "architecture": {k: v for k, v in architecture(config)},
+        "sha256": {"safetensors": sha256_file(weights), "onnx": sha256_file(onnx_path)},
+        "licence": config.licence,
+    }
+    (out / f"{config.name}.json").write_text(json.dumps(meta, indent=1, default=list))
+    return meta["sha256"]

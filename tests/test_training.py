@@ -1,0 +1,139 @@
+"""Training pipeline: loss, samples, pools, config, transfer, a tiny real run, export and registration."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+import xs2mask
+from xs2mask.exceptions import InputError
+from xs2mask.models import registry
+from xs2mask.training import data as tdata
+from xs2mask.training.pseudo import PseudoLabels
+from xs2mask.training.sources import Scene
+from xs2mask.training.train import Stage, TrainConfig, build_model, train, transfer
+
+BANDS = ("B02", "B03", "B04", "B08")
+
+
+def test_partial_ce_accepts_either_cloud_class_for_code_4():
+    logits = torch.tensor([[5.0, 0.0, 0.0, -5.0], [0.0, 5.0, -5.0, 0.0], [0.0, -5.0, 5.0, 0.0]]).T
+    logits = logits.reshape(1, 4, 1, 3)
+    weight = torch.ones(1, 1, 3)
+    # Thick and thin cloud are both right for "cloud, thick or thin".
+    cloud_any = tdata.partial_ce(logits[..., 1:], torch.tensor([[[4, 4]]]), weight[..., 1:])
+    exact = tdata.partial_ce(logits[..., 1:], torch.tensor([[[1, 2]]]), weight[..., 1:])
+    assert float(cloud_any) < float(exact) + 1e-6
+    assert float(cloud_any) < 0.02
+    # Ignored pixels and zero weights do not count.
+    ignored = tdata.partial_ce(logits, torch.tensor([[[0, 255, 255]]]), weight)
+    assert float(ignored) == pytest.approx(
+        float(tdata.partial_ce(logits[..., :1], torch.tensor([[[0]]]), weight[..., :1]))
+    )
+
+
+def _scene(name, value, split="train", size=48):
+    rng = np.random.default_rng(abs(hash(name)) % 2**32)
+    refl = (value + 0.02 * rng.standard_normal((4, size, size))).astype(np.float32)
+    return Scene(name, refl, BANDS, "L2A", split)
+
+
+def _pools():
+    clear = [_scene(f"c{i}", 0.1) for i in range(3)]
+    cloudy = _scene("cloudy", 0.5)
+    target = np.full((48, 48), 4, np.uint8)
+    target[:, :10] = 0
+    pl = PseudoLabels("cloudy", "teacher", target, np.full((48, 48), 0.9, np.float32))
+    return tdata.Pools(tuple(clear), ((cloudy, pl),), (clear[0],))
+
+
+def test_samples_are_a_deterministic_function_of_seed_epoch_index():
+    maker = tdata.SampleMaker(_pools(), BANDS, np.full(4, 0.2), np.full(4, 0.1), patch=64,
+                              simulated_fraction=0.5, seed=3)  # fmt: skip
+    a, b = maker(1, 7), maker(1, 7)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    x, target, weight = a
+    assert x.shape == (4, 64, 64) and x.dtype == np.float32 and not np.isnan(x).any()
+    assert target.shape == weight.shape == (64, 64)
+    assert set(np.unique(target)) <= {0, 1, 2, 3, 4, 255}
+    assert not np.array_equal(maker(1, 8)[0], x)
+
+
+def test_pools_split_by_teacher_cloud_fraction_and_hold_out_validation():
+    scenes = [_scene(f"s{i}", 0.1) for i in range(40)] + [_scene("v", 0.1, split="validation")]
+    labels = []
+    for i, s in enumerate(scenes):
+        t = np.zeros((48, 48), np.uint8)
+        if i % 4 == 0:
+            t[:20] = 4
+        labels.append(PseudoLabels(s.name, "t", t, np.ones((48, 48), np.float32)))
+    pools = tdata.make_pools(scenes, labels)
+    assert len(pools.cloudy) == 10
+    assert all(s.split == "train" for s in pools.clear + pools.clear_validation)
+    assert {s.name for s in pools.clear}.isdisjoint({s.name for s in pools.clear_validation})
+    assert len(pools.clear_validation) > 0
+    # Fixed by the names: the same split every run.
+    again = tdata.make_pools(scenes, labels)
+    assert [s.name for s in again.clear_validation] == [s.name for s in pools.clear_validation]
+
+
+def test_config_errors_name_the_unknown_keys(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('name = "x"\nbands = ["B02"]\nwrong = 1\n[[stages]]\nname = "a"\n')
+    with pytest.raises(InputError, match="unknown keys \\['wrong'\\]"):
+        TrainConfig.from_toml(path)
+    path.write_text('name = "x"\nbands = ["B02"]\n')
+    with pytest.raises(InputError, match="no \\[\\[stages\\]\\]"):
+        TrainConfig.from_toml(path)
+    repo_config = TrainConfig.from_toml(Path(__file__).parents[1] / "configs" / "xs2mask-4b.toml")
+    assert [s.patch for s in repo_config.stages] == sorted(s.patch for s in repo_config.stages)
+
+
+def test_transfer_maps_the_first_convolution_by_band_name():
+    big = TrainConfig("big", ("B02", "B03", "B04", "B08", "B11", "B12"), (Stage("s"),))
+    small = TrainConfig("small", BANDS, (Stage("s"),))
+    src, dst = build_model(big), build_model(small)
+    skipped = transfer(dst, src.state_dict(), big.bands, small.bands)
+    assert skipped == []
+    first = next(k for k, v in src.state_dict().items() if v.ndim == 4 and v.shape[1] == 6)
+    np.testing.assert_array_equal(dst.state_dict()[first].numpy(), src.state_dict()[first][:, :4].numpy())
+
+
+def test_tiny_run_trains_exports_and_registers(tmp_path, shared_data):
+    config = TrainConfig(
+        name="tiny-4b",
+        bands=BANDS,
+        stages=(
+            Stage("p64", patch=64, epochs=1, samples_per_epoch=16, batch_size=8),
+            Stage(
+                "hard", patch=64, epochs=1, samples_per_epoch=8, batch_size=8, hard_examples=4, hard_pool=8
+            ),
+        ),
+        data=str(shared_data),
+        sources=("eolearn", "sen12ms"),
+        out=str(tmp_path / "runs"),
+        cache=str(tmp_path / "cache"),
+        validation_samples=2,
+    )
+    lines = []
+    run = train(config, log=lines.append)
+    assert any(line.startswith("data:") for line in lines)
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["stage"] for m in metrics] == ["p64", "hard"]
+    assert all(np.isfinite(m["loss"]) for m in metrics)
+    specs = {s.name: s for s in registry.shipped(run)}
+    assert set(specs) == {"tiny-4b", "tiny-4b-torch"}
+    cube = xr.DataArray(
+        xs2mask.data.demo_scene().values[:, :128, :128], dims=("band", "y", "x"), coords={"band": list(BANDS)}
+    )
+    onnx = xs2mask.predict(cube, model=specs["tiny-4b"], output="probability", probability_dtype="float16")
+    torch_ = xs2mask.predict(
+        cube, model=specs["tiny-4b-torch"], output="probability", probability_dtype="float16"
+    )
+    np.testing.assert_allclose(onnx.probability.values, torch_.probability.values, atol=2e-3)
