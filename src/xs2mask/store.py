@@ -250,8 +250,10 @@ def to_zarr(
     todo = [s for s in slabs(ds, layout["block"]) if s.key not in done]
     if todo:
         _set_attrs(store, storage_options, {STATUS_ATTR: "incomplete", CONSOLIDATED_ATTR: False})
-    per_slab = math.ceil(layout["block"] / _first_chunk(ds, "y")) * math.ceil(
-        layout["block"] / _first_chunk(ds, "x")
+    # Chunks in one real slab (an area smaller than the block has fewer): batch enough slabs to
+    # give every core of the cluster work.
+    per_slab = math.ceil(min(layout["block"], ds.sizes["y"]) / _first_chunk(ds, "y")) * math.ceil(
+        min(layout["block"], ds.sizes["x"]) / _first_chunk(ds, "x")
     )
     batch = batch or max(1, math.ceil(2 * _threads() / per_slab))
     iterator: Iterator[Slab] = iter(todo)
