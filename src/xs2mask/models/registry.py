@@ -180,9 +180,12 @@ def _weights(folder, package: bool, filename: str, sha256: str) -> Weights:
 
 
 _OWN = shipped()
+# Ranked by cloud BOA on the human-labelled validation chips (docs/models.md): ukis-csmask, when its
+# extra is installed, still beats xs2mask-4b there; xs2mask-4b (always installed) comes next.
 for _rank, _spec in enumerate(
-    [s for s in _OWN if s.backend == "onnx"]
-    + [_ukis(6, "l2a"), _ukis(6, "l1c"), _ukis(4, "l2a"), _ukis(4, "l1c"), S2CLOUDLESS]
+    [_ukis(6, "l2a"), _ukis(6, "l1c"), _ukis(4, "l2a"), _ukis(4, "l1c")]
+    + [s for s in _OWN if s.backend == "onnx"]
+    + [S2CLOUDLESS]
 ):
     register(_spec, default_rank=_rank)
 for _spec in _OWN:

@@ -96,6 +96,9 @@ class SampleMaker:
         Edge of the square sample in pixels.
     simulated_fraction
         Share of samples that are simulated clouds (the rest: pseudo-labelled scenes).
+    scene_sampling
+        ``"area"``: scenes picked in proportion to their area (capped at 512² px);
+        ``"uniform"``: every scene alike, whatever its size.
     seed
         Base seed of the run.
     """
@@ -112,12 +115,23 @@ class SampleMaker:
         seed: int,
         augment: Augment = Augment(),
         cloud_config=None,
+        scene_sampling: str = "area",
     ) -> None:
         self.pools, self.bands, self.patch = pools, bands, patch
         self.mean = np.asarray(mean, np.float32)[:, None, None]
         self.std = np.asarray(std, np.float32)[:, None, None]
         self.simulated_fraction, self.seed, self.augment = simulated_fraction, seed, augment
         self.cloud_config = cloud_config
+        if scene_sampling not in ("area", "uniform"):
+            raise ValueError(f"scene_sampling must be 'area' or 'uniform', got {scene_sampling!r}")
+        self.scene_sampling = scene_sampling
+        self._odds = {id(p): _area_odds([s for s in p]) for p in (pools.clear, pools.clear_validation)}
+        self._odds[id(pools.cloudy)] = _area_odds([s for s, _ in pools.cloudy])
+
+    def _pick(self, rng: np.random.Generator, pool) -> int:
+        if self.scene_sampling == "uniform":
+            return int(rng.integers(len(pool)))
+        return int(rng.choice(len(pool), p=self._odds[id(pool)]))
 
     def __call__(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rng = np.random.default_rng((self.seed, epoch, index))
@@ -162,14 +176,14 @@ class SampleMaker:
     def _simulated(self, rng, size, pool):
         from .simulate import CloudConfig, simulate
 
-        scene = pool[rng.integers(len(pool))]
+        scene = pool[self._pick(rng, pool)]
         (refl,) = self._crop(rng, [scene.select(self.bands)], size)
         config = self.cloud_config or CloudConfig()
         cloudy, labels = simulate(np.ascontiguousarray(refl), self.bands, rng=rng, config=config)
         return cloudy, labels, np.ones(labels.shape, np.float32)
 
     def _pseudo(self, rng, size):
-        scene, pl = self.pools.cloudy[rng.integers(len(self.pools.cloudy))]
+        scene, pl = self.pools.cloudy[self._pick(rng, self.pools.cloudy)]
         refl, target, confidence = self._crop(rng, [scene.select(self.bands), pl.target, pl.confidence], size)
         return refl, target, confidence.astype(np.float32)
 
@@ -197,6 +211,14 @@ class SampleMaker:
         offset = rng.uniform(-a.offset, a.offset, n).astype(np.float32)[:, None, None]
         noise = rng.normal(0, a.noise, refl.shape).astype(np.float32)
         return refl * gain + offset + noise
+
+
+def _area_odds(scenes: Sequence[Scene], cap: int = 512 * 512) -> np.ndarray | None:
+    """Pick scenes in proportion to their area (capped): a 512 px chip holds 64 EuroSAT patches' pixels."""
+    if not scenes:
+        return None
+    area = np.array([min(s.reflectance.shape[-1] * s.reflectance.shape[-2], cap) for s in scenes], float)
+    return area / area.sum()
 
 
 def band_statistics(scenes: Sequence[Scene], bands: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:

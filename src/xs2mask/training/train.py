@@ -68,6 +68,7 @@ class TrainConfig:
     class_weights: tuple[float, ...] = (1.0, 1.0, 1.5, 2.0, 1.0)  # codes 0-4
     min_confidence: float = 0.7
     validation_samples: int = 48
+    scene_sampling: str = "area"
     threads: int = 0
     device: str = "auto"
     licence: str = "Apache-2.0"
@@ -207,6 +208,7 @@ def train(config: TrainConfig, *, log=print) -> Path:
         maker = SampleMaker(
             pools, config.bands, mean, std, patch=stage.patch,
             simulated_fraction=stage.simulated_fraction, seed=config.seed,
+            scene_sampling=config.scene_sampling,
         )  # fmt: skip
         hard = _mine(model, maker, stage, device, config) if stage.hard_examples else []
         optimiser = torch.optim.AdamW(model.parameters(), lr=stage.lr, weight_decay=1e-4)
@@ -386,7 +388,11 @@ def export(model, config: TrainConfig, mean, std, out: Path) -> dict[str, str]:
         "mean": [float(v) for v in mean],
         "std": [float(v) for v in std],
         "resolution_m": config.resolution_m,
+        "patch_size": 512,
+        "overlap": 64,
         "architecture": {k: v for k, v in architecture(config)},
+        "description": f"xs2mask U-Net ({config.encoder}), {' '.join(config.bands)}; "
+        "4 classes: clear, thick cloud, thin cloud, shadow",
         "sha256": {"safetensors": sha256_file(weights), "onnx": sha256_file(onnx_path)},
         "licence": config.licence,
     }
