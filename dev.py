@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 STAMP = VENV / ".xs2mask-installed"
+CONSTRAINTS = ROOT / ".ci" / "constraints.txt"
 
 
 def _python() -> Path:
@@ -30,7 +31,7 @@ def _python() -> Path:
 
 
 def ensure_environment() -> None:
-    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + CONSTRAINTS.read_bytes()).hexdigest()
     if STAMP.exists() and STAMP.read_text() == wanted:
         return
     if not _python().exists():
@@ -38,7 +39,7 @@ def ensure_environment() -> None:
         venv.EnvBuilder(with_pip=True).create(VENV)
     pip = [str(_python()), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
     print("installing xs2mask[all,test] (first run only; torch is large)", flush=True)
-    subprocess.run([*pip, "-e", f"{ROOT}[all,test]"], check=True)
+    subprocess.run([*pip, "-c", str(CONSTRAINTS), "-e", f"{ROOT}[all,test]"], check=True)
     STAMP.write_text(wanted)
 
 
