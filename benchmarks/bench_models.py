@@ -62,10 +62,10 @@ from bench_predict import (
     CSMASK_BANDS,
     CSMASK_TO_XS2MASK,
     DEFAULT_CACHE,
-    DEFAULT_DATA,
     _cpu_jiffies,
     _fmt,
     _rss_mb,
+    add_run_options,
     cached_cube,
     cpu_name,
     source_version,
@@ -405,17 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="fresh-process runs per case; best is kept")
     parser.add_argument("--cases", nargs="+", choices=CASES + EXTRA_CASES, default=list(CASES))
     parser.add_argument("--out-md", type=Path, help="also write the report (markdown) to this file")
-    parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder")
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where the cube is cached")
-    parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per case")
-    parser.add_argument(
-        "--max-busy",
-        type=float,
-        help="before each case, wait until other processes use fewer cores than this",
-    )
-    parser.add_argument("--idle-timeout", type=float, default=300, help="longest wait for --max-busy")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
+    add_run_options(parser, DEFAULT_CACHE, "where the cube is cached")
     parser.add_argument("--cube", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--mask", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -65,7 +65,7 @@ from typing import Any
 import numpy as np
 
 # Shared with the model-only benchmark: outside-load accounting, idle wait, machine and source names.
-from bench_predict import _cpu_jiffies, _fmt, cpu_name, source_version, wait_for_idle
+from bench_predict import _cpu_jiffies, _fmt, add_run_options, cpu_name, source_version, wait_for_idle
 
 MODEL = "ukis-csmask-4b-l2a"
 BANDS = ("B02", "B03", "B04", "B08")
@@ -92,7 +92,6 @@ TEMPLATE = "stac_items/api_responses/planetarycomputer_microsoft_com__sentinel-2
 PC_COLLECTION = "stac_items/odc_stac/sentinel-2-l2a.collection.json"
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data"
 DEFAULT_CACHE = Path(tempfile.gettempdir()) / "xs2mask-bench-pipeline"
 
 
@@ -585,17 +584,7 @@ def main(argv: list[str] | None = None) -> int:
         help="sizes at which model-only runs (default: the smallest of --sizes)",
     )
     parser.add_argument("--out-md", type=Path, help="also write the markdown table to this file")
-    parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder")
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where catalogues are cached")
-    parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per case")
-    parser.add_argument(
-        "--max-busy",
-        type=float,
-        help="before each case, wait until other processes use fewer than this many cores",
-    )
-    parser.add_argument("--idle-timeout", type=float, default=300, help="longest wait for --max-busy")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
+    add_run_options(parser, DEFAULT_CACHE, "where catalogues are cached")
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--bbox", type=float, nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--datetime", help=argparse.SUPPRESS)

@@ -332,14 +332,11 @@ def class_table(masks: dict[str, np.ndarray]) -> tuple[str, dict[str, dict[str, 
     return "\n".join(lines), shares
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=2048, help="cube edge in pixels (default 2048)")
-    parser.add_argument("--repeat", type=int, default=1, help="fresh-process runs per case; best is kept")
-    parser.add_argument("--cases", nargs="+", choices=CASES + EXTRA_CASES, default=list(CASES))
+def add_run_options(parser: argparse.ArgumentParser, cache: Path, cache_help: str) -> None:
+    """The options every benchmark here shares: output, data, cache, time limits, waiting for idle."""
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder")
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where the cube is cached")
+    parser.add_argument("--cache", type=Path, default=cache, help=cache_help)
     parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per case")
     parser.add_argument(
         "--max-busy",
@@ -348,6 +345,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--idle-timeout", type=float, default=300, help="longest wait for --max-busy")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=2048, help="cube edge in pixels (default 2048)")
+    parser.add_argument("--repeat", type=int, default=1, help="fresh-process runs per case; best is kept")
+    parser.add_argument("--cases", nargs="+", choices=CASES + EXTRA_CASES, default=list(CASES))
+    add_run_options(parser, DEFAULT_CACHE, "where the cube is cached")
     parser.add_argument("--cube", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--mask", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -128,13 +128,13 @@ def resign(items: Iterable[Any], sign: bool | Signer | None = None) -> list:
     >>> resign([item], sign=False)[0].assets["B04"].href
     'https://x.blob.core.windows.net/b04.tif'
     """
+    signer = _signer(sign)
     fresh = []
     for item in items:
         item = item.clone()
         for asset in item.assets.values():
             if any(h in asset.href for h in _PC_HOSTS):
                 asset.href = asset.href.split("?", 1)[0]
-        signer = _signer(sign)
         if signer is not None:
             item = signer(item) or item
         fresh.append(item)

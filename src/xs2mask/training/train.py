@@ -217,7 +217,7 @@ def train(config: TrainConfig, *, log=print) -> Path:
         for epoch in range(stage.epochs):
             start = time.perf_counter()
             loss = _epoch(model, maker, stage, epoch, hard, optimiser, schedule, device, config)
-            scores = validate(model, maker, validation, mean, std, config, device)
+            scores = validate(model, maker, validation, config, device)
             record = {
                 "stage": stage.name,
                 "epoch": epoch,
@@ -331,7 +331,7 @@ def predict_array(model, x: np.ndarray, device: str) -> np.ndarray:
     return probs.cpu().numpy()
 
 
-def validate(model, maker, validation, mean, std, config: TrainConfig, device: str) -> dict[str, float]:
+def validate(model, maker, validation, config: TrainConfig, device: str) -> dict[str, float]:
     """Cloud BOA on the human-labelled validation chips; per-class BOA on held-out simulated samples."""
     from ..evaluation import combine, evaluate
 
