@@ -5,15 +5,20 @@ Run::
     python benchmarks/bench_accuracy.py --data ../shared/data [--models xs2mask-4b ukis-csmask-4b-l2a ...]
                                         [--out-md accuracy.md]
 
-Two evaluation sets, both never trained on:
+Evaluation sets, all never trained on (a model is scored on a set only when the set has its bands):
 
 1. **Human labels**: the six ``trusted`` On Cloud N chips (B02 B03 B04 B08, L2A, cloud / not
    cloud). Scores are pooled over the chips (confusion matrices summed).
-2. **Simulated validation set**: clouds and shadows simulated (fixed seeds) on the clear scenes
-   the training pipeline holds out, with exact 4-class labels: thick, thin, shadow, clear.
+2. **Shadow against ukis-csmask**: on the same chips, each model's clear / cloud / shadow map scored
+   against ukis-csmask-4b-l2a's (no human shadow labels exist here): how far a model's shadows agree
+   with the strongest shadow model that ships its weights.
+3. **Simulated validation sets**: clouds and shadows simulated (fixed seeds) on the clear scenes the
+   training pipeline holds out, with exact 4-class labels (thick, thin, shadow, clear): ``sim-4b`` on
+   scenes with B02 B03 B04 B08 (every source), ``sim-13b`` on the 13-band L1C scenes (EuroSAT-MS,
+   SEN12MS-CR, eo-learn), where the all-band models, the 6-band ukis-csmask models and s2cloudless run.
 
 The CloudSEN12 RGB patches carry only B04 B03 B02: none of these models can run on them (all need
-B08), so they are not scored. s2cloudless needs 10 L1C bands that the chips lack.
+B08), so they are not scored.
 """
 
 from __future__ import annotations
@@ -30,7 +35,15 @@ from xs2mask.evaluation import combine, evaluate
 from xs2mask.training import data as tdata
 from xs2mask.training import pseudo, sources
 
-BANDS = ("B02", "B03", "B04", "B08")
+SIM_SETS = {
+    "sim-4b": ("B02", "B03", "B04", "B08"),
+    "sim-13b": ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"),
+}
+SHADOW_REFERENCE = "ukis-csmask-4b-l2a"
+
+
+def _fits(model: str, bands: tuple[str, ...]) -> bool:
+    return set(xs2mask.models.get(model).bands) <= set(bands)
 
 
 def _mask(model: str, refl: np.ndarray, bands: tuple[str, ...]) -> np.ndarray:
@@ -38,54 +51,70 @@ def _mask(model: str, refl: np.ndarray, bands: tuple[str, ...]) -> np.ndarray:
     return xs2mask.predict(cube, model=model).mask.values
 
 
-def human(models: list[str], data: Path) -> dict[str, object]:
+def human(models: list[str], data: Path) -> tuple[dict[str, object], dict[str, object]]:
+    """Cloud scores against the human labels, and clear/cloud/shadow against ukis-csmask's map."""
     chips = sources.scenes(data, split="validation")
-    out = {}
+    masks = {m: [_mask(m, c.reflectance, c.bands) for c in chips] for m in models if _fits(m, chips[0].bands)}
+    if SHADOW_REFERENCE not in masks:
+        masks[SHADOW_REFERENCE] = [_mask(SHADOW_REFERENCE, c.reflectance, c.bands) for c in chips]
+    cloud, shadow = {}, {}
     for model in models:
-        out[model] = combine(
-            [
-                evaluate(_mask(model, c.reflectance, c.bands), c.labels, reference_scheme="cloud")
-                for c in chips
-            ]
-        )
-    return out
+        if model not in masks:
+            continue
+        pairs = zip(masks[model], chips, strict=True)
+        cloud[model] = combine([evaluate(p, c.labels, reference_scheme="cloud") for p, c in pairs])
+        if model != SHADOW_REFERENCE:
+            pairs = zip(masks[model], masks[SHADOW_REFERENCE], strict=True)
+            shadow[model] = combine([evaluate(p, r, reference_scheme="cloud/shadow/clear") for p, r in pairs])
+    return cloud, shadow
 
 
-def simulated(models: list[str], data: Path, n: int, seed: int, cache: Path) -> dict[str, object]:
-    train = sources.scenes(data, split="train", bands=BANDS)
+def simulated(models: list[str], data: Path, bands, n: int, seed: int, cache: Path) -> dict[str, object]:
+    train = sources.scenes(data, split="train", bands=bands)
     labels = [pseudo.pseudo_label(s, cache=cache) for s in train]
     pools = tdata.make_pools(train, labels)
-    maker = tdata.SampleMaker(
-        pools, BANDS, np.zeros(4), np.ones(4), patch=256, simulated_fraction=1.0, seed=seed
-    )
+    ones = np.ones(len(bands))
+    maker = tdata.SampleMaker(pools, bands, 0 * ones, ones, patch=256, simulated_fraction=1.0, seed=seed)
     samples = []
     for i in range(n):
         rng = np.random.default_rng((seed, 2**31, i))
         refl, target, _ = maker._simulated(rng, 256, pools.clear_validation)
         samples.append((refl, target))
-    out = {}
-    for model in models:
-        out[model] = combine(
-            [evaluate(_mask(model, r, BANDS), t, reference_scheme="full") for r, t in samples]
-        )
-    return out
+    return {
+        model: combine([evaluate(_mask(model, r, bands), t, reference_scheme="full") for r, t in samples])
+        for model in models
+        if _fits(model, bands)
+    }
 
 
-def table(human_scores, sim_scores) -> str:
-    def f(v):
-        return "–" if v is None or v != v else f"{100 * v:.1f}"
+def _f(v) -> str:
+    return "–" if v is None or v != v else f"{100 * v:.1f}"
 
+
+def real_table(cloud, shadow) -> str:
     rows = [
-        "| model | human: cloud BOA | human: cloud F1 | human: OA | sim: cloud BOA | sim: thick BOA "
-        "| sim: thin BOA | sim: shadow BOA | sim: clear BOA |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | human: cloud BOA | human: cloud F1 | human: OA "
+        "| shadow vs ukis: BOA | shadow vs ukis: F1 |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
-    for model in human_scores:
-        h, s = human_scores[model], sim_scores[model]
+    for model, h in cloud.items():
+        s = shadow.get(model)
         rows.append(
-            f"| `{model}` | {f(h['cloud'].boa)} | {f(h['cloud'].f1)} | {f(h.overall_accuracy)} | "
-            f"{f(s['cloud'].boa)} | {f(s['thick_cloud'].boa)} | {f(s['thin_cloud'].boa)} | "
-            f"{f(s['cloud_shadow'].boa)} | {f(s['clear'].boa)} |"
+            f"| `{model}` | {_f(h['cloud'].boa)} | {_f(h['cloud'].f1)} | {_f(h.overall_accuracy)} | "
+            f"{_f(s['cloud_shadow'].boa) if s else 'reference'} | {_f(s['cloud_shadow'].f1) if s else ''} |"
+        )
+    return "\n".join(rows)
+
+
+def sim_table(name: str, scores) -> str:
+    rows = [
+        f"| model | {name}: cloud BOA | thick BOA | thin BOA | shadow BOA | clear BOA | OA |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for model, s in scores.items():
+        rows.append(
+            f"| `{model}` | {_f(s['cloud'].boa)} | {_f(s['thick_cloud'].boa)} | {_f(s['thin_cloud'].boa)} | "
+            f"{_f(s['cloud_shadow'].boa)} | {_f(s['clear'].boa)} | {_f(s.overall_accuracy)} |"
         )
     return "\n".join(rows)
 
@@ -94,21 +123,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     parser.add_argument(
-        "--models", nargs="+", default=["xs2mask-4b", "ukis-csmask-4b-l2a", "ukis-csmask-4b-l1c"]
-    )
-    parser.add_argument("--simulated", type=int, default=96, help="simulated validation samples (256 px)")
+        "--models",
+        nargs="+",
+        default=["xs2mask-4b", "xs2mask-13b", "xs2mask-12b", "ukis-csmask-4b-l2a", "ukis-csmask-4b-l1c",
+                 "ukis-csmask-6b-l1c", "s2cloudless"],
+    )  # fmt: skip
+    parser.add_argument("--simulated", type=int, default=96, help="samples per simulated set (256 px)")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--cache", default=str(Path("~/.cache/xs2mask/pseudo").expanduser()))
     parser.add_argument("--out-md", default=None)
     args = parser.parse_args()
+    models = [m for m in args.models if m in xs2mask.models.available()]
     start = time.perf_counter()
     data = Path(args.data)
-    h = human(args.models, data)
-    s = simulated(args.models, data, args.simulated, args.seed, Path(args.cache))
-    md = table(h, s)
+    cloud, shadow = human(models, data)
+    parts = [real_table(cloud, shadow)]
+    for name, bands in SIM_SETS.items():
+        scores = simulated(models, data, bands, args.simulated, args.seed, Path(args.cache))
+        parts.append(sim_table(name, scores))
+    md = "\n\n".join(parts)
     print(md)
-    print(f"\n({time.perf_counter() - start:.0f} s; human = 6 trusted On Cloud N chips, 1.57 Mpx pooled; "
-          f"sim = {args.simulated} simulated 256 px samples on held-out clear scenes)")  # fmt: skip
+    print(f"\n({time.perf_counter() - start:.0f} s; models not installed: "
+          f"{sorted(set(args.models) - set(models)) or 'none'}; human = 6 trusted On Cloud N chips, "
+          f"1.57 Mpx pooled; sim = {args.simulated} simulated 256 px samples per set)")  # fmt: skip
     if args.out_md:
         Path(args.out_md).write_text(md + "\n")
 

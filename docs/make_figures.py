@@ -50,6 +50,9 @@ def main() -> None:
     ijgr = xr.DataArray(arr, dims=("band", "y", "x"), coords={"band": BANDS4})
     _figure(ijgr, "xs2mask-4b_ijgr", "On Cloud N chip ijgr, overcast (L2A)", "xs2mask-4b")
     _figure(sen12ms, "xs2mask-4b_sen12ms_cloudy", "SEN12MS-CR (L1C)", "xs2mask-4b")
+    # The all-band models: the only real cloudy all-band scene here is a training scene.
+    _figure(sen12ms, "xs2mask-13b_sen12ms_cloudy", "SEN12MS-CR (L1C, a training scene)", "xs2mask-13b")
+    _figure(sen12ms.drop_sel(band="B10"), "xs2mask-12b_sen12ms_cloudy", "SEN12MS-CR without B10", "xs2mask-12b")
 
 
 if __name__ == "__main__":

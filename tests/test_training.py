@@ -129,6 +129,9 @@ def test_tiny_run_trains_exports_and_registers(tmp_path, shared_data):
     assert all(np.isfinite(m["loss"]) for m in metrics)
     specs = {s.name: s for s in registry.shipped(run)}
     assert set(specs) == {"tiny-4b", "tiny-4b-torch"}
+    # the spec carries the tiling the config asked for, and a model without B10 runs on both levels
+    assert (specs["tiny-4b"].patch_size, specs["tiny-4b"].overlap) == (544, 32)
+    assert specs["tiny-4b"].levels == ("L1C", "L2A")
     cube = xr.DataArray(
         xs2mask.data.demo_scene().values[:, :128, :128], dims=("band", "y", "x"), coords={"band": list(BANDS)}
     )
@@ -137,3 +140,20 @@ def test_tiny_run_trains_exports_and_registers(tmp_path, shared_data):
         cube, model=specs["tiny-4b-torch"], output="probability", probability_dtype="float16"
     )
     np.testing.assert_allclose(onnx.probability.values, torch_.probability.values, atol=2e-3)
+
+
+def test_s2cloudless_co_teaches_the_cloud_class_on_l1c_scenes():
+    from xs2mask.training.pseudo import S2CLOUDLESS_BANDS, _with_cloud_probability, teachers_for
+
+    all13 = (*S2CLOUDLESS_BANDS, "B03", "B06", "B07")
+    l1c = Scene("a", np.zeros((13, 2, 2), np.float32), all13, "L1C", "train")
+    l2a = Scene("b", np.zeros((4, 2, 2), np.float32), BANDS, "L2A", "train")
+    assert teachers_for(l1c) == ("ukis-csmask-4b-l1c", "s2cloudless")
+    assert teachers_for(l2a) == ("ukis-csmask-4b-l2a",)
+    # classes 0 clear, 1 cloud, 3 shadow; a pixel where the teachers agree and one where they disagree
+    ukis = np.array([[0.1, 0.6], [0.8, 0.1], [0.1, 0.3]], np.float32)[:, :, None]
+    mixed = _with_cloud_probability(ukis, (0, 1, 3), np.array([[0.8], [0.5]], np.float32))
+    np.testing.assert_allclose(mixed.sum(axis=0), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(mixed[1, :, 0], [0.8, 0.3], rtol=1e-6)
+    # clear : shadow keeps ukis' ratio
+    np.testing.assert_allclose(mixed[0] / mixed[2], ukis[0] / ukis[2], rtol=1e-5)

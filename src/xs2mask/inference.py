@@ -465,10 +465,17 @@ def _reflectance(scene: np.ndarray, plan: Plan) -> np.ndarray:
 
 
 def _check_scale(refl: np.ndarray, nodata: np.ndarray) -> None:
-    valid = refl[:, ~nodata]
+    # A strided sample of ~10^4 pixels per band is plenty for a median, and selecting valid
+    # pixels only from the sample avoids copying the whole scene.
+    step = max(1, math.isqrt(nodata.size // 10_000))
+    sample, ok = refl[:, ::step, ::step], ~nodata[::step, ::step]
+    if not ok.any():
+        ok = ~nodata  # a sparse scene whose few valid pixels the sample missed
+        sample = refl
+    valid = sample[:, ok]
     if valid.size == 0:
         return
-    median = float(np.nanmedian(valid[:, :: max(1, valid.shape[1] // 10_000)]))
+    median = float(np.nanmedian(valid))
     if median > 2.0:
         raise InputError(
             f"float input looks like DN, not reflectance (median {median:.0f}): "
@@ -544,6 +551,9 @@ def _run_model(
     acc = np.zeros((len(plan.classes), *canvas.shape[1:]), np.float32)
     wsum = np.zeros(canvas.shape[1:], np.float32)
     channel = np.array([plan.classes.index(c) for c in spec.classes])
+    # A model with every output class, in order, accumulates through a view instead of a
+    # fancy-indexed gather and scatter of the whole patch.
+    channel = slice(None) if channel.tolist() == list(range(len(plan.classes))) else channel
     predictor = load(spec, plan.runtime)
     patches = [(y, x) for y in oy - r0[0] for x in ox - r0[1] if valid[y : y + py, x : x + px].any()]
     for transform in TTA_TRANSFORMS[: plan.tta + 1]:
@@ -553,14 +563,17 @@ def _run_model(
             out = predictor(batch)
             prob = _softmax(out) if spec.outputs == "logits" else out
             for (y, x), p in zip(chunk, prob, strict=True):
-                acc[channel, y : y + py, x : x + px] += inverse(p, transform) * weight
+                p = inverse(p, transform)
+                p *= weight  # in place: the batch's probabilities are not used again
+                acc[channel, y : y + py, x : x + px] += p
                 if transform == TTA_TRANSFORMS[0]:
                     wsum[y : y + py, x : x + px] += weight
     wsum *= plan.tta + 1
     ys = slice(need_y[0] - r0[0], need_y[1] - r0[0])
     xs = slice(need_x[0] - r0[1], need_x[1] - r0[1])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.nan_to_num(acc[:, ys, xs] / wsum[ys, xs], nan=0.0)
+    w, out = wsum[ys, xs], acc[:, ys, xs]
+    # where no patch weighs (w == 0) the accumulator is 0 as well, and stays so
+    return np.divide(out, w, out=out, where=w > 0)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

@@ -146,7 +146,7 @@ def shipped(folder=None) -> list[ModelSpec]:
             "resolution_m": meta["resolution_m"],
             "patch_size": meta.get("patch_size", 512),
             "overlap": meta.get("overlap", 64),
-            "levels": ("L1C", "L2A"),
+            "levels": tuple(meta.get("levels", ("L1C", "L2A"))),
             "licence": meta["licence"],
             "description": meta.get("description", ""),
         }
@@ -180,12 +180,17 @@ def _weights(folder, package: bool, filename: str, sha256: str) -> Weights:
 
 
 _OWN = shipped()
+# The own models in default order: xs2mask-4b is the one measured on human labels; the all-band models
+# (validated on simulated clouds only) come after it, so "default" never trades it for them silently.
+_OWN_ORDER = ("xs2mask-4b", "xs2mask-12b", "xs2mask-13b")
 # Ranked by cloud BOA on the human-labelled validation chips (docs/models.md): ukis-csmask, when its
 # extra is installed, still beats xs2mask-4b there; xs2mask-4b (always installed) comes next.
+_OWN_RANKED = sorted(
+    (s for s in _OWN if s.backend == "onnx"),
+    key=lambda s: _OWN_ORDER.index(s.name) if s.name in _OWN_ORDER else len(_OWN_ORDER),
+)
 for _rank, _spec in enumerate(
-    [_ukis(6, "l2a"), _ukis(6, "l1c"), _ukis(4, "l2a"), _ukis(4, "l1c")]
-    + [s for s in _OWN if s.backend == "onnx"]
-    + [S2CLOUDLESS]
+    [_ukis(6, "l2a"), _ukis(6, "l1c"), _ukis(4, "l2a"), _ukis(4, "l1c"), *_OWN_RANKED, S2CLOUDLESS]
 ):
     register(_spec, default_rank=_rank)
 for _spec in _OWN:

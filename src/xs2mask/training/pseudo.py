@@ -1,8 +1,12 @@
 """Pseudo-labels: what a strong model that ships its weights says about real scenes.
 
 The teacher is ukis-csmask (U-Nets trained on CloudSEN12+ and SPARCS), run through
-xs2mask's own engine with the variant matching the scene's level. Its answer becomes
-a training target with three kinds of pixel:
+xs2mask's own engine with the variant matching the scene's level. On L1C scenes with the
+ten bands s2cloudless needs, s2cloudless (Sinergise's per-pixel LightGBM) is a second
+teacher of the cloud class: the two cloud probabilities are averaged, and the rest of the
+probability is split between clear and shadow as ukis-csmask splits it. Where the two
+disagree the target's confidence drops, and such pixels weigh less or are ignored.
+The answer becomes a training target with three kinds of pixel:
 
 * ``0`` clear and ``3`` shadow, where the teacher says so confidently;
 * ``4`` "cloud, thick or thin": the teacher has one cloud class, so the student is
@@ -43,13 +47,23 @@ class PseudoLabels:
         return float(np.isin(self.target, (CLOUD_ANY, 3)).sum() / max(int(valid.sum()), 1))
 
 
+S2CLOUDLESS_BANDS = ("B01", "B02", "B04", "B05", "B08", "B8A", "B09", "B10", "B11", "B12")
+
+
 def teacher_for(scene: Scene) -> str:
     """The ukis-csmask variant trained on the scene's product level (4-band: runs on every source)."""
     return f"ukis-csmask-4b-{scene.level.lower()}"
 
 
+def teachers_for(scene: Scene) -> tuple[str, ...]:
+    """ukis-csmask, plus s2cloudless for L1C scenes that carry its ten bands."""
+    if scene.level == "L1C" and scene.has(S2CLOUDLESS_BANDS):
+        return (teacher_for(scene), "s2cloudless")
+    return (teacher_for(scene),)
+
+
 def pseudo_label(scene: Scene, *, min_confidence: float = 0.7, cache: Path | None = None) -> PseudoLabels:
-    """Label ``scene`` with its teacher.
+    """Label ``scene`` with its teachers.
 
     Parameters
     ----------
@@ -58,8 +72,8 @@ def pseudo_label(scene: Scene, *, min_confidence: float = 0.7, cache: Path | Non
     min_confidence
         Pixels whose top teacher probability is lower are ignored (255).
     cache
-        Folder for the teacher's outputs (keyed by scene and teacher), so that
-        repeated training runs do not rerun the teacher.
+        Folder for the teachers' outputs (keyed by scene and teacher), so that
+        repeated training runs do not rerun the teachers.
 
     Examples
     --------
@@ -68,25 +82,11 @@ def pseudo_label(scene: Scene, *, min_confidence: float = 0.7, cache: Path | Non
     >>> pseudo_label(chip).cloud_fraction  # doctest: +SKIP
     0.47
     """
-    import xarray as xr
-
-    from ..inference import predict
-
-    teacher = teacher_for(scene)
-    key = hashlib.sha1(f"{scene.name}|{teacher}|{scene.reflectance.shape}".encode()).hexdigest()[:16]
-    path = cache / f"{key}.npz" if cache is not None else None
-    if path is not None and path.exists():
-        saved = np.load(path)
-        probs, classes = saved["probability"].astype(np.float32), tuple(saved["classes"])
-    else:
-        bands = ("B02", "B03", "B04", "B08")
-        cube = xr.DataArray(scene.select(bands), dims=("band", "y", "x"), coords={"band": list(bands)})
-        out = predict(cube, model=teacher, output="probability", probability_dtype="float16")
-        probs = out["probability"].values.astype(np.float32)
-        classes = tuple(int(c) for c in out["class"].values)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            np.savez_compressed(path, probability=probs.astype(np.float16), classes=np.asarray(classes))
+    teachers = teachers_for(scene)
+    probs, classes = _teacher_probability(scene, teachers[0], cache)
+    if "s2cloudless" in teachers:
+        s2c, _ = _teacher_probability(scene, "s2cloudless", cache)
+        probs = _with_cloud_probability(probs, classes, s2c[1])
     nodata = np.isnan(probs).any(axis=0) | np.all(np.isnan(scene.reflectance), axis=0)
     probs = np.nan_to_num(probs)
     top = probs.argmax(axis=0)
@@ -94,4 +94,41 @@ def pseudo_label(scene: Scene, *, min_confidence: float = 0.7, cache: Path | Non
     # ukis' cloud (mapped to 1) cannot say thick or thin: the target accepts both.
     codes = np.asarray([{1: CLOUD_ANY}.get(c, c) for c in classes], np.uint8)[top]
     codes[(confidence < min_confidence) | nodata] = IGNORE
-    return PseudoLabels(scene.name, teacher, codes, confidence.astype(np.float32))
+    return PseudoLabels(scene.name, "+".join(teachers), codes, confidence.astype(np.float32))
+
+
+def _teacher_probability(
+    scene: Scene, teacher: str, cache: Path | None
+) -> tuple[np.ndarray, tuple[int, ...]]:
+    """One teacher's class probabilities ``(class, y, x)`` (float32, NaN no-data) and class codes."""
+    import xarray as xr
+
+    from ..inference import predict
+    from ..models import get
+
+    key = hashlib.sha1(f"{scene.name}|{teacher}|{scene.reflectance.shape}".encode()).hexdigest()[:16]
+    path = cache / f"{key}.npz" if cache is not None else None
+    if path is not None and path.exists():
+        saved = np.load(path)
+        return saved["probability"].astype(np.float32), tuple(int(c) for c in saved["classes"])
+    bands = get(teacher).bands
+    cube = xr.DataArray(scene.select(bands), dims=("band", "y", "x"), coords={"band": list(bands)})
+    out = predict(cube, model=teacher, output="probability", probability_dtype="float16")
+    probs = out["probability"].values.astype(np.float32)
+    classes = tuple(int(c) for c in out["class"].values)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, probability=probs.astype(np.float16), classes=np.asarray(classes))
+    return probs, classes
+
+
+def _with_cloud_probability(probs: np.ndarray, classes: tuple[int, ...], other: np.ndarray) -> np.ndarray:
+    """Average the cloud channel with ``other``; rescale the remaining classes to fill the rest."""
+    cloud = classes.index(1)
+    mixed = 0.5 * (probs[cloud] + other)
+    rest = 1.0 - probs[cloud]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scale = np.where(rest > 0, (1.0 - mixed) / rest, 0.0)
+    out = probs * scale
+    out[cloud] = mixed
+    return out.astype(np.float32)

@@ -69,6 +69,10 @@ class TrainConfig:
     min_confidence: float = 0.7
     validation_samples: int = 48
     scene_sampling: str = "area"
+    # Inference tiling written into the model's spec: a stride of 512 (544 - 32) tiles power-of-two
+    # chunks without a mostly-wasted extra row of patches, and patch borders are blended over 32 px.
+    inference_patch_size: int = 544
+    inference_overlap: int = 32
     threads: int = 0
     device: str = "auto"
     licence: str = "Apache-2.0"
@@ -388,8 +392,10 @@ def export(model, config: TrainConfig, mean, std, out: Path) -> dict[str, str]:
         "mean": [float(v) for v in mean],
         "std": [float(v) for v in std],
         "resolution_m": config.resolution_m,
-        "patch_size": 512,
-        "overlap": 64,
+        "patch_size": config.inference_patch_size,
+        "overlap": config.inference_overlap,
+        # B10 (cirrus) exists in L1C products only
+        "levels": ["L1C"] if "B10" in config.bands else ["L1C", "L2A"],
         "architecture": {k: v for k, v in architecture(config)},
         "description": f"xs2mask U-Net ({config.encoder}), {' '.join(config.bands)}; "
         "4 classes: clear, thick cloud, thin cloud, shadow",
