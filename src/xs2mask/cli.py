@@ -4,6 +4,8 @@ Examples
 --------
 ``xs2mask demo``                  mask the shipped scene, write GeoTIFF + PNG quick-look
 ``xs2mask models``                list models, whether installed, bands and licence
+``xs2mask models download NAME``  fetch downloadable weights ahead of time (``--model-dir DIR``)
+``xs2mask models convert clouds2mask PATH``  CloudS2Mask pickles -> ONNX + safetensors (once)
 ``xs2mask train --config FILE``   train a model (configs/xs2mask-4b.toml)
 ``xs2mask mask SCENE -o MASK.tif``  mask one scene given as files (.SAFE, band folder, GeoTIFF)
 ``xs2mask predict --stac-url URL --collection C --bbox W S E N --datetime A/B --out STORE``
@@ -53,8 +55,43 @@ def _models(args: argparse.Namespace) -> int:
     installed = set(models.available())
     for name in models.registered():
         spec = models.get(name)
-        state = "installed" if name in installed else f"not installed: {spec.weights.install_hint}"
-        print(f"{name:<20} {' '.join(spec.bands):<42} {spec.licence}  [{state}]")
+        if name in installed:
+            state = "installed"
+        else:
+            missing = next(w for w in spec.all_weights() if not w.is_available())
+            hint = missing.install_hint or ("downloaded on first use" if missing.url else "")
+            state = f"not installed: {hint}"
+        print(f"{name:<32} {' '.join(spec.bands):<52} {spec.licence}  [{state}]")
+    return 0
+
+
+def _models_download(args: argparse.Namespace) -> int:
+    from . import models
+    from .models.published import c2m_source
+
+    spec = models.get(args.name).with_model_dir(args.model_dir)
+    if spec.backend == "onnx" and spec.name.startswith("clouds2mask"):
+        # CloudS2Mask's files are pickles: fetch them, convert them on request (never on load).
+        names = [m.name for m in spec.members] or [spec.name]
+        paths = [c2m_source(n).with_model_dir(args.model_dir).fetch(n) for n in names]
+        for path in paths:
+            print(f"downloaded {path}")
+        print(
+            f"convert with: xs2mask models convert clouds2mask {paths[0].parent}"
+            + (f" --out {args.model_dir}" if args.model_dir else "")
+        )
+        return 0
+    spec.fetch()
+    for weights in spec.all_weights():
+        print(f"{weights.verified_path()}  (sha256 checked)")
+    return 0
+
+
+def _models_convert(args: argparse.Namespace) -> int:
+    from .models.convert import convert_clouds2mask
+
+    for path in convert_clouds2mask(args.path, args.out):
+        print(f"wrote {path} (+ .safetensors, .json)")
     return 0
 
 
@@ -281,8 +318,25 @@ def build_parser() -> argparse.ArgumentParser:
     trn.add_argument("--device", default=None, help="auto, cpu, cuda")
     trn.set_defaults(func=_train)
 
-    lst = sub.add_parser("models", help="list the models and whether they are installed")
+    lst = sub.add_parser("models", help="list the models and whether they are installed; download, convert")
     lst.set_defaults(func=_models)
+    model_sub = lst.add_subparsers(dest="models_command")
+    dl = model_sub.add_parser(
+        "download",
+        help="fetch a model's weights now (OmniCloudMask; CloudS2Mask's pickles, to convert next)",
+    )
+    dl.add_argument("name", help="model name, e.g. omnicloudmask-v4 or clouds2mask-10m")
+    default_dir = "default: $XS2MASK_MODEL_DIR, else the user cache"
+    dl.add_argument("--model-dir", default=None, help=f"folder to download into ({default_dir})")
+    dl.set_defaults(func=_models_download)
+    conv = model_sub.add_parser(
+        "convert",
+        help="convert CloudS2Mask's pickled models to ONNX + safetensors (unpickles: trusted files only)",
+    )
+    conv.add_argument("kind", choices=("clouds2mask",), help="whose model files")
+    conv.add_argument("path", help="a CloudS2Mask .pkl file or a folder of them")
+    conv.add_argument("--out", default=None, help=f"output folder ({default_dir})")
+    conv.set_defaults(func=_models_convert)
 
     msk = sub.add_parser(
         "mask",

@@ -23,7 +23,7 @@ from .bands import canonical_band
 from .classes import CLASS_NAMES, NODATA, mask_attrs
 from .exceptions import BandError, InputError
 from .models import ModelSpec, Runtime, get, load, resolve_default
-from .models.backends import resolve_device, resolve_dtype
+from .models.backends import resolve_device, resolve_dtype, softmax
 from .tiling import TTA_TRANSFORMS, axis_grid, check_patch, forward, inverse, margin
 
 # Asset names of Sentinel-2 products that are not spectral bands: ignored quietly.
@@ -90,6 +90,7 @@ def predict(
     probability_dtype: Literal["uint8", "float16"] = "uint8",
     offset: float = 0.0,
     threads: int = 0,
+    model_dir: str | os.PathLike[str] | None = None,
 ) -> xr.Dataset:
     """Mask clouds and cloud shadows in a Sentinel-2 cube.
 
@@ -117,6 +118,7 @@ def predict(
     processing_resolution
         Run the model at this ground sampling distance in metres (e.g. 20 for
         10 m input), then return on the input grid; a whole multiple of the input's.
+        Default: the model's own (``clouds2mask-20m``: 20), else the input's.
     device
         ``"auto"`` (cuda > mps > cpu), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
     dtype
@@ -132,6 +134,9 @@ def predict(
     threads
         Threads per model call. 0: every core for numpy input; for Dask input the
         machine's cores divided among the blocks, since Dask runs blocks in parallel.
+    model_dir
+        Folder holding downloaded weights (OmniCloudMask, CloudS2Mask): looked in, and
+        downloaded to, instead of ``$XS2MASK_MODEL_DIR`` and the user cache.
 
     Returns
     -------
@@ -149,7 +154,7 @@ def predict(
     'clear thick_cloud thin_cloud cloud_shadow'
     """
     da, had_time = _as_band_array(obj)
-    specs = _resolve_models(model, [str(b) for b in da["band"].values])
+    specs = _resolve_models(model, [str(b) for b in da["band"].values], model_dir)
     needed = tuple(dict.fromkeys(b for s in specs for b in s.bands))
     da = da.sel(band=list(needed))
     _check_dtype(da, offset)
@@ -165,6 +170,8 @@ def predict(
 
     if batch_size is not None and (not _is_int(batch_size) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if processing_resolution is None:
+        processing_resolution = _model_resolution(da, specs)
     factor = _factor(da, processing_resolution)
     runs = tuple(_model_run(s, needed, patch_size, overlap) for s in specs)
     halo = max(_halo(r, factor) for r in runs)
@@ -261,11 +268,13 @@ def _dataset_to_array(ds: xr.Dataset) -> xr.DataArray:
     )
 
 
-def _resolve_models(model: object, bands: list[str]) -> tuple[ModelSpec, ...]:
+def _resolve_models(model: object, bands: list[str], model_dir=None) -> tuple[ModelSpec, ...]:
     items = [model] if isinstance(model, str | ModelSpec) else list(model)  # type: ignore[arg-type]
     if not items:
         raise ValueError("model list is empty")
     specs = tuple(resolve_default(bands) if m == "default" else get(m) for m in items)  # type: ignore[arg-type]
+    if model_dir is not None:
+        specs = tuple(s.with_model_dir(model_dir) for s in specs)
     for spec in specs:
         missing = [b for b in spec.bands if b not in bands]
         if missing:
@@ -275,7 +284,8 @@ def _resolve_models(model: object, bands: list[str]) -> tuple[ModelSpec, ...]:
                 "e.g. a 4-band model for B02 B03 B04 B08."
             )
     for spec in specs:
-        spec.weights.path()  # fail now, not in a worker, if the weights aren't installed
+        # download now, once, in this process (not in every worker), or fail with the fix
+        spec.fetch()
     return specs
 
 
@@ -289,6 +299,17 @@ def _check_dtype(da: xr.DataArray, offset: float) -> None:
             "offset= applies to integer DN; this input is float (taken as reflectance). "
             "Apply the offset yourself, or pass the DN as integers."
         )
+
+
+def _model_resolution(da: xr.DataArray, specs: tuple[ModelSpec, ...]) -> float | None:
+    """The models' own processing resolution, when they agree and the input is finer."""
+    wanted = {s.processing_resolution for s in specs}
+    if len(wanted) != 1 or None in wanted:
+        return None
+    if "x" not in da.coords or da.sizes["x"] < 2 or not np.issubdtype(da["x"].dtype, np.number):
+        return None  # resolution unknown: run on the input's grid
+    (res,) = wanted
+    return res if abs(float(da["x"][1] - da["x"][0])) < res else None
 
 
 def _factor(da: xr.DataArray, processing_resolution: float | None) -> int:
@@ -527,8 +548,6 @@ def _run_model(
     # canvas covering every patch, in global processing coordinates [r0, r1)
     r0 = (int(oy[0]), int(ox[0]))
     r1 = (int(oy[-1]) + py, int(ox[-1]) + px)
-    mean = np.asarray(spec.mean, np.float32)[:, None, None]
-    std = np.asarray(spec.std, np.float32)[:, None, None]
     src, pad = [], []
     for i in (0, 1):
         lo, hi = max(r0[i], 0), min(r1[i], size[i])
@@ -540,12 +559,22 @@ def _run_model(
         pad.append((lo - r0[i], r1[i] - hi))
     data = coarse[list(run.band_index)][:, src[0], src[1]]
     ok = ~nodata[src[0], src[1]]
-    normed = (data - mean) / std
+    per_patch = spec.normalisation == "patch"
+    if not per_patch:
+        mean = np.asarray(spec.mean, np.float32)[:, None, None]
+        std = np.asarray(spec.std, np.float32)[:, None, None]
+        data = (data - mean) / std
+    usable = ok & ~np.isnan(data)
     # No-data and NaN get the normalised mean (0), as a zero-padded convolution sees;
     # beyond the array edge the image is mirrored, as ukis-csmask does.
-    normed = np.where(ok & ~np.isnan(normed), normed, np.float32(0))
-    canvas = np.pad(normed, ((0, 0), *pad), mode="symmetric")
+    canvas = np.pad(np.where(usable, data, np.float32(0)), ((0, 0), *pad), mode="symmetric")
     valid = np.pad(ok, pad, mode="constant")
+    # per-patch statistics count the mirrored pixels too: they are image content
+    band_ok = np.pad(usable, ((0, 0), *pad), mode="symmetric") if per_patch else None
+
+    def cut(y: int, x: int) -> np.ndarray:
+        patch = canvas[:, y : y + py, x : x + px]
+        return _zscore(patch, band_ok[:, y : y + py, x : x + px]) if band_ok is not None else patch
 
     weight = grids[0].window()[:, None] * grids[1].window()[None, :]
     acc = np.zeros((len(plan.classes), *canvas.shape[1:]), np.float32)
@@ -559,9 +588,9 @@ def _run_model(
     for transform in TTA_TRANSFORMS[: plan.tta + 1]:
         for start in range(0, len(patches), plan.batch_size):
             chunk = patches[start : start + plan.batch_size]
-            batch = np.stack([forward(canvas[:, y : y + py, x : x + px], transform) for y, x in chunk])
+            batch = np.stack([forward(cut(y, x), transform) for y, x in chunk])
             out = predictor(batch)
-            prob = _softmax(out) if spec.outputs == "logits" else out
+            prob = softmax(out) if spec.outputs == "logits" else out
             for (y, x), p in zip(chunk, prob, strict=True):
                 p = inverse(p, transform)
                 p *= weight  # in place: the batch's probabilities are not used again
@@ -576,11 +605,19 @@ def _run_model(
     return np.divide(out, w, out=out, where=w > 0)
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    np.exp(z, out=z)
-    z /= z.sum(axis=1, keepdims=True)
-    return z
+def _zscore(patch: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """Each band minus its mean over the valid pixels, over their standard deviation; 0 elsewhere.
+
+    OmniCloudMask's ``channel_norm``: the statistics are the patch's own, so any scale or
+    offset of the input (DN, reflectance, a baseline offset) cancels out.
+    """
+    out = np.zeros(patch.shape, np.float32)
+    for band, (values, good) in enumerate(zip(patch, ok, strict=True)):
+        v = values[good]
+        if v.size:
+            std = v.std()
+            out[band][good] = (v - v.mean()) / (std if std != 0 else np.float32(1))
+    return out
 
 
 def _upsample(

@@ -50,7 +50,7 @@ def load(spec: ModelSpec, runtime: Runtime = Runtime()) -> Predictor:
     key = (spec, runtime)
     with _cache_lock:
         if key not in _cache:
-            loader = {"onnx": _load_onnx, "torch": _load_torch, "lightgbm": _load_lightgbm}[spec.backend]
+            loader = _load_members if spec.members else _LOADERS[spec.backend]
             _cache[key] = loader(spec, runtime)
             _load_counts[spec.name] += 1
         return _cache[key]
@@ -215,3 +215,31 @@ def _load_lightgbm(spec: ModelSpec, runtime: Runtime) -> Predictor:
         return np.concatenate([1.0 - p, p], axis=1)
 
     return predict
+
+
+_LOADERS = {"onnx": _load_onnx, "torch": _load_torch, "lightgbm": _load_lightgbm}
+
+
+def _load_members(spec: ModelSpec, runtime: Runtime) -> Predictor:
+    """One predictor averaging the members' logits, or their softmax (``spec.outputs``)."""
+    members = [_LOADERS[m.backend](m, runtime) for m in spec.members]
+    as_probabilities = spec.outputs == "probabilities"
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        total = None
+        for member in members:
+            out = member(batch)
+            if as_probabilities:
+                out = softmax(out)
+            total = out if total is None else total + out
+        return total / np.float32(len(members))
+
+    return predict
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over axis 1 of ``(N, K, H, W)``, in a new array."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z

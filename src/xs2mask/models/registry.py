@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..classes import CLEAR, CLOUD_SHADOW, THICK_CLOUD
 from ..exceptions import ModelNotFoundError
+from .published import PUBLISHED
 from .spec import ModelSpec, Weights
 
 _UKIS_HINT = "pip install 'xs2mask[ukis]'  (ships ukis-csmask's ONNX weights, Apache-2.0)"
@@ -196,6 +197,9 @@ for _rank, _spec in enumerate(
 for _spec in _OWN:
     if _spec.backend == "torch":
         register(_spec)
+# Downloaded (or converted) on request, so never picked by "default": naming one is a choice.
+for _spec in PUBLISHED:
+    register(_spec)
 
 
 def registered() -> list[str]:
@@ -212,7 +216,7 @@ def available() -> list[str]:
     >>> "ukis-csmask-6b-l2a" in xs2mask.models.available()  # with xs2mask[ukis]
     True
     """
-    return sorted(name for name, spec in _REGISTRY.items() if spec.weights.is_available())
+    return sorted(name for name, spec in _REGISTRY.items() if spec.is_available())
 
 
 def get(name: str | ModelSpec) -> ModelSpec:
@@ -248,7 +252,7 @@ def resolve_default(bands: Iterable[str]) -> ModelSpec:
     """
     bands = set(bands)
     level = "L1C" if "B10" in bands else "L2A"
-    candidates = [_REGISTRY[n] for n in _DEFAULT_ORDER if _REGISTRY[n].weights.is_available()]
+    candidates = [_REGISTRY[n] for n in _DEFAULT_ORDER if _REGISTRY[n].is_available()]
     fitting = [s for s in candidates if set(s.bands) <= bands]
     # Stable sort: keep the ranking, but put models trained on this level first.
     fitting.sort(key=lambda s: level not in s.levels)

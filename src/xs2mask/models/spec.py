@@ -5,36 +5,73 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Literal
 
 from ..classes import CLASS_NAMES
 from ..exceptions import WeightsError
+from . import hub
 
 Backend = Literal["onnx", "torch", "lightgbm"]
+Normalisation = Literal["fixed", "patch"]
 
 
 @dataclass(frozen=True)
 class Weights:
     """Where a model's weights live and what they must hash to.
 
+    Three kinds: a file shipped in a Python package (``package``), a file at an absolute
+    path, or a file downloaded on first use (``url``) into the folders of
+    :mod:`xs2mask.models.hub` (``filename`` is then a bare file name).
+
     Attributes
     ----------
-    filename : file name, or an absolute path when ``package`` is None.
-    sha256 : expected hex digest; the file is refused if it differs.
+    filename : file name, or an absolute path when ``package`` and ``url`` are None.
+    sha256 : expected hex digest; the file is refused if it differs. None: nobody publishes
+        one, so the digest recorded when the file was downloaded or converted is checked.
     package : importable package that ships the file (e.g. ``"ukis_csmask"``).
-    install_hint : what to install when ``package`` is missing.
+    install_hint : what to do when the file is missing.
+    url : where to download the file from, pinned to a revision.
+    model_dir : the only folder to look in (and download to), instead of
+        ``$XS2MASK_MODEL_DIR`` and the user cache.
+
+    Examples
+    --------
+    >>> w = Weights("m.safetensors", None, url="https://example.org/m.safetensors")
+    >>> w.with_model_dir("/opt/weights").model_dir
+    '/opt/weights'
     """
 
     filename: str
-    sha256: str
+    sha256: str | None
     package: str | None = None
     install_hint: str = ""
+    url: str | None = None
+    model_dir: str | None = None
 
-    def path(self) -> Path:
+    @property
+    def in_hub(self) -> bool:
+        """Whether the file lives in the download folders (not in a package or at a fixed path)."""
+        return self.package is None and not Path(self.filename).is_absolute()
+
+    def with_model_dir(self, model_dir: str | os.PathLike[str] | None) -> Weights:
+        """The same weights, looked for (and downloaded) only in ``model_dir``."""
+        if not self.in_hub:
+            return self
+        return replace(self, model_dir=None if model_dir is None else str(model_dir))
+
+    def path(self, model: str = "") -> Path:
         """Resolve the weights file, raising :class:`WeightsError` with the fix if absent."""
+        if self.in_hub:
+            found = hub.find(self.filename, self.model_dir)
+            if found is None:
+                message = hub.missing_message(
+                    self.filename, model=model, url=self.url, sha256=self.sha256, model_dir=self.model_dir
+                )
+                raise WeightsError(f"{message} {self.install_hint}".strip())
+            return found
         if self.package is None:
             path = Path(self.filename)
         else:
@@ -49,6 +86,12 @@ class Weights:
             raise WeightsError(f"weights file {path} does not exist")
         return path
 
+    def fetch(self, model: str = "") -> Path:
+        """Resolve the file, downloading it first if it has a URL and is not here yet."""
+        if self.in_hub and self.url is not None:
+            return hub.fetch(self.filename, self.url, self.sha256, model=model, model_dir=self.model_dir)
+        return self.path(model)
+
     def is_available(self) -> bool:
         """Whether the weights file can be found (does not verify the checksum)."""
         try:
@@ -60,15 +103,22 @@ class Weights:
     def verified_path(self) -> Path:
         """Resolve the file and check its sha256 (once per file version and process)."""
         path = self.path()
+        expected = hub.expected_sha256(path, self.sha256)
+        if expected is None:
+            raise WeightsError(
+                f"weights file {path} has no published sha256 and no record of one "
+                f"({hub.record_path(path).name}, written when xs2mask downloads or converts it): "
+                "download or convert it with xs2mask, or write its sha256 into that file yourself"
+            )
         stat = path.stat()
-        key = (str(path), stat.st_size, stat.st_mtime_ns, self.sha256)
+        key = (str(path), stat.st_size, stat.st_mtime_ns, expected)
         with _verified_lock:
             if key in _verified:
                 return path
         digest = sha256_file(path)
-        if digest != self.sha256.lower():
+        if digest != expected:
             raise WeightsError(
-                f"weights file {path} fails its checksum: sha256 {digest}, expected {self.sha256}. "
+                f"weights file {path} fails its checksum: sha256 {digest}, expected {expected}. "
                 "The file is corrupt or not the one this model was registered with; "
                 "reinstall the package that ships it or re-download it."
             )
@@ -104,10 +154,18 @@ class ModelSpec:
     classes : xs2mask class code of each model output channel.
     backend : ``"onnx"``, ``"torch"`` (safetensors + segmentation-models-pytorch)
         or ``"lightgbm"`` (per-pixel classifier).
-    weights : the weights file and its checksum.
-    mean, std : per-band normalisation applied to reflectance, ``(x - mean) / std``.
+    weights : the weights file and its checksum; None for an ensemble of ``members``.
+    mean, std : per-band normalisation applied to reflectance, ``(x - mean) / std``
+        (``normalisation="fixed"``); empty for ``"patch"``.
+    normalisation : ``"fixed"`` (``mean``/``std`` above) or ``"patch"``: each patch
+        z-scored per band over its valid pixels, as OmniCloudMask does.
+    members : models run on the same patches whose outputs are averaged into this
+        model's output: logits when ``outputs="logits"`` (OmniCloudMask), softmax
+        probabilities when ``outputs="probabilities"`` (CloudS2Mask).
     outputs : whether the model returns ``"logits"`` or ``"probabilities"``.
     resolution_m : ground sampling distance the model was trained at.
+    processing_resolution : resolution ``predict`` runs the model at by default (input
+        finer than this is averaged down to it); None: the input's.
     patch_size : default patch edge in pixels; ``fixed_patch_size`` if the
         model accepts no other.
     overlap : default overlap between patches in pixels (0 for per-pixel models).
@@ -122,11 +180,14 @@ class ModelSpec:
     bands: tuple[str, ...]
     classes: tuple[int, ...]
     backend: Backend
-    weights: Weights
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    weights: Weights | None
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    normalisation: Normalisation = "fixed"
+    members: tuple[ModelSpec, ...] = ()
     outputs: Literal["logits", "probabilities"] = "logits"
     resolution_m: int = 10
+    processing_resolution: float | None = None
     patch_size: int = 512
     fixed_patch_size: bool = False
     overlap: int = 64
@@ -136,8 +197,69 @@ class ModelSpec:
     description: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
-        if not (len(self.bands) == len(self.mean) == len(self.std)):
+        if self.normalisation == "fixed" and not (len(self.bands) == len(self.mean) == len(self.std)):
             raise ValueError(f"{self.name}: bands, mean and std must have the same length")
+        if self.normalisation == "patch" and (self.mean or self.std):
+            raise ValueError(f"{self.name}: normalisation='patch' takes no mean and std")
+        if self.normalisation not in ("fixed", "patch"):
+            raise ValueError(f"{self.name}: normalisation must be 'fixed' or 'patch'")
         unknown = set(self.classes) - set(CLASS_NAMES)
         if unknown:
             raise ValueError(f"{self.name}: unknown class codes {sorted(unknown)}")
+        if (self.weights is None) == (not self.members):
+            raise ValueError(f"{self.name}: give either weights or members, not both or neither")
+        same = ("bands", "classes", "normalisation", "mean", "std")
+        for member in self.members:
+            if (
+                member.members
+                or member.outputs != "logits"
+                or any(getattr(member, a) != getattr(self, a) for a in same)
+            ):
+                raise ValueError(
+                    f"{self.name}: members must be single models returning logits, with the "
+                    "ensemble's bands, classes and normalisation"
+                )
+
+    def with_model_dir(self, model_dir: str | os.PathLike[str] | None) -> ModelSpec:
+        """The same model, with downloaded weights looked for (and fetched to) ``model_dir`` only.
+
+        Examples
+        --------
+        >>> import xs2mask
+        >>> spec = xs2mask.models.get("omnicloudmask-v4").with_model_dir("/opt/weights")
+        >>> {m.weights.model_dir for m in spec.members}
+        {'/opt/weights'}
+        """
+        return replace(
+            self,
+            weights=None if self.weights is None else self.weights.with_model_dir(model_dir),
+            members=tuple(m.with_model_dir(model_dir) for m in self.members),
+        )
+
+    def all_weights(self) -> tuple[Weights, ...]:
+        """Every weights file the model needs (its own, or its members')."""
+        if self.weights is not None:
+            return (self.weights,)
+        return tuple(w for m in self.members for w in m.all_weights())
+
+    def is_available(self) -> bool:
+        """Whether every weights file is here (without downloading or verifying anything)."""
+        return all(w.is_available() for w in self.all_weights())
+
+    def fetch(self) -> ModelSpec:
+        """Make sure every weights file is here, downloading what has a URL; return ``self``.
+
+        Raises
+        ------
+        WeightsError
+            With the file name, URL, sha256 and folder when a file cannot be had.
+
+        Examples
+        --------
+        >>> import xs2mask
+        >>> xs2mask.models.get("xs2mask-4b").fetch().name
+        'xs2mask-4b'
+        """
+        for weights in self.all_weights():
+            weights.fetch(self.name)
+        return self
