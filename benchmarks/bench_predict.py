@@ -217,9 +217,26 @@ def wait_for_idle(max_busy: float, timeout: float) -> float | None:
     return busy
 
 
-def spawn(case: str, cube_path: Path, mask_path: Path, timeout: float) -> dict[str, Any]:
-    """Run ``case`` in a fresh interpreter; add how many cores other processes used meanwhile."""
-    cmd = [sys.executable, __file__, "--child", case, "--cube", str(cube_path), "--mask", str(mask_path)]
+def spawn(
+    case: str,
+    cube_path: Path,
+    mask_path: Path,
+    timeout: float,
+    script: str = __file__,
+    extra: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """Run ``case`` of ``script`` in a fresh interpreter; add the cores other processes used meanwhile."""
+    cmd = [
+        sys.executable,
+        script,
+        "--child",
+        case,
+        "--cube",
+        str(cube_path),
+        "--mask",
+        str(mask_path),
+        *extra,
+    ]
     jiffies = _cpu_jiffies()
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()

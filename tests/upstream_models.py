@@ -107,15 +107,11 @@ def ocm_reference(scene_dn: np.ndarray, model_dir: Path, **kwargs) -> np.ndarray
     )
 
 
-def c2m_reference(scene_dn: np.ndarray, pickles: list[Path], tta: int = 0) -> np.ndarray:
-    """CloudS2Mask's inference path (``clouds2mask.inference.get_preds``) on one patch of 13-band DN.
-
-    Returns its class probabilities as CloudS2Mask produces them: uint8, 255 x softmax, truncated.
-    """
+def c2m_settings(pickles: list[Path], tta: int = 0, batch_size: int = 1):
+    """CloudS2Mask's ``Inf_Only_Settings`` for the pickled networks: fp32 on the CPU, L1C statistics."""
     import os
 
     import torch
-    from clouds2mask.inference import get_preds
     from clouds2mask.model_helpers import load_models
     from clouds2mask.model_settings import Inf_Only_Settings
     from clouds2mask.processing_settings import get_normalization_stats
@@ -135,18 +131,37 @@ def c2m_reference(scene_dn: np.ndarray, pickles: list[Path], tta: int = 0) -> np
         else:
             os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = previous
     mean, std = get_normalization_stats(device, False, "L1C", L1C_BANDS)
-    settings = Inf_Only_Settings(
+    return Inf_Only_Settings(
         processing_res=10,
         processing_level="L1C",
         mean=mean,
         std=std,
         scene_progress_pbar=tqdm(disable=True),
         pytorch_device=device,
-        batch_size=1,
+        batch_size=batch_size,
         tta_max_depth=tta,
         fp16_mode=False,
         models=models,
         ordered_augs=get_tta_options(tta),
     )
+
+
+def c2m_reference(scene_dn: np.ndarray, pickles: list[Path], tta: int = 0) -> np.ndarray:
+    """CloudS2Mask's inference path (``clouds2mask.inference.get_preds``) on one patch of 13-band DN.
+
+    Returns its class probabilities as CloudS2Mask produces them: uint8, 255 x softmax, truncated.
+    """
+    import torch
+    from clouds2mask.inference import get_preds
+
     batch = torch.from_numpy(scene_dn[None].astype(np.float32))
-    return get_preds(batch, settings)[0]
+    return get_preds(batch, c2m_settings(pickles, tta))[0]
+
+
+def c2m_patches(
+    arrays: list[np.ndarray], meta: list[dict], pickles: list[Path], batch_size: int
+) -> list[dict]:
+    """CloudS2Mask's ``run_inference`` (its batching threads) over patches cut by ``make_patches``."""
+    from clouds2mask.inference import run_inference
+
+    return run_inference(arrays, meta, c2m_settings(pickles, batch_size=batch_size))
