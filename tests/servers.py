@@ -17,6 +17,8 @@ What is here
   load to, computed independently from the original source files.
 * :func:`serve_items` serves items and collections through a real STAC API: ``rustac serve``.
 * :class:`ErrorServer` (HTTP server answering every request with one status), :func:`unreachable_url`.
+* :class:`FlakyFileServer` serves the COGs over HTTP with ranges and, on demand, 503s, truncated
+  answers, stalls past a timeout, or 404s, for the read-fault tests.
 * :func:`moto_s3` runs moto's S3 server for Zarr-on-S3 tests.
 
 Why ``rustac serve``
@@ -1098,6 +1100,130 @@ class ErrorServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class FlakyFileServer:
+    """Threaded HTTP file server on 127.0.0.1 (HEAD, GET with ``Range``) that misbehaves on demand.
+
+    Serves the files under ``root`` as a COG host does (``206 Partial Content`` for ranges). The next
+    ``faults`` GET requests whose path contains ``only`` (every GET when ``only`` is "") misbehave as
+    ``kind`` says, then it serves normally again; ``faults=-1`` misbehaves for ever:
+
+    * ``"503"``: answer ``503 Service Unavailable``;
+    * ``"truncate"``: announce the full ``Content-Length`` but send half the bytes and close;
+    * ``"stall"``: wait ``stall_s`` seconds before answering (past the client's timeout).
+
+    A path under ``missing`` answers 404. ``paths`` lists (method, path, status) of every request;
+    :meth:`faulty` counts the misbehaving answers. Set the fields while it runs; use as a context
+    manager. :meth:`href` maps a local file under ``root`` to its URL.
+    """
+
+    def __init__(self, root: Path, kind: str = "503", faults: int = 0, only: str = "", stall_s: float = 3.0):
+        self.root = Path(root).resolve()
+        self.kind, self.faults, self.only, self.stall_s = kind, faults, only, stall_s
+        self.missing: set[str] = set()
+        self.paths: list[tuple[str, str, int]] = []
+        self._lock = threading.Lock()
+        self._httpd: http.server.ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        if self._httpd is None:
+            raise RuntimeError("server not started")
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+
+    def href(self, path: str | Path) -> str:
+        return f"{self.url}/{Path(path).resolve().relative_to(self.root).as_posix()}"
+
+    def faulty(self) -> int:
+        with self._lock:
+            return sum(1 for _, _, status in self.paths if status < 0)
+
+    def _misbehave(self, method: str, path: str) -> str | None:
+        """The fault to play on this request, if any (and spend one)."""
+        with self._lock:
+            if method != "GET" or self.faults == 0 or self.only not in path:
+                return None
+            if self.faults > 0:
+                self.faults -= 1
+            return self.kind
+
+    def _log(self, method: str, path: str, status: int) -> None:
+        with self._lock:
+            self.paths.append((method, path, status))
+
+    def _handler(self):
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _answer(self) -> None:
+                path = urllib.request.url2pathname(self.path.split("?", 1)[0]).lstrip("/")
+                file = (owner.root / path).resolve()
+                if path in owner.missing or not file.is_file() or owner.root not in file.parents:
+                    owner._log(self.command, self.path, 404)
+                    return self._send(404, b"not found")
+                fault = owner._misbehave(self.command, self.path)
+                if fault == "503":
+                    owner._log(self.command, self.path, -503)
+                    return self._send(503, b"busy")
+                if fault == "stall":
+                    owner._log(self.command, self.path, -408)
+                    time.sleep(owner.stall_s)
+                data = file.read_bytes()
+                status, headers = 200, {}
+                match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+                if match:
+                    start = int(match.group(1))
+                    end = min(int(match.group(2) or len(data) - 1), len(data) - 1)
+                    headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+                    data, status = data[start : end + 1], 206
+                if fault == "truncate":
+                    owner._log(self.command, self.path, -206)
+                    return self._send(status, data, headers, cut=max(1, len(data) // 2))
+                if fault is None:
+                    owner._log(self.command, self.path, status)
+                return self._send(status, data, headers)
+
+            def _send(self, status: int, body: bytes, headers: Mapping[str, str] | None = None, cut: int = 0):
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Accept-Ranges", "bytes")
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                if cut:
+                    self.send_header("Connection", "close")
+                self.end_headers()
+                if self.command != "HEAD":
+                    # the client may have given up already (a timeout)
+                    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                        self.wfile.write(body[:cut] if cut else body)
+                if cut:
+                    self.close_connection = True
+
+            do_GET = do_HEAD = _answer
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        return Handler
+
+    def __enter__(self) -> FlakyFileServer:
+        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="FlakyFileServer", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            if self._thread is not None:
+                self._thread.join(timeout=5)
+            self._httpd = None
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,9 @@ def test_member_ensembles_average_logits_or_probabilities(outputs: str, monkeypa
     }
 
     def fake_loader(spec, runtime):
-        return lambda batch: np.broadcast_to(logits[spec.name][None, :, None, None], (1, 4, 2, 2)).copy()
+        return backends._Function(
+            lambda batch: np.broadcast_to(logits[spec.name][None, :, None, None], (1, 4, 2, 2)).copy()
+        )
 
     monkeypatch.setitem(backends._LOADERS, "onnx", fake_loader)
     backends.clear_cache()
@@ -86,7 +88,7 @@ def test_model_resolution_is_the_default_processing_resolution(tmp_path: Path, m
             seen.append(batch.shape[-1])
             return np.zeros((batch.shape[0], 4, *batch.shape[2:]), np.float32)
 
-        return predict
+        return backends._Function(predict)
 
     monkeypatch.setitem(backends._LOADERS, "onnx", fake_loader)
     backends.clear_cache()

@@ -184,6 +184,10 @@ def _predict(args: argparse.Namespace) -> int:
         zarr_format=args.zarr_format,
         batch=args.batch,
         storage_options=dict(_key_value(kv) for kv in args.storage_option),
+        read_retries=args.read_retries,
+        read_timeout=args.read_timeout,
+        on_read_error=args.on_read_error,
+        compile=args.compile,
     )
     start = time.perf_counter()
     with ExitStack() as stack:
@@ -307,6 +311,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="fsspec option (repeatable)",
     )
+    pred.add_argument(
+        "--read-retries", type=int, default=3, help="retries of a failing read, with back-off (default 3)"
+    )
+    pred.add_argument(
+        "--read-timeout", type=float, default=30.0, help="seconds per HTTP request of a read (default 30)"
+    )
+    pred.add_argument(
+        "--on-read-error",
+        choices=("raise", "nodata"),
+        default="raise",
+        help="when a read still fails: stop (default), or write the slab as no-data, listed in the store",
+    )
+    pred.add_argument("--compile", action="store_true", help="torch.compile torch models (GPU)")
     pred.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_model_options(pred)
     pred.set_defaults(func=_predict)

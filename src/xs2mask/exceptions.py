@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 
 class XS2MaskError(Exception):
     """Base class of every error xs2mask raises on purpose."""
@@ -40,3 +42,70 @@ class StoreError(XS2MaskError, ValueError):
 
 class RadiometryWarning(UserWarning):
     """Pixel values contradict an item's radiometric metadata (e.g. a wrong offset flag)."""
+
+
+class ReadError(XS2MaskError, RuntimeError):
+    """A raster could not be read, after the retries a transient fault deserves.
+
+    Attributes
+    ----------
+    href : the file.
+    item, asset : the STAC item id and asset key it belongs to, when known.
+    reason : the underlying error, one line.
+    permanent : True for an answer no retry changes (HTTP 404 and other 4xx).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        href: str,
+        reason: str,
+        item: str | None = None,
+        asset: str | None = None,
+        permanent: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.href, self.reason, self.item, self.asset, self.permanent = href, reason, item, asset, permanent
+
+    @classmethod
+    def of(
+        cls,
+        href: str,
+        reason: str,
+        *,
+        attempts: int,
+        item: str | None = None,
+        asset: str | None = None,
+        permanent: bool = False,
+    ) -> ReadError:
+        """The error for ``href``, with what to do about it."""
+        what = f"asset {asset} of item {item} ({href})" if item else href
+        if permanent:
+            fix = (
+                "The file is not there or not readable with these credentials: no retry will help. "
+                "Drop the item (or its date) from the job, or fix its href."
+            )
+        else:
+            fix = (
+                "Rerun the job to retry (finished slabs are kept), raise read_retries / read_timeout "
+                "(--read-retries / --read-timeout), or pass on_read_error='nodata' "
+                "(--on-read-error nodata) to write no-data for this slab and record it in the store."
+            )
+        return cls(
+            f"cannot read {what} after {attempts} attempt(s): {reason}. {fix}",
+            href=href,
+            reason=reason,
+            item=item,
+            asset=asset,
+            permanent=permanent,
+        )
+
+    def __reduce__(self):
+        # Keyword-only fields: the default pickling (args only) would drop them between processes.
+        fields = {"href": self.href, "reason": self.reason, "item": self.item, "asset": self.asset}
+        return (partial(ReadError, **fields, permanent=self.permanent), (str(self),))
+
+
+class ReadWarning(UserWarning):
+    """A mask store holds slabs written as no-data because their inputs could not be read."""

@@ -57,7 +57,7 @@ class Plan:
     factor: int  # processing pixel = factor x factor input pixels
     halo: int
     tta: int
-    batch_size: int
+    batch_size: int  # 0: the loaded model's own (1 on the CPU, fitted to a GPU's memory)
     offset: float
     integer_input: bool
     output: Literal["mask", "probability", "both"]
@@ -91,6 +91,7 @@ def predict(
     offset: float = 0.0,
     threads: int = 0,
     model_dir: str | os.PathLike[str] | None = None,
+    compile: bool = False,
 ) -> xr.Dataset:
     """Mask clouds and cloud shadows in a Sentinel-2 cube.
 
@@ -112,7 +113,8 @@ def predict(
     patch_size, overlap
         Patch edge and overlap between patches in processing pixels; default: the model's.
     batch_size
-        Patches per model call; default 1 on the CPU, 8 on a GPU.
+        Patches per model call; default: the model's own, 1 on the CPU and on a
+        GPU as many as fit in its free memory (measured when the model loads).
     tta
         Test-time augmentation: 0 (none) to 7 extra rotated/flipped passes, averaged.
     processing_resolution
@@ -137,6 +139,9 @@ def predict(
     model_dir
         Folder holding downloaded weights (OmniCloudMask, CloudS2Mask): looked in, and
         downloaded to, instead of ``$XS2MASK_MODEL_DIR`` and the user cache.
+    compile
+        ``torch.compile`` torch models when they load (once per process): slower
+        first call, faster after it on a GPU.
 
     Returns
     -------
@@ -160,7 +165,9 @@ def predict(
     _check_dtype(da, offset)
 
     device = resolve_device(device, specs)
-    runtime = Runtime(device=device, dtype=resolve_dtype(dtype, device, specs), threads=threads)
+    runtime = Runtime(
+        device=device, dtype=resolve_dtype(dtype, device, specs), threads=threads, compile=bool(compile)
+    )
     if not _is_int(tta) or tta not in range(len(TTA_TRANSFORMS)):
         raise ValueError(f"tta must be an integer from 0 to {len(TTA_TRANSFORMS) - 1}, got {tta!r}")
     if output not in ("mask", "probability", "both"):
@@ -185,7 +192,7 @@ def predict(
         factor=factor,
         halo=halo,
         tta=tta,
-        batch_size=batch_size or (1 if device == "cpu" else 8),
+        batch_size=batch_size or 0,
         offset=float(offset),
         integer_input=np.issubdtype(da.dtype, np.integer),
         output=output,
@@ -413,8 +420,11 @@ def _align_chunks(chunks: tuple[int, ...], factor: int) -> tuple[int, ...]:
 
 
 def _dask_kernel(block: np.ndarray, plan: Plan, block_info=None) -> np.ndarray:
+    from .distributed import run_model
+
     _, _, (y0, y1), (x0, x1) = block_info[None]["array-location"]
-    return predict_block(block, plan, (y0, y1), (x0, x1))
+    # On a cluster whose models run on named workers (GPUs), the block goes there.
+    return run_model(predict_block, block, plan, (y0, y1), (x0, x1))
 
 
 # --------------------------------------------------------------------------- block kernel
@@ -584,10 +594,11 @@ def _run_model(
     # fancy-indexed gather and scatter of the whole patch.
     channel = slice(None) if channel.tolist() == list(range(len(plan.classes))) else channel
     predictor = load(spec, plan.runtime)
+    step = plan.batch_size or predictor.batch_size
     patches = [(y, x) for y in oy - r0[0] for x in ox - r0[1] if valid[y : y + py, x : x + px].any()]
     for transform in TTA_TRANSFORMS[: plan.tta + 1]:
-        for start in range(0, len(patches), plan.batch_size):
-            chunk = patches[start : start + plan.batch_size]
+        for start in range(0, len(patches), step):
+            chunk = patches[start : start + step]
             batch = np.stack([forward(cut(y, x), transform) for y, x in chunk])
             out = predictor(batch)
             prob = softmax(out) if spec.outputs == "logits" else out

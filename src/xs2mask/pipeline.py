@@ -2,14 +2,22 @@
 
 :func:`mask_stac` is what ``xs2mask predict`` runs. It searches once, builds the
 whole output grid lazily (nothing is read) and writes the Zarr template; then
-each slab (one day x one spatial block) reloads only that day's items with
-freshly signed URLs, predicts, and is written and recorded. A rerun of an
-interrupted job writes only the missing slabs (see :mod:`xs2mask.store`).
+each day's items are reloaded with freshly signed URLs (again when a day takes
+longer than the signatures last) into one lazy cube, and each slab (one day x
+one spatial block) is a slice of it: predicted, written and recorded, so a slab's
+graph is built in the same time whatever the area. A rerun of an interrupted job
+writes only the missing slabs (see :mod:`xs2mask.store`).
+
+Reads are retried (:mod:`xs2mask.reading`); a slab whose reads still fail stops
+the job with :class:`~xs2mask.exceptions.ReadError`, or, with
+``on_read_error="nodata"``, is written as no-data and listed in the store.
 """
 
 from __future__ import annotations
 
 import json
+import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +25,10 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from .exceptions import StacError
+from .exceptions import InputError, ReadError, ReadWarning, StacError
+
+# Planetary Computer signatures last about 45 minutes: a day's cube older than this is re-signed.
+_RESIGN_AFTER_S = 30 * 60
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,14 @@ class Job:
     block: int | None = None
     batch: int | None = None
     storage_options: dict[str, Any] = field(default_factory=dict, hash=False)
+    read_retries: int = 3
+    read_timeout: float = 30.0
+    on_read_error: str = "raise"
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.on_read_error not in ("raise", "nodata"):
+            raise InputError(f"on_read_error must be 'raise' or 'nodata', got {self.on_read_error!r}")
 
 
 def mask_stac(
@@ -95,7 +114,13 @@ def mask_stac(
             + (f" with cloud cover below {job.max_cloud} % ({found} above it)" if found else "")
             + ". Nothing was written. Widen the bbox or the dates, or raise --max-cloud."
         )
-    common = {"resolution": job.resolution, "chunks": job.chunks, "harmonize": job.harmonize}
+    common = {
+        "resolution": job.resolution,
+        "chunks": job.chunks,
+        "harmonize": job.harmonize,
+        "read_retries": job.read_retries,
+        "read_timeout": job.read_timeout,
+    }
     full = load(items, bounds_latlon=job.bbox, model=job.model, **common)
     grid = {"epsg": full.rio.crs.to_epsg(), "bounds": _bounds(full), "bands": list(full["band"].values)}
     options = {
@@ -103,6 +128,7 @@ def mask_stac(
         "tta": job.tta,
         "processing_resolution": job.processing_resolution,
         "device": job.device,
+        "compile": job.compile,
     }
     template = predict(full, **options)
     template.attrs.update(
@@ -118,12 +144,18 @@ def mask_stac(
     findings: dict[str, float] = {}
     inputs: dict[str, xr.DataArray] = {}
 
+    day: dict[int, tuple[float, xr.DataArray, xr.Dataset]] = {}
+
     def build(slab):
-        # Signed here, just before the slab runs: signatures expire after ~45 minutes.
-        day_items = resign(by_day[days[slab.time]], sign)
-        cube = load(day_items, **grid, **common)
+        built = day.get(slab.time)
+        if built is None or time.monotonic() - built[0] > _RESIGN_AFTER_S:
+            # Signed here, just before the day's slabs run: signatures expire after ~45 minutes.
+            cube = load(resign(by_day[days[slab.time]], sign), **grid, **common)
+            day.clear()  # slabs come day by day: one day's graph is kept, not the job's
+            day[slab.time] = built = (time.monotonic(), cube, predict(cube, **options))
+        _, cube, masks = built
         inputs[slab.key] = cube.isel(y=slab.y, x=slab.x)
-        masks = predict(cube, **options).isel(y=slab.y, x=slab.x)
+        masks = masks.isel(y=slab.y, x=slab.x)
         return masks.assign_coords(time=template["time"].values[[slab.time]])
 
     def check(slab, part):
@@ -134,6 +166,13 @@ def mask_stac(
 
         # Computed in the same pass as the masks, so the pixels are read once.
         return negative_fraction(inputs.pop(slab.key)), record
+
+    def on_read_error(slab, err: Exception) -> dict[str, Any]:
+        # Only reads may become no-data, and never a file that is not there (HTTP 404).
+        if job.on_read_error != "nodata" or not isinstance(err, ReadError) or err.permanent:
+            raise err
+        warnings.warn(f"slab {slab.key} written as no-data: {err}", ReadWarning, stacklevel=2)
+        return {"item": err.item, "asset": err.asset, "href": err.href, "error": err.reason}
 
     zstore.to_zarr(
         template,
@@ -146,6 +185,7 @@ def mask_stac(
         build=build,
         check=check,
         progress=progress,
+        on_read_error=on_read_error,
     )
     return zstore.open_masks(job.out, storage_options=job.storage_options or None)
 

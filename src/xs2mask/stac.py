@@ -152,6 +152,8 @@ def load(
     chunks: int | None = None,
     harmonize: bool | str = "auto",
     model: str = "default",
+    read_retries: int = 3,
+    read_timeout: float = 30.0,
 ) -> xr.DataArray:
     """Load items as a lazy ``(time, band, y, x)`` float32 reflectance cube.
 
@@ -178,6 +180,11 @@ def load(
         evidence; ``False`` never applies an offset (DN / 10000).
     model
         Model whose bands are loaded when ``bands`` is None.
+    read_retries, read_timeout
+        Retries of a failing read (HTTP 5xx, timeouts, truncated answers), with
+        exponential back-off, and seconds per HTTP request; then the computation
+        raises :class:`~xs2mask.exceptions.ReadError` naming the item and asset.
+        HTTP 404 fails at once. See :mod:`xs2mask.reading`.
 
     Returns
     -------
@@ -193,6 +200,7 @@ def load(
     import stackstac
 
     from .radiometry import item_radiometry
+    from .reading import ReadPolicy, RetryingEnv, RetryingReader
 
     chunks = chunks or 1024
     items = [_as_item(i) for i in items]
@@ -205,12 +213,14 @@ def load(
         raise InputError(f"harmonize must be 'auto', True or False, got {harmonize!r}")
     wanted = _wanted_bands(bands, model)
     epsg = epsg or _common_epsg(items)
+    policy = ReadPolicy(retries=read_retries, timeout=read_timeout)
 
-    renamed, scales, offsets, records = [], [], [], {}
+    renamed, scales, offsets, records, names = [], [], [], {}, {}
     for item in items:
         keys = _asset_keys(item, wanted)
         decisions = {b: item_radiometry(item, keys[b], harmonize=harmonize) for b in wanted}
         renamed.append(_renamed(item, keys))
+        names.update({item.assets[key].href: (item.id, key) for key in keys.values()})
         scales.append([decisions[b].scale for b in wanted])
         offsets.append([decisions[b].offset for b in wanted])
         records[item.id] = sorted({d.source for d in decisions.values()})
@@ -230,6 +240,8 @@ def load(
         xy_coords="center",
         properties=False,
         band_coords=False,
+        reader=RetryingReader,
+        gdal_env=RetryingEnv(policy, names),
     )
     # (DN + offset_dn) / quantification, as ESA defines it: exact in float32, unlike DN * 1e-4.
     quantification = xr.DataArray(1 / np.asarray(scales, np.float64), dims=("time", "band"))

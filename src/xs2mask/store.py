@@ -17,6 +17,10 @@ rerun and ends with exactly the bytes an uninterrupted run writes:
    status is not ``"complete"`` is refused by :func:`open_masks` unless the
    caller asks for partial data, so it never looks complete when it isn't.
 
+A slab whose inputs cannot be read can, if the caller says so, be written as
+no-data (255) and listed in the group attribute ``xs2mask_read_errors``;
+:func:`open_masks` then warns, and a rerun retries those slabs.
+
 A rerun with the same layout skips the recorded slabs; ``mode="a"`` appends new
 dates along ``time``; an existing store with another layout is refused, never
 overwritten (only ``mode="w"`` replaces a store).
@@ -34,12 +38,13 @@ import numpy as np
 import xarray as xr
 
 from .classes import NODATA
-from .exceptions import StoreError
+from .exceptions import ReadWarning, StoreError
 
 STATUS_ATTR = "xs2mask_status"
 DONE_ATTR = "xs2mask_done"
 LAYOUT_ATTR = "xs2mask_layout"
 CONSOLIDATED_ATTR = "xs2mask_consolidated"
+READ_ERRORS_ATTR = "xs2mask_read_errors"
 _KEEP_ENCODING = ("_FillValue", "dtype", "grid_mapping", "units", "calendar")
 
 
@@ -145,6 +150,7 @@ def to_zarr(
     progress: Callable[[Iterator[Slab], int], Iterator[Slab]] | None = None,
     batch: int | None = None,
     check: Callable[[Slab, xr.Dataset], tuple[Any, Callable[[Any], None]]] | None = None,
+    on_read_error: Callable[[Slab, Exception], dict[str, Any]] | None = None,
 ) -> str:
     """Write a mask cube to Zarr slab by slab, resuming and appending safely.
 
@@ -188,6 +194,11 @@ def to_zarr(
         Optional ``(slab, part) -> (lazy_value, callback)``: the lazy value is
         computed in the same pass as the slab's write (sharing its reads) and
         handed to the callback, e.g. a radiometric sanity check of the inputs.
+    on_read_error
+        Optional ``(slab, error) -> record`` called when a slab fails: raise to
+        stop the job, or return a JSON-able record; the slab is then written as
+        no-data and the record appended to the group attribute
+        ``xs2mask_read_errors``. A rerun retries those slabs.
 
     Returns
     -------
@@ -246,10 +257,23 @@ def to_zarr(
             # Appending rewrites the group attributes from `ds`: put back the progress record.
             _set_attrs(store, storage_options, {**group_attrs, STATUS_ATTR: "incomplete"})
     offsets = _time_positions(store, storage_options, ds)
-    done = set(_read_attrs(store, storage_options).get(DONE_ATTR, []))
+    attrs = _read_attrs(store, storage_options)
+    # Slabs written as no-data after read errors are done, but worth another try.
+    failed = {r.get("slab") for r in attrs.get(READ_ERRORS_ATTR, [])}
+    done = set(attrs.get(DONE_ATTR, [])) - failed
     todo = [s for s in slabs(ds, layout["block"]) if s.key not in done]
     if todo:
-        _set_attrs(store, storage_options, {STATUS_ATTR: "incomplete", CONSOLIDATED_ATTR: False})
+        _set_attrs(
+            store,
+            storage_options,
+            {
+                STATUS_ATTR: "incomplete",
+                CONSOLIDATED_ATTR: False,
+                READ_ERRORS_ATTR: [],
+                DONE_ATTR: sorted(done),
+            },
+        )
+    flush = _Flush(ds, store, kw, done, on_read_error)
     # Chunks in one real slab (an area smaller than the block has fewer): batch enough slabs to
     # give every core of the cluster work.
     per_slab = math.ceil(min(layout["block"], ds.sizes["y"]) / _first_chunk(ds, "y")) * math.ceil(
@@ -259,17 +283,17 @@ def to_zarr(
     iterator: Iterator[Slab] = iter(todo)
     if progress is not None:
         iterator = progress(iterator, len(todo))
-    pending: list[tuple[Slab, Any]] = []
+    pending: list[_Pending] = []
     for slab in iterator:
         built = build(slab) if build is not None else ds.isel(slab.isel)
         part = _region_part(built, ds)
         position = offsets[slab.time]
         region = {"time": slice(position, position + 1), "y": slab.y, "x": slab.x}
         write = part.to_zarr(store, region=region, mode="r+", compute=False, **kw)
-        pending.append((slab, write, check(slab, built) if check is not None else None))
+        pending.append(_Pending(slab, region, write, check(slab, built) if check is not None else None))
         if len(pending) >= batch:
-            _flush(pending, done, store, storage_options)
-    _flush(pending, done, store, storage_options)
+            flush(pending)
+    flush(pending)
     _set_attrs(store, storage_options, {STATUS_ATTR: "complete", CONSOLIDATED_ATTR: consolidated})
     if consolidated:
         import zarr
@@ -309,6 +333,18 @@ def open_masks(
         )
     import rioxarray  # noqa: F401  (registers .rio for the CRS)
 
+    errors = attrs.get(READ_ERRORS_ATTR) or []
+    if errors:
+        import warnings
+
+        listed = "; ".join(f"{e.get('slab')}: {e.get('item')} {e.get('asset')}" for e in errors[:5])
+        warnings.warn(
+            f"{store}: {len(errors)} slab(s) are no-data (255) because their inputs could not be read "
+            f"({listed}{'; ...' if len(errors) > 5 else ''}). Rerun the job to retry them; the details "
+            f"are in the attribute {READ_ERRORS_ATTR}.",
+            ReadWarning,
+            stacklevel=2,
+        )
     kwargs.setdefault("consolidated", bool(attrs.get(CONSOLIDATED_ATTR, False)))
     ds = xr.open_zarr(
         store,
@@ -529,19 +565,82 @@ def _region_part(part: xr.Dataset, ds: xr.Dataset) -> xr.Dataset:
     return part.drop_vars([n for n, v in part.variables.items() if not set(v.dims) & {"time", "y", "x"}])
 
 
-def _flush(pending: list, done: set[str], store: str, storage_options: dict[str, Any] | None) -> None:
-    """Run a batch of slab writes, then record them: a slab is marked done only once written."""
-    if not pending:
-        return
+class _Flush:
+    """Run a batch of slab writes, then record them: a slab is marked done only once written.
+
+    When a batch fails and the caller handles read errors, its slabs are redone one
+    by one (region writes are idempotent) so that only the failing ones become no-data.
+    """
+
+    def __init__(
+        self,
+        ds: xr.Dataset,
+        store: str,
+        kw: dict[str, Any],
+        done: set[str],
+        on_read_error: Callable[[Slab, Exception], dict[str, Any]] | None,
+    ) -> None:
+        self.ds, self.store, self.kw = ds, store, kw
+        self.done, self.on_read_error = done, on_read_error
+        self.errors: list[dict[str, Any]] = []
+
+    def __call__(self, pending: list[_Pending]) -> None:
+        if not pending:
+            return
+        try:
+            outcomes: list[tuple[bool, Any]] = [(True, v) for v in _compute(pending)]
+        except Exception:
+            if self.on_read_error is None:
+                raise
+            outcomes = []
+            for entry in pending:
+                try:
+                    outcomes.append((True, _compute([entry])[0]))
+                except Exception as err:  # whatever failed, the caller's hook decides
+                    outcomes.append((False, err))
+        for entry, (ok, value) in zip(pending, outcomes, strict=True):
+            if not ok:
+                record = {"slab": entry.slab.key, **self.on_read_error(entry.slab, value)}
+                part = _nodata_part(self.ds, entry.slab)
+                part.to_zarr(self.store, region=entry.region, mode="r+", **self.kw)
+                self.errors.append(record)
+        self.done.update(entry.slab.key for entry in pending)
+        attrs: dict[str, Any] = {DONE_ATTR: sorted(self.done)}
+        if self.errors:
+            attrs[READ_ERRORS_ATTR] = self.errors
+        _set_attrs(self.store, self.kw["storage_options"], attrs)
+        for entry, (ok, value) in zip(pending, outcomes, strict=True):
+            if ok and entry.check is not None:
+                entry.check[1](value)
+        pending.clear()
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A slab built but not yet computed: its region, lazy write and optional check."""
+
+    slab: Slab
+    region: dict[str, slice]
+    write: Any
+    check: tuple[Any, Callable[[Any], None]] | None
+
+
+def _compute(pending: list[_Pending]) -> list[Any]:
+    """The checks' values per slab (None without a check), writing the slabs on the way."""
     import dask
 
-    checks = [c for _, _, c in pending if c is not None]
-    results = dask.compute([write for _, write, _ in pending], [lazy for lazy, _ in checks])[1]
-    done.update(slab.key for slab, _, _ in pending)
-    _set_attrs(store, storage_options, {DONE_ATTR: sorted(done)})
-    for (_, callback), value in zip(checks, results, strict=True):
-        callback(value)
-    pending.clear()
+    lazies = [p.check[0] for p in pending if p.check is not None]
+    values = iter(dask.compute([p.write for p in pending], lazies)[1])
+    return [next(values) if p.check is not None else None for p in pending]
+
+
+def _nodata_part(ds: xr.Dataset, slab: Slab) -> xr.Dataset:
+    """The slab's region of ``ds`` filled with no-data: 255 for uint8, NaN for floats."""
+    part = _region_part(ds.isel(slab.isel), ds)
+    for name, var in part.data_vars.items():
+        fill = NODATA if var.dtype == np.uint8 else np.nan
+        part[name] = var.copy(data=np.full(var.shape, fill, var.dtype))
+    return part
 
 
 def _threads() -> int:

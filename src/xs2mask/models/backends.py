@@ -2,7 +2,13 @@
 
 A loaded model is a :class:`Predictor`: a callable from a normalised batch
 ``(N, C, H, W) float32`` to ``(N, K, H, W) float32`` logits or probabilities
-(as the spec says). Heavy imports happen here, inside the loaders.
+(as the spec says), with the ``batch_size`` it runs best at. Heavy imports
+happen here, inside the loaders.
+
+A process may pin one :class:`Runtime` for every model it loads
+(:func:`pin_runtime`): a Dask worker with a GPU then runs every model on its
+GPU, whatever device the graph was built for, and the model cache key stays
+the same for every task, so each model is loaded once per worker.
 """
 
 from __future__ import annotations
@@ -10,8 +16,9 @@ from __future__ import annotations
 import os
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -20,6 +27,9 @@ from .spec import ModelSpec
 
 
 class Predictor(Protocol):
+    #: patches per call this model runs best at (1 on the CPU; fitted to free memory on a GPU)
+    batch_size: int
+
     def __call__(self, batch: np.ndarray) -> np.ndarray: ...
 
 
@@ -30,11 +40,24 @@ class Runtime:
     device: str = "cpu"
     dtype: str = "float32"
     threads: int = 0  # 0: let the library choose
+    compile: bool = False  # torch.compile the model (torch backend only)
+
+
+@dataclass(frozen=True)
+class _Function:
+    """A predictor from a plain function (CPU backends: one patch per call is fastest)."""
+
+    run: Callable[[np.ndarray], np.ndarray]
+    batch_size: int = 1
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.run(batch)
 
 
 _cache: dict[tuple[ModelSpec, Runtime], Predictor] = {}
 _load_counts: Counter[str] = Counter()
 _cache_lock = threading.Lock()
+_pinned: Runtime | None = None
 
 
 def load(spec: ModelSpec, runtime: Runtime = Runtime()) -> Predictor:
@@ -47,6 +70,7 @@ def load(spec: ModelSpec, runtime: Runtime = Runtime()) -> Predictor:
     >>> from xs2mask.models import get, load
     >>> predictor = load(get("ukis-csmask-4b-l2a"))  # doctest: +SKIP
     """
+    runtime = _pinned or runtime
     key = (spec, runtime)
     with _cache_lock:
         if key not in _cache:
@@ -54,6 +78,30 @@ def load(spec: ModelSpec, runtime: Runtime = Runtime()) -> Predictor:
             _cache[key] = loader(spec, runtime)
             _load_counts[spec.name] += 1
         return _cache[key]
+
+
+def pin_runtime(runtime: Runtime | None) -> None:
+    """Run every model this process loads with ``runtime``, whatever the caller asks (None: unpin).
+
+    The distributed :class:`~xs2mask.distributed.ModelPlugin` pins each worker's
+    device, precision and thread count, so the runtime a graph was built with on
+    the client (whose cores and devices differ) does not matter on the workers.
+
+    Examples
+    --------
+    >>> pin_runtime(Runtime(device="cpu", threads=1))
+    >>> pinned()
+    Runtime(device='cpu', dtype='float32', threads=1, compile=False)
+    >>> pin_runtime(None)
+    """
+    global _pinned
+    with _cache_lock:
+        _pinned = runtime
+
+
+def pinned() -> Runtime | None:
+    """The runtime pinned in this process, if any (see :func:`pin_runtime`)."""
+    return _pinned
 
 
 def load_counts() -> dict[str, int]:
@@ -139,6 +187,27 @@ def resolve_dtype(dtype: str, device: str, specs: tuple[ModelSpec, ...]) -> str:
     return dtype
 
 
+def batch_size_for(free_bytes: int, patch_bytes: int, *, share: float = 0.5, limit: int = 64) -> int:
+    """Patches per forward pass that fit in ``share`` of a device's free memory.
+
+    ``patch_bytes`` is the peak memory one patch takes through the model (measured
+    on the device at load time); the other half of the free memory is left to the
+    next micro-batch's upload, the outputs and other processes.
+
+    Examples
+    --------
+    >>> batch_size_for(free_bytes=80 * 2**30, patch_bytes=600 * 2**20)
+    64
+    >>> batch_size_for(free_bytes=4 * 2**30, patch_bytes=600 * 2**20)
+    3
+    >>> batch_size_for(free_bytes=2**20, patch_bytes=600 * 2**20)
+    1
+    """
+    if patch_bytes <= 0:
+        return limit
+    return int(max(1, min(limit, share * free_bytes // patch_bytes)))
+
+
 def _load_onnx(spec: ModelSpec, runtime: Runtime) -> Predictor:
     import onnxruntime
 
@@ -159,7 +228,7 @@ def _load_onnx(spec: ModelSpec, runtime: Runtime) -> Predictor:
     def predict(batch: np.ndarray) -> np.ndarray:
         return session.run(None, {input_name: np.ascontiguousarray(batch, np.float32)})[0]
 
-    return predict
+    return _Function(predict, batch_size=1 if runtime.device == "cpu" else 8)
 
 
 def _load_torch(spec: ModelSpec, runtime: Runtime) -> Predictor:
@@ -181,20 +250,96 @@ def _load_torch(spec: ModelSpec, runtime: Runtime) -> Predictor:
         raise WeightsError(f"{spec.name}: weights {path} do not fit architecture {arch}: {err}") from err
     device = torch.device(runtime.device)
     model = model.eval().to(device, memory_format=torch.channels_last)
-    dtype = getattr(torch, runtime.dtype)
-    autocast = dtype != torch.float32
+    if runtime.compile:
+        # One static shape: the predictor pads the last micro-batch, so nothing recompiles.
+        model = torch.compile(model, dynamic=False)
+    predictor = TorchPredictor(model, device, getattr(torch, runtime.dtype))
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        micro = batch_size_for(free, predictor.patch_bytes(len(spec.bands), spec.patch_size))
+        predictor.micro_batch = micro
+        predictor.batch_size = 4 * micro  # four micro-batches per call: uploads overlap compute
+    return predictor
 
-    @torch.inference_mode()
-    def predict(batch: np.ndarray) -> np.ndarray:
+
+class TorchPredictor:
+    """A torch model on one device, with reduced-precision autocast off the CPU.
+
+    On CUDA a call is split into micro-batches of ``micro_batch`` patches: each
+    is copied from pinned host memory on a side stream while the model runs the
+    previous one, and results come back to pinned memory without blocking, so
+    transfers overlap compute. On the CPU a call is one plain forward pass.
+
+    Examples
+    --------
+    >>> import torch
+    >>> p = TorchPredictor(torch.nn.Conv2d(4, 2, 1), torch.device("cpu"), torch.float32)
+    >>> p(np.zeros((3, 4, 8, 8), np.float32)).shape
+    (3, 2, 8, 8)
+    """
+
+    def __init__(self, module: Any, device: Any, dtype: Any) -> None:
+        import torch
+
+        self.module = module
+        self.device = device
+        self.dtype = dtype
+        self.batch_size = 1
+        self.micro_batch = 1
+        self._autocast = dtype != torch.float32
+        self._copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
         x = torch.from_numpy(np.ascontiguousarray(batch, np.float32))
-        # pinned host memory lets the copy overlap the previous batch's compute
-        x = x.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else x.to(device)
-        x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=dtype, enabled=autocast):
-            out = model(x)
-        return out.float().cpu().numpy()
+        with torch.inference_mode():
+            if self._copy_stream is None:
+                return self._forward(x.to(self.device)).float().cpu().numpy()
+            return self._overlapped(x)
 
-    return predict
+    def _forward(self, x: Any) -> Any:
+        import torch
+
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self._autocast):
+            return self.module(x)
+
+    def _overlapped(self, x: Any) -> np.ndarray:
+        import torch
+
+        n, step = len(x), self.micro_batch
+        if n % step:  # a static shape per call (torch.compile): pad the last micro-batch
+            x = torch.cat([x, x.new_zeros((step - n % step, *x.shape[1:]))])
+        host = x.pin_memory()
+        compute, copy = torch.cuda.current_stream(self.device), self._copy_stream
+        with torch.cuda.stream(copy):
+            upload = host[:step].to(self.device, non_blocking=True)
+        outputs = []
+        for start in range(0, len(host), step):
+            compute.wait_stream(copy)
+            current = upload
+            current.record_stream(compute)  # allocated on the copy stream, used on this one
+            if start + step < len(host):
+                with torch.cuda.stream(copy):
+                    upload = host[start + step : start + 2 * step].to(self.device, non_blocking=True)
+            y = self._forward(current).float()
+            out = torch.empty(y.shape, dtype=torch.float32, pin_memory=True)
+            outputs.append(out.copy_(y, non_blocking=True))
+        compute.synchronize()
+        return torch.cat(outputs)[:n].numpy()
+
+    def patch_bytes(self, channels: int, patch: int) -> int:
+        """Peak device memory of one patch through the model, measured with a batch of two."""
+        import torch
+
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        before = torch.cuda.memory_allocated(self.device)
+        with torch.inference_mode():
+            self._forward(torch.zeros((2, channels, patch, patch), device=self.device))
+        torch.cuda.synchronize(self.device)
+        return int((torch.cuda.max_memory_allocated(self.device) - before) // 2)
 
 
 def _load_lightgbm(spec: ModelSpec, runtime: Runtime) -> Predictor:
@@ -214,7 +359,7 @@ def _load_lightgbm(spec: ModelSpec, runtime: Runtime) -> Predictor:
         p = np.moveaxis(p.reshape(n, h, w, 1), -1, 1)
         return np.concatenate([1.0 - p, p], axis=1)
 
-    return predict
+    return _Function(predict)
 
 
 _LOADERS = {"onnx": _load_onnx, "torch": _load_torch, "lightgbm": _load_lightgbm}
@@ -234,7 +379,7 @@ def _load_members(spec: ModelSpec, runtime: Runtime) -> Predictor:
             total = out if total is None else total + out
         return total / np.float32(len(members))
 
-    return predict
+    return _Function(predict, batch_size=min(m.batch_size for m in members))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -1,0 +1,157 @@
+"""Read faults: real COGs over real HTTP (127.0.0.1) that answer 503, truncate, stall or 404.
+
+Every test reads the real-pixel COGs of the ``stac_pc`` catalogue through :class:`servers.FlakyFileServer`
+and compares with the same items read from the local files: a retried read must give the very same
+pixels, and a read that cannot succeed must fail loudly (or, if asked, become recorded no-data).
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import time
+import warnings
+
+import numpy as np
+import pytest
+import servers
+
+import xs2mask
+from xs2mask import stac, store
+from xs2mask.exceptions import ReadError, ReadWarning
+from xs2mask.pipeline import Job, mask_stac
+
+MODEL = "ukis-csmask-4b-l2a"
+JUNE = "2020-06-01/2020-06-30"  # the 3-date time series of the PC catalogue
+FAST = {"read_retries": 2, "read_timeout": 2.0}
+
+
+@pytest.fixture(scope="module")
+def flaky(stac_pc):
+    with servers.FlakyFileServer(stac_pc.folder) as server:
+        yield server
+
+
+@pytest.fixture
+def server(flaky):
+    """The module's server, reset to behave at the start of each test."""
+    flaky.kind, flaky.faults, flaky.only = "503", 0, ""
+    flaky.missing.clear()
+    flaky.paths.clear()
+    return flaky
+
+
+def _over_http(item: dict, server: servers.FlakyFileServer) -> dict:
+    item = copy.deepcopy(item)
+    for asset in item["assets"].values():
+        asset["href"] = server.href(asset["href"])
+    return item
+
+
+def _read(item: dict, **kw) -> np.ndarray:
+    return stac.load([item], model=MODEL, **kw).values
+
+
+@pytest.fixture(scope="module")
+def expected(stac_pc) -> np.ndarray:
+    """The undisturbed read: the same item from the local files."""
+    return _read(stac_pc.item("timeseries_0"))
+
+
+@pytest.mark.parametrize("kind", ["503", "truncate", "stall"])
+def test_transient_faults_are_retried_to_the_same_pixels(stac_pc, server, expected, kind):
+    server.kind, server.faults = kind, 2
+    got = _read(_over_http(stac_pc.item("timeseries_0"), server), **FAST)
+    assert server.faulty() == 2  # the faults were played, and the reads still came back whole
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_persistent_fault_raises_read_error_naming_item_asset_and_fix(stac_pc, server):
+    item = _over_http(stac_pc.item("timeseries_0"), server)
+    server.kind, server.faults, server.only = "503", -1, "B04"
+    start = time.perf_counter()
+    with pytest.raises(ReadError) as info:
+        _read(item, read_retries=1, read_timeout=2.0)
+    err = info.value
+    assert (err.item, err.asset, err.permanent) == (item["id"], "B04", False)
+    assert err.href == item["assets"]["B04"]["href"]
+    assert "on_read_error='nodata'" in str(err) and "--read-retries" in str(err)
+    # Bounded: GDAL's own retries times ours, for the few windows of one small file.
+    assert 2 <= server.faulty() <= 40
+    assert time.perf_counter() - start < 60
+
+
+def test_missing_file_fails_at_once(stac_pc, server):
+    item = _over_http(stac_pc.item("timeseries_0"), server)
+    server.missing.add(item["assets"]["B08"]["href"].removeprefix(server.url + "/"))
+    with pytest.raises(ReadError, match="no retry will help") as info:
+        _read(item, read_retries=3, read_timeout=2.0)
+    assert info.value.permanent and info.value.asset == "B08"
+    misses = [p for m, p, status in server.paths if status == 404]
+    assert len(misses) <= 4  # GDAL may probe twice (HEAD, GET); we never retry a 404
+
+
+def test_read_error_survives_pickling():
+    err = ReadError.of("http://x/b04.tif", "CURL error", attempts=3, item="S2A_1", asset="B04")
+    back = pickle.loads(pickle.dumps(err))
+    assert (back.href, back.item, back.asset, back.reason, str(back)) == (
+        err.href,
+        err.item,
+        err.asset,
+        err.reason,
+        str(err),
+    )
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+@pytest.fixture(scope="module")
+def june_api(stac_pc, flaky):
+    """A STAC API (rustac) over the June time series with every asset served by ``flaky``."""
+    items = [_over_http(i, flaky) for i in stac_pc.items if i["id"] in stac_pc.groups["timeseries"]]
+    with servers.serve_items(items, stac_pc.collection_docs) as url:
+        yield url, {i["id"]: i for i in items}
+
+
+def _job(stac_pc, url, out, **kw) -> Job:
+    return Job(url, stac_pc.collections[:1], stac_pc.bbox, JUNE, str(out), model=MODEL, **FAST, **kw)
+
+
+def test_pipeline_nodata_on_read_error_is_recorded_then_retried(stac_pc, june_api, server, tmp_path):
+    url, _ = june_api
+    bad = stac_pc.groups["timeseries"][1]
+    reference = mask_stac(_job(stac_pc, url, tmp_path / "ref.zarr"), sign=False).mask.values
+
+    server.kind, server.faults, server.only = "503", -1, f"{bad}"
+    with pytest.raises(ReadError, match=bad):
+        mask_stac(_job(stac_pc, url, tmp_path / "raise.zarr"), sign=False)
+
+    out = tmp_path / "nodata.zarr"
+    with pytest.warns(ReadWarning, match="written as no-data"):
+        mask_stac(_job(stac_pc, url, out, on_read_error="nodata"), sign=False)
+    with pytest.warns(ReadWarning, match="1 slab"):
+        masks = store.open_masks(str(out))
+    errors = masks.attrs["xs2mask_read_errors"]
+    assert [(e["item"], e["error"] != "") for e in errors] == [(bad, True)]
+    assert errors[0]["asset"] in {"B02", "B03", "B04", "B08"} and bad in errors[0]["href"]
+    assert np.all(masks.mask.values[1] == xs2mask.classes.NODATA)  # never silent garbage
+    np.testing.assert_array_equal(masks.mask.values[[0, 2]], reference[[0, 2]])
+
+    server.faults = 0  # the host is back: a rerun retries the failed slab, and only that
+    server.paths.clear()
+    mask_stac(_job(stac_pc, url, out, on_read_error="nodata"), sign=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ReadWarning)
+        healed = store.open_masks(str(out))
+    assert healed.attrs["xs2mask_read_errors"] == []
+    np.testing.assert_array_equal(healed.mask.values, reference)
+    assert all(bad in p for m, p, s in server.paths if m == "GET")
+
+
+def test_pipeline_missing_file_raises_even_with_nodata(stac_pc, june_api, server, tmp_path):
+    url, items = june_api
+    bad = items[stac_pc.groups["timeseries"][2]]
+    server.missing.add(bad["assets"]["B02"]["href"].removeprefix(server.url + "/"))
+    with pytest.raises(ReadError, match="no retry will help"):
+        mask_stac(_job(stac_pc, url, tmp_path / "m.zarr", on_read_error="nodata"), sign=False)
