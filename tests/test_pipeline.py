@@ -103,18 +103,25 @@ def test_append_new_dates_then_nothing_left_to_do(tmp_path, stac_pc, expected):
     np.testing.assert_array_equal(masks.mask.values, expected.mask.values)
 
 
-def test_signing_happens_per_slab(tmp_path, stac_pc):
+def test_signing_happens_per_day_and_again_when_old(tmp_path, stac_pc, monkeypatch):
     signed = []
 
     def sign(item):
         signed.append(item.id)
         return item
 
-    job = Job(stac_pc.url, ("sentinel-2-l2a",), stac_pc.bbox, "2020-06-03", str(tmp_path / "s.zarr"),
-              model=MODEL, chunks=256, block=256)  # fmt: skip
-    masks = mask_stac(job, sign=sign)
-    n_slabs = len(masks.attrs["xs2mask_done"])
-    assert n_slabs >= 4 and signed == [stac_pc.ids["timeseries_0"]] * n_slabs
+    def run(name):
+        job = Job(stac_pc.url, ("sentinel-2-l2a",), stac_pc.bbox, "2020-06-03", str(tmp_path / name),
+                  model=MODEL, chunks=256, block=256)  # fmt: skip
+        return len(mask_stac(job, sign=sign).attrs["xs2mask_done"])
+
+    # The day's cube is built (and signed) once and sliced per slab ...
+    assert run("day.zarr") >= 4 and signed == [stac_pc.ids["timeseries_0"]]
+    # ... and signed again once it is older than signatures may be trusted.
+    signed.clear()
+    monkeypatch.setattr("xs2mask.pipeline._RESIGN_AFTER_S", -1.0)
+    n_slabs = run("old.zarr")
+    assert signed == [stac_pc.ids["timeseries_0"]] * n_slabs
 
 
 def test_tile_edge_gives_one_seamless_mask_equal_to_the_whole_scene(tmp_path, stac_pc):

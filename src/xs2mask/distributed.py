@@ -26,6 +26,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
+from distributed import WorkerPlugin
+
 from .models import ModelSpec, Runtime
 
 T = TypeVar("T")
@@ -33,14 +35,9 @@ T = TypeVar("T")
 # Set by ModelPlugin on workers that hand model calls to others: their names or addresses.
 _inference_workers: tuple[str | int, ...] | None = None
 
-try:  # the plugin base class when distributed is installed; a plain object otherwise
-    from distributed import WorkerPlugin as _WorkerPlugin
-except ImportError:  # pragma: no cover - distributed is a dependency of the [dask] extra
-    _WorkerPlugin = object
-
 
 @dataclass(frozen=True)
-class ModelPlugin(_WorkerPlugin):
+class ModelPlugin(WorkerPlugin):
     """Worker plugin: pin the runtime and load the models once per worker process.
 
     Build it with :func:`register`, which also resolves model names and checks
@@ -118,7 +115,8 @@ def register(
     threads
         Threads per model call; default: the worker's share of its host's cores.
     compile
-        ``torch.compile`` torch models when they load (the compile happens here, not in the first task).
+        ``torch.compile`` torch models when they load (on a GPU the pass that measures
+        memory at load compiles it, so no task waits for the compiler).
     inference_workers
         Names or addresses of the workers that run the models (e.g. the GPU
         workers); the others read, write and hand each block to one of them.
@@ -137,13 +135,10 @@ def register(
     """
     from .bands import BAND_NAMES
     from .inference import _resolve_models
-    from .models.backends import resolve_dtype
 
     specs = _resolve_models(model, list(BAND_NAMES))
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
-    if dtype != "auto" and device == "cpu":
-        resolve_dtype(dtype, device, specs)  # the same clear error as predict(), raised here
     workers = None if inference_workers is None else _worker_names(client, inference_workers)
     plugin = ModelPlugin(
         specs=specs,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -420,11 +421,13 @@ def _align_chunks(chunks: tuple[int, ...], factor: int) -> tuple[int, ...]:
 
 
 def _dask_kernel(block: np.ndarray, plan: Plan, block_info=None) -> np.ndarray:
-    from .distributed import run_model
-
     _, _, (y0, y1), (x0, x1) = block_info[None]["array-location"]
-    # On a cluster whose models run on named workers (GPUs), the block goes there.
-    return run_model(predict_block, block, plan, (y0, y1), (x0, x1))
+    # Imported only in processes where the distributed plugin ran: elsewhere the call is local. On a
+    # cluster whose models run on named workers (GPUs), the block goes there.
+    routing = sys.modules.get("xs2mask.distributed")
+    if routing is None:
+        return predict_block(block, plan, (y0, y1), (x0, x1))
+    return routing.run_model(predict_block, block, plan, (y0, y1), (x0, x1))
 
 
 # --------------------------------------------------------------------------- block kernel

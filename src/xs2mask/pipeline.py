@@ -169,7 +169,7 @@ def mask_stac(
 
     def on_read_error(slab, err: Exception) -> dict[str, Any]:
         # Only reads may become no-data, and never a file that is not there (HTTP 404).
-        if job.on_read_error != "nodata" or not isinstance(err, ReadError) or err.permanent:
+        if not isinstance(err, ReadError) or err.permanent:
             raise err
         warnings.warn(f"slab {slab.key} written as no-data: {err}", ReadWarning, stacklevel=2)
         return {"item": err.item, "asset": err.asset, "href": err.href, "error": err.reason}
@@ -185,7 +185,8 @@ def mask_stac(
         build=build,
         check=check,
         progress=progress,
-        on_read_error=on_read_error,
+        # Only when asked: a hook makes a failed batch rerun slab by slab to find the culprit.
+        on_read_error=on_read_error if job.on_read_error == "nodata" else None,
     )
     return zstore.open_masks(job.out, storage_options=job.storage_options or None)
 

@@ -102,29 +102,26 @@ class RetryingReader(AutoParallelRioReader):
     """stackstac's reader, retrying transient failures and raising :class:`ReadError` after them."""
 
     def read(self, window: Any, **kwargs: Any) -> np.ndarray:
-        env = self.gdal_env
-        policy = env.policy if isinstance(env, RetryingEnv) else ReadPolicy()
-        for attempt in range(policy.retries + 1):
+        attempt = 0
+        while True:
             try:
                 return super().read(window, **kwargs)
             except Exception as err:  # rasterio, GDAL and stackstac raise many types
+                env = self.gdal_env
+                policy = getattr(env, "policy", ReadPolicy())
                 reason = _reason(err)
                 status = _status(reason)
                 permanent = status is not None and 400 <= status < 500 and status not in _TRANSIENT_4XX
-                if permanent or attempt == policy.retries:
-                    item, asset = (
-                        env.names.get(self.url, (None, None))
-                        if isinstance(env, RetryingEnv)
-                        else (None, None)
-                    )
+                if permanent or attempt >= policy.retries:
+                    item, asset = getattr(env, "names", {}).get(self.url, (None, None))
                     raise ReadError.of(
                         self.url, reason, attempts=attempt + 1, item=item, asset=asset, permanent=permanent
                     ) from err
                 time.sleep(policy.backoff * 2**attempt)
+                attempt += 1
                 self.close()  # the next attempt reopens the file, uncached
                 if isinstance(env, RetryingEnv):
-                    self.gdal_env = env = env.uncached(self.url)
-        raise AssertionError("unreachable")  # pragma: no cover
+                    self.gdal_env = env.uncached(self.url)
 
 
 def _vsi(href: str) -> str:

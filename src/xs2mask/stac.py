@@ -242,6 +242,8 @@ def load(
         band_coords=False,
         reader=RetryingReader,
         gdal_env=RetryingEnv(policy, names),
+        # stackstac's default reads a 404 as no-data with a mere warning: masks of missing pixels.
+        errors_as_nodata=(),
     )
     # (DN + offset_dn) / quantification, as ESA defines it: exact in float32, unlike DN * 1e-4.
     quantification = xr.DataArray(1 / np.asarray(scales, np.float64), dims=("time", "band"))
