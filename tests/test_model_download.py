@@ -266,3 +266,13 @@ def test_cli_download_clouds2mask_fetches_the_pickle_and_records_its_digest(
     assert hub.record_path(pickle).read_text().split()[0] == DIGEST
     assert f"xs2mask models convert clouds2mask {out}" in capsys.readouterr().out
     assert hits == ["/gdrive/1CSsyZz3AMqdNnDwSZ_HCJVp1lBSk9gzN"]
+
+
+def test_loading_in_a_worker_fetches_missing_weights(server, isolated_dirs: Path) -> None:
+    """A Dask worker on another machine has no download of its own yet: loading fetches and checks it."""
+    url, answers, hits = server
+    answers["/w.safetensors"] = Answer(PAYLOAD)
+    weights = Weights("w.safetensors", DIGEST, url=f"{url}/w.safetensors")
+    assert not weights.is_available()
+    assert weights.verified_path() == isolated_dirs / "w.safetensors"
+    assert hits == ["/w.safetensors"]

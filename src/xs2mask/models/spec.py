@@ -103,8 +103,11 @@ class Weights:
         return True
 
     def verified_path(self) -> Path:
-        """Resolve the file and check its sha256 (once per file version and process)."""
-        path = self.path()
+        """Resolve the file (downloading it if need be) and check its sha256, once per file and process.
+
+        Workers of a Dask cluster on other machines fetch what is missing into their own folders.
+        """
+        path = self.fetch()
         expected = hub.expected_sha256(path, self.sha256)
         if expected is None:
             raise WeightsError(
