@@ -248,3 +248,31 @@ def test_spec_fetch_downloads_on_first_use_and_offline_predict_fails_clearly(
     monkeypatch.delenv(hub.OFFLINE_ENV)
     assert spec.fetch() is spec and spec.is_available()
     assert (isolated_dirs / "member.safetensors").read_bytes() == PAYLOAD
+
+
+def test_cli_download_clouds2mask_fetches_the_pickle_and_records_its_digest(
+    server, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """CloudS2Mask: the pickle is downloaded (trusted on first use, digest recorded), not loaded."""
+    from xs2mask.models import published
+
+    url, answers, hits = server
+    answers["/gdrive/1CSsyZz3AMqdNnDwSZ_HCJVp1lBSk9gzN"] = Answer(PAYLOAD)
+    monkeypatch.setattr(published, "gdrive_url", lambda file_id: f"{url}/gdrive/{file_id}")
+    out = tmp_path / "dl"
+    assert main(["models", "download", "clouds2mask-10m", "--model-dir", str(out)]) == 0
+    pickle = out / "v3.44_regnety_006_4C_Dice_1_10m.pkl"
+    assert pickle.read_bytes() == PAYLOAD
+    assert hub.record_path(pickle).read_text().split()[0] == DIGEST
+    assert f"xs2mask models convert clouds2mask {out}" in capsys.readouterr().out
+    assert hits == ["/gdrive/1CSsyZz3AMqdNnDwSZ_HCJVp1lBSk9gzN"]
+
+
+def test_loading_in_a_worker_fetches_missing_weights(server, isolated_dirs: Path) -> None:
+    """A Dask worker on another machine has no download of its own yet: loading fetches and checks it."""
+    url, answers, hits = server
+    answers["/w.safetensors"] = Answer(PAYLOAD)
+    weights = Weights("w.safetensors", DIGEST, url=f"{url}/w.safetensors")
+    assert not weights.is_available()
+    assert weights.verified_path() == isolated_dirs / "w.safetensors"
+    assert hits == ["/w.safetensors"]

@@ -67,13 +67,13 @@ def _models(args: argparse.Namespace) -> int:
 
 def _models_download(args: argparse.Namespace) -> int:
     from . import models
-    from .models.published import c2m_source
+    from .models.published import conversion_sources
 
     spec = models.get(args.name).with_model_dir(args.model_dir)
-    if spec.backend == "onnx" and spec.name.startswith("clouds2mask"):
+    sources = conversion_sources(spec)
+    if sources:
         # CloudS2Mask's files are pickles: fetch them, convert them on request (never on load).
-        names = [m.name for m in spec.members] or [spec.name]
-        paths = [c2m_source(n).with_model_dir(args.model_dir).fetch(n) for n in names]
+        paths = [w.with_model_dir(args.model_dir).fetch(name) for name, w in sources.items()]
         for path in paths:
             print(f"downloaded {path}")
         print(

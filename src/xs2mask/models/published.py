@@ -158,12 +158,22 @@ def c2m_name(resolution: int, member: int) -> str:
     return f"clouds2mask-{resolution}m" + ("" if member == 1 else f"-{member}")
 
 
-def c2m_source(name: str) -> Weights:
-    """The pickle a CloudS2Mask model is converted from (downloaded, never loaded by xs2mask)."""
-    for (resolution, member), (filename, file_id) in C2M_PICKLES.items():
-        if c2m_name(resolution, member) == name:
-            return Weights(filename, None, url=gdrive_url(file_id))
-    raise KeyError(name)
+def conversion_sources(spec: ModelSpec) -> dict[str, Weights]:
+    """The CloudS2Mask pickles a model is converted from, by network name; empty for other models.
+
+    They are downloaded by ``xs2mask models download``, never loaded by xs2mask.
+
+    Examples
+    --------
+    >>> sorted(conversion_sources(CLOUDS2MASK_SPECS[2]))
+    ['clouds2mask-10m', 'clouds2mask-10m-2']
+    """
+    pickles = {
+        c2m_name(resolution, member): Weights(filename, None, url=gdrive_url(file_id))
+        for (resolution, member), (filename, file_id) in C2M_PICKLES.items()
+    }
+    names = [m.name for m in spec.members] or [spec.name]
+    return {name: pickles[name] for name in names if name in pickles}
 
 
 def _c2m_member(resolution: int, member: int) -> ModelSpec:
@@ -177,6 +187,7 @@ def _c2m_member(resolution: int, member: int) -> ModelSpec:
         weights=Weights(
             f"{name}.onnx",
             None,
+            hub=True,
             install_hint=f"made from CloudS2Mask's pickle: `xs2mask models download {name}`, then "
             "`xs2mask models convert clouds2mask DIR` (needs xs2mask[convert])",
         ),

@@ -22,13 +22,13 @@ Normalisation = Literal["fixed", "patch"]
 class Weights:
     """Where a model's weights live and what they must hash to.
 
-    Three kinds: a file shipped in a Python package (``package``), a file at an absolute
-    path, or a file downloaded on first use (``url``) into the folders of
-    :mod:`xs2mask.models.hub` (``filename`` is then a bare file name).
+    Three kinds: a file shipped in a Python package (``package``), a file at a path, or a
+    file in the model folders of :mod:`xs2mask.models.hub` (``hub=True``, or any file with a
+    ``url``: downloaded there on first use; ``filename`` is then a bare file name).
 
     Attributes
     ----------
-    filename : file name, or an absolute path when ``package`` and ``url`` are None.
+    filename : file name, or a path for files neither in a package nor in the model folders.
     sha256 : expected hex digest; the file is refused if it differs. None: nobody publishes
         one, so the digest recorded when the file was downloaded or converted is checked.
     package : importable package that ships the file (e.g. ``"ukis_csmask"``).
@@ -36,6 +36,7 @@ class Weights:
     url : where to download the file from, pinned to a revision.
     model_dir : the only folder to look in (and download to), instead of
         ``$XS2MASK_MODEL_DIR`` and the user cache.
+    hub : the file lives in the model folders even without a ``url`` (e.g. converted there).
 
     Examples
     --------
@@ -50,11 +51,12 @@ class Weights:
     install_hint: str = ""
     url: str | None = None
     model_dir: str | None = None
+    hub: bool = False
 
     @property
     def in_hub(self) -> bool:
-        """Whether the file lives in the download folders (not in a package or at a fixed path)."""
-        return self.package is None and not Path(self.filename).is_absolute()
+        """Whether the file lives in the model folders (not in a package or at a fixed path)."""
+        return self.package is None and (self.hub or self.url is not None)
 
     def with_model_dir(self, model_dir: str | os.PathLike[str] | None) -> Weights:
         """The same weights, looked for (and downloaded) only in ``model_dir``."""
@@ -101,8 +103,11 @@ class Weights:
         return True
 
     def verified_path(self) -> Path:
-        """Resolve the file and check its sha256 (once per file version and process)."""
-        path = self.path()
+        """Resolve the file (downloading it if need be) and check its sha256, once per file and process.
+
+        Workers of a Dask cluster on other machines fetch what is missing into their own folders.
+        """
+        path = self.fetch()
         expected = hub.expected_sha256(path, self.sha256)
         if expected is None:
             raise WeightsError(
