@@ -52,7 +52,9 @@ def main() -> None:
     _figure(sen12ms, "xs2mask-4b_sen12ms_cloudy", "SEN12MS-CR (L1C)", "xs2mask-4b")
     # The all-band models: the only real cloudy all-band scene here is a training scene.
     _figure(sen12ms, "xs2mask-13b_sen12ms_cloudy", "SEN12MS-CR (L1C, a training scene)", "xs2mask-13b")
-    _figure(sen12ms.drop_sel(band="B10"), "xs2mask-12b_sen12ms_cloudy", "SEN12MS-CR without B10", "xs2mask-12b")
+    _figure(
+        sen12ms.drop_sel(band="B10"), "xs2mask-12b_sen12ms_cloudy", "SEN12MS-CR without B10", "xs2mask-12b"
+    )
 
 
 if __name__ == "__main__":
