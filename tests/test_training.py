@@ -65,6 +65,55 @@ def test_samples_are_a_deterministic_function_of_seed_epoch_index():
     assert not np.array_equal(maker(1, 8)[0], x)
 
 
+def test_drawn_targets_follow_the_teacher_and_their_loss_is_the_soft_loss():
+    from xs2mask.training.pseudo import draw_targets
+
+    prob = np.zeros((3, 64, 64), np.float32)
+    prob[:, :, :32] = np.array([0.2, 0.5, 0.3])[:, None, None]  # codes 0 clear, 4 cloud, 3 shadow
+    prob[:, :, 32:] = np.array([1.0, 0.0, 0.0])[:, None, None]
+    prob[:, :4, :4] = 0.0  # no data
+    codes = (0, 4, 3)
+    target = draw_targets(prob, codes, np.random.default_rng(1))
+    assert (target[:4, :4] == 255).all()
+    assert (target[:, 32:][4:] == 0).all()
+    hazy = target[4:, :32]
+    np.testing.assert_allclose([(hazy == c).mean() for c in codes], [0.2, 0.5, 0.3], atol=0.03)
+    # Averaged over draws, the loss is the cross-entropy against the soft labels.
+    logits = torch.tensor([0.3, 1.0, -0.5, 0.2]).reshape(1, 4, 1, 1).expand(1, 4, 60, 32)
+    drawn = np.mean(
+        [
+            float(tdata.partial_ce(logits, torch.from_numpy(draw_targets(prob[:, 4:, :32], codes, rng))[None],
+                                   torch.ones(1, 60, 32)))
+            for rng in map(np.random.default_rng, range(20))
+        ]
+    )  # fmt: skip
+    p = torch.softmax(logits[0, :, 0, 0], 0)
+    soft = -(0.2 * p[0].log() + 0.5 * (p[1] + p[2]).log() + 0.3 * p[3].log())
+    assert drawn == pytest.approx(float(soft), rel=0.02)
+
+
+def test_sampled_teacher_targets_are_deterministic_and_need_probabilities():
+    pools = _pools()
+    cloudy, pl = pools.cloudy[0]
+    prob = np.zeros((3, 48, 48), np.float16)
+    prob[0], prob[1] = 0.4, 0.6
+    soft = PseudoLabels(pl.scene, pl.teacher, pl.target, pl.confidence, prob, (0, 4, 3))
+    maker = tdata.SampleMaker(tdata.Pools(pools.clear, ((cloudy, soft),), pools.clear_validation), BANDS,
+                              np.full(4, 0.2), np.full(4, 0.1), patch=64, simulated_fraction=0.0, seed=3,
+                              teacher_targets="sampled")  # fmt: skip
+    _, target, weight = maker(0, 1)
+    np.testing.assert_array_equal(target, maker(0, 1)[1])
+    assert set(np.unique(target)) == {0, 4}  # drawn, not the hard targets' fixed clear stripe
+    assert 0.5 < (target == 4).mean() < 0.7 and (weight == 1).all()
+    hard_only = tdata.SampleMaker(pools, BANDS, np.full(4, 0.2), np.full(4, 0.1), patch=64,
+                                  simulated_fraction=0.0, seed=3, teacher_targets="sampled")  # fmt: skip
+    with pytest.raises(ValueError, match="needs the teacher's probabilities"):
+        hard_only(0, 1)
+    with pytest.raises(ValueError, match="teacher_targets must be"):
+        tdata.SampleMaker(pools, BANDS, np.zeros(4), np.ones(4), patch=64, simulated_fraction=0.0, seed=3,
+                          teacher_targets="soft")  # fmt: skip
+
+
 def test_pools_split_by_teacher_cloud_fraction_and_hold_out_validation():
     scenes = [_scene(f"s{i}", 0.1) for i in range(40)] + [_scene("v", 0.1, split="validation")]
     labels = []
@@ -90,6 +139,16 @@ def test_config_errors_name_the_unknown_keys(tmp_path):
         TrainConfig.from_toml(path)
     path.write_text('name = "x"\nbands = ["B02"]\n')
     with pytest.raises(InputError, match="no \\[\\[stages\\]\\]"):
+        TrainConfig.from_toml(path)
+    # [clouds] overrides the simulator's CloudConfig; its keys and ranges are checked on reading
+    stage = '[[stages]]\nname = "a"\n'
+    path.write_text(f'name = "x"\nbands = ["B02"]\n[clouds]\nthin_coverage = [0.05, 1.0]\n{stage}')
+    assert TrainConfig.from_toml(path).clouds == (("thin_coverage", (0.05, 1.0)),)
+    path.write_text(f'name = "x"\nbands = ["B02"]\n[clouds]\nthin_cover = [0.05, 1.0]\n{stage}')
+    with pytest.raises(InputError, match="\\[clouds\\]: unknown keys \\['thin_cover'\\]"):
+        TrainConfig.from_toml(path)
+    path.write_text(f'name = "x"\nbands = ["B02"]\n[clouds]\np_thick = 1.5\n{stage}')
+    with pytest.raises(InputError, match="p_thick must lie in"):
         TrainConfig.from_toml(path)
     repo_config = TrainConfig.from_toml(Path(__file__).parents[1] / "configs" / "xs2mask-4b.toml")
     assert [s.patch for s in repo_config.stages] == sorted(s.patch for s in repo_config.stages)

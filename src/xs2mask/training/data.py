@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .pseudo import CLOUD_ANY, IGNORE, PseudoLabels
+from .pseudo import CLOUD_ANY, IGNORE, PseudoLabels, draw_targets
 from .sources import Scene
 
 # Which model output classes a target code allows (rows: codes 0-4).
@@ -99,6 +99,11 @@ class SampleMaker:
     scene_sampling
         ``"area"``: scenes picked in proportion to their area (capped at 512² px);
         ``"uniform"``: every scene alike, whatever its size.
+    teacher_targets
+        ``"confident"``: the teacher's top class where its probability reaches the
+        run's ``min_confidence``, weighted by that probability;
+        ``"sampled"``: every pixel's target drawn from the teacher's probabilities
+        (distillation of its soft labels; see :func:`~xs2mask.training.pseudo.draw_targets`).
     seed
         Base seed of the run.
     """
@@ -116,6 +121,7 @@ class SampleMaker:
         augment: Augment = Augment(),
         cloud_config=None,
         scene_sampling: str = "area",
+        teacher_targets: str = "confident",
     ) -> None:
         self.pools, self.bands, self.patch = pools, bands, patch
         self.mean = np.asarray(mean, np.float32)[:, None, None]
@@ -125,6 +131,9 @@ class SampleMaker:
         if scene_sampling not in ("area", "uniform"):
             raise ValueError(f"scene_sampling must be 'area' or 'uniform', got {scene_sampling!r}")
         self.scene_sampling = scene_sampling
+        if teacher_targets not in ("confident", "sampled"):
+            raise ValueError(f"teacher_targets must be 'confident' or 'sampled', got {teacher_targets!r}")
+        self.teacher_targets = teacher_targets
         self._odds = {id(p): _area_odds([s for s in p]) for p in (pools.clear, pools.clear_validation)}
         self._odds[id(pools.cloudy)] = _area_odds([s for s, _ in pools.cloudy])
 
@@ -184,6 +193,14 @@ class SampleMaker:
 
     def _pseudo(self, rng, size):
         scene, pl = self.pools.cloudy[self._pick(rng, self.pools.cloudy)]
+        if self.teacher_targets == "sampled":
+            if pl.probability is None:
+                raise ValueError(
+                    f"teacher_targets='sampled' needs the teacher's probabilities; {pl.scene} has none"
+                )
+            refl, probability = self._crop(rng, [scene.select(self.bands), pl.probability], size)
+            target = draw_targets(probability, pl.codes, rng)
+            return refl, target, np.ones(target.shape, np.float32)
         refl, target, confidence = self._crop(rng, [scene.select(self.bands), pl.target, pl.confidence], size)
         return refl, target, confidence.astype(np.float32)
 

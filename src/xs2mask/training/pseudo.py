@@ -14,6 +14,12 @@ The answer becomes a training target with three kinds of pixel:
 * ``255`` ignored: the teacher's top probability is below ``min_confidence``, or
   the pixel has no data.
 
+The teacher's probabilities are kept too: :func:`draw_targets` draws a target per
+pixel from them, so that the cross-entropy averaged over epochs is the cross-entropy
+against the teacher's soft labels (distillation) -- hazy pixels, where the teacher
+hesitates between cloud and clear or shadow, then teach the student that hesitation
+instead of being ignored.
+
 The teacher's cloud + shadow fraction also sorts the training scenes: nearly clear
 ones become backgrounds for simulated clouds (:mod:`xs2mask.training.simulate`).
 """
@@ -34,12 +40,19 @@ IGNORE = 255
 
 @dataclass(frozen=True, eq=False)
 class PseudoLabels:
-    """Teacher targets for one scene: codes 0, 3, 4 (cloud, thick or thin) and 255 (ignored)."""
+    """Teacher targets for one scene: codes 0, 3, 4 (cloud, thick or thin) and 255 (ignored).
+
+    ``probability`` ``(len(codes), y, x)`` float16 is the teacher's probability of each
+    target code in ``codes`` (all zero where there is no data); None where only hard
+    targets were kept.
+    """
 
     scene: str
     teacher: str
     target: np.ndarray
     confidence: np.ndarray
+    probability: np.ndarray | None = None
+    codes: tuple[int, ...] = ()
 
     @property
     def cloud_fraction(self) -> float:
@@ -92,9 +105,40 @@ def pseudo_label(scene: Scene, *, min_confidence: float = 0.7, cache: Path | Non
     top = probs.argmax(axis=0)
     confidence = probs.max(axis=0)
     # ukis' cloud (mapped to 1) cannot say thick or thin: the target accepts both.
-    codes = np.asarray([{1: CLOUD_ANY}.get(c, c) for c in classes], np.uint8)[top]
+    target_codes = tuple({1: CLOUD_ANY}.get(c, c) for c in classes)
+    codes = np.asarray(target_codes, np.uint8)[top]
     codes[(confidence < min_confidence) | nodata] = IGNORE
-    return PseudoLabels(scene.name, "+".join(teachers), codes, confidence.astype(np.float32))
+    probs[:, nodata] = 0.0
+    return PseudoLabels(
+        scene.name,
+        "+".join(teachers),
+        codes,
+        confidence.astype(np.float32),
+        probs.astype(np.float16),
+        target_codes,
+    )
+
+
+def draw_targets(probability: np.ndarray, codes: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """One target code per pixel drawn from the teacher's ``probability`` ``(len(codes), y, x)``.
+
+    Pixels whose probabilities are all zero (no data) become ``255``. The expected
+    cross-entropy of the drawn targets equals the cross-entropy against ``probability``.
+
+    Examples
+    --------
+    >>> p = np.zeros((2, 1, 1000), np.float32); p[0] = 0.25; p[1] = 0.75
+    >>> t = draw_targets(p, (0, 4), np.random.default_rng(0))
+    >>> round(float((t == 4).mean()), 1)
+    0.8
+    """
+    cumulative = np.cumsum(probability.astype(np.float32), axis=0)
+    total = cumulative[-1]
+    u = rng.random(total.shape, dtype=np.float32) * total
+    index = np.minimum((u[None] >= cumulative).sum(axis=0), len(codes) - 1)
+    out = np.asarray(codes, np.uint8)[index]
+    out[total <= 0] = IGNORE
+    return out
 
 
 def _teacher_probability(

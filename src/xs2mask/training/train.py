@@ -69,6 +69,9 @@ class TrainConfig:
     min_confidence: float = 0.7
     validation_samples: int = 48
     scene_sampling: str = "area"
+    teacher_targets: str = "confident"  # or "sampled": distil the teacher's soft labels
+    # [clouds] table: overrides of simulate.CloudConfig, as (field, value) pairs (kept hashable)
+    clouds: tuple[tuple[str, Any], ...] = ()
     # Inference tiling written into the model's spec: a stride of 512 (544 - 32) tiles power-of-two
     # chunks without a mostly-wasted extra row of patches, and patch borders are blended over 32 px.
     inference_patch_size: int = 544
@@ -98,6 +101,10 @@ class TrainConfig:
         if not stages:
             raise InputError(f"{path}: no [[stages]]; a run needs at least one stage")
         raw["bands"] = tuple(raw.get("bands", ()))
+        if "clouds" in raw:
+            clouds = raw["clouds"].items()
+            raw["clouds"] = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in clouds)
+            cloud_config_of(raw["clouds"], where=f"{path} [clouds]")
         for key in ("decoder_channels", "class_weights", "sources"):
             if key in raw:
                 raw[key] = tuple(raw[key])
@@ -110,6 +117,25 @@ def _build(kind, values: dict, where: str):
     if unknown:
         raise InputError(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(names)}")
     return kind(**values)
+
+
+def cloud_config_of(clouds: tuple[tuple[str, Any], ...], *, where: str = "[clouds]"):
+    """The :class:`~xs2mask.training.simulate.CloudConfig` with a config's ``[clouds]`` overrides.
+
+    Examples
+    --------
+    >>> cloud_config_of((("thin_coverage", (0.05, 1.0)),)).thin_coverage
+    (0.05, 1.0)
+    """
+    from .simulate import CloudConfig
+
+    values = dict(clouds)
+    try:
+        return _build(CloudConfig, values, where)
+    except InputError:
+        raise
+    except (TypeError, ValueError) as err:  # CloudConfig's own checks of ranges and probabilities
+        raise InputError(f"{where}: {err}") from err
 
 
 # --------------------------------------------------------------------------- model
@@ -212,7 +238,8 @@ def train(config: TrainConfig, *, log=print) -> Path:
         maker = SampleMaker(
             pools, config.bands, mean, std, patch=stage.patch,
             simulated_fraction=stage.simulated_fraction, seed=config.seed,
-            scene_sampling=config.scene_sampling,
+            scene_sampling=config.scene_sampling, teacher_targets=config.teacher_targets,
+            cloud_config=cloud_config_of(config.clouds),
         )  # fmt: skip
         hard = _mine(model, maker, stage, device, config) if stage.hard_examples else []
         optimiser = torch.optim.AdamW(model.parameters(), lr=stage.lr, weight_decay=1e-4)
