@@ -227,6 +227,26 @@ def test_torch_and_onnx_backends_agree(demo, tiny_models):
 # --------------------------------------------------------------------------- input forms
 
 
+def test_plain_arrays_do_not_import_rioxarray_and_a_crs_attribute_is_kept():
+    # rioxarray costs about a second to import: a cold call on an array without CRS metadata skips it.
+    import subprocess
+    import sys
+
+    code = """
+import sys, numpy as np, xarray as xr, xs2mask
+cube = xr.DataArray(np.full((4, 64, 64), 0.1, "float32"), dims=("band", "y", "x"),
+                    coords={"band": ["B02", "B03", "B04", "B08"]})
+xs2mask.predict(cube, model="xs2mask-4b")
+print("rioxarray" in sys.modules)
+out = xs2mask.predict(cube.assign_attrs(crs="EPSG:32736"), model="xs2mask-4b")
+print(out.rio.crs.to_epsg())
+"""
+    lines = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert lines == ["False", "32736"]
+
+
 def test_dataset_time_series_common_names_and_crs(demo):
     cube = demo.isel(y=slice(0, 128), x=slice(0, 128))
     series = xr.concat([cube, cube[:, ::-1, :].assign_coords(y=cube.y)], dim="time")

@@ -721,6 +721,12 @@ def _to_dataset(
 
 
 def _keep_crs(ds: xr.Dataset, da: xr.DataArray) -> xr.Dataset:
+    # Importing rioxarray costs about a second: an array without CRS metadata (numpy input, a
+    # cube built by hand) does not pay it. These are the places rioxarray looks for a CRS.
+    if "rioxarray" not in sys.modules and not (
+        "spatial_ref" in da.coords or {"crs", "grid_mapping"} & set(da.attrs) or "grid_mapping" in da.encoding
+    ):
+        return ds
     try:
         import rioxarray  # noqa: F401  (registers the .rio accessor)
     except ImportError:
