@@ -146,6 +146,15 @@ def test_real_model_is_seamless_across_chunks(demo512):
     assert np.abs(lazy.probability.values.astype(int) - reference.probability.values.astype(int)).max() <= 1
 
 
+def test_patches_run_side_by_side_with_the_same_result(demo512):
+    # the demo scene is one block of 1 x 1 patches of 544 px: tile it to have several
+    cube = xr.concat([demo512, demo512.isel(x=slice(None, None, -1))], dim="x").isel(x=slice(0, 1000))
+    kw = dict(model="xs2mask-4b", output="probability", probability_dtype="float16")
+    serial = xs2mask.predict(cube, threads=1, **kw).probability.values
+    side_by_side = xs2mask.predict(cube, threads=3, **kw).probability.values
+    np.testing.assert_array_equal(side_by_side, serial)
+
+
 def test_processing_resolution_is_chunk_invariant_and_returns_input_grid(demo, tiny_models):
     reference = xs2mask.predict(demo, model="test-tiny-torch", processing_resolution=20)
     assert reference.mask.shape == (320, 320)
@@ -214,6 +223,18 @@ def test_ensemble_averages_member_probabilities(demo):
     both = xs2mask.predict(cube, model=["ukis-csmask-4b-l2a", "ukis-csmask-4b-l1c"], **kw)
     np.testing.assert_allclose(both.probability.values.astype("float32"), (a + b) / 2, atol=2e-3)
     assert both.attrs["xs2mask_model"] == "ukis-csmask-4b-l2a,ukis-csmask-4b-l1c"
+
+
+def test_mask_is_the_most_probable_class_first_on_ties():
+    from xs2mask.inference import _top_class
+
+    rng = np.random.default_rng(0)
+    probs = rng.integers(0, 4, (4, 64, 64)).astype(np.float32)  # small integers: many ties
+    classes = (0, 1, 2, 3)
+    np.testing.assert_array_equal(_top_class(probs, classes), np.argmax(probs, axis=0))
+    # classes need not be 0..n-1 (ukis-csmask: clear, cloud, shadow)
+    expected = np.array([0, 1, 3])[np.argmax(probs[:3], axis=0)]
+    np.testing.assert_array_equal(_top_class(probs[:3], (0, 1, 3)), expected)
 
 
 def test_torch_and_onnx_backends_agree(demo, tiny_models):

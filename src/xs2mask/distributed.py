@@ -47,8 +47,8 @@ class ModelPlugin(WorkerPlugin):
     ----------
     specs : the models to load.
     device, dtype : as in :func:`xs2mask.predict`; ``"auto"`` is resolved on each worker.
-    threads : threads per model call; None: the worker's share of its host's
-        cores (host cores / Dask threads of all workers on that host).
+    threads : CPU cores per block (see ``threads`` of :func:`xs2mask.predict`); None: the
+        worker's share of its host's cores (host cores / Dask threads of all workers on that host).
     compile : ``torch.compile`` torch models when loading them.
     inference_workers : names or addresses of the workers that run the models;
         None: every worker.
@@ -113,7 +113,8 @@ def register(
     device, dtype
         As in :func:`xs2mask.predict`, resolved on each worker (``"auto"``: its GPU if it has one).
     threads
-        Threads per model call; default: the worker's share of its host's cores.
+        CPU cores per block (as in :func:`xs2mask.predict`); default: the worker's share of its
+        host's cores.
     compile
         ``torch.compile`` torch models when they load (on a GPU the pass that measures
         memory at load compiles it, so no task waits for the compiler).

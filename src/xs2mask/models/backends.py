@@ -29,6 +29,8 @@ from .spec import ModelSpec
 class Predictor(Protocol):
     #: patches per call this model runs best at (1 on the CPU; fitted to free memory on a GPU)
     batch_size: int
+    #: calls that may run at once, each on one core (the ONNX CPU path); 1: one at a time
+    concurrency: int
 
     def __call__(self, batch: np.ndarray) -> np.ndarray: ...
 
@@ -49,6 +51,7 @@ class _Function:
 
     run: Callable[[np.ndarray], np.ndarray]
     batch_size: int = 1
+    concurrency: int = 1
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.run(batch)
@@ -213,7 +216,12 @@ def _load_onnx(spec: ModelSpec, runtime: Runtime) -> Predictor:
 
     path = spec.weights.verified_path()
     options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = runtime.threads
+    cpu = runtime.device == "cpu"
+    # On the CPU, patches run side by side, one core each, rather than one after another
+    # on all cores: a patch is too small for onnxruntime's threads to share well, and the
+    # caller's per-patch numpy work (softmax, blending) runs in parallel too.
+    concurrency = (runtime.threads or os.cpu_count() or 1) if cpu else 1
+    options.intra_op_num_threads = 1 if cpu else runtime.threads
     options.inter_op_num_threads = 1
     providers = ["CPUExecutionProvider"]
     if runtime.device.startswith("cuda"):
@@ -228,7 +236,7 @@ def _load_onnx(spec: ModelSpec, runtime: Runtime) -> Predictor:
     def predict(batch: np.ndarray) -> np.ndarray:
         return session.run(None, {input_name: np.ascontiguousarray(batch, np.float32)})[0]
 
-    return _Function(predict, batch_size=1 if runtime.device == "cpu" else 8)
+    return _Function(predict, batch_size=1 if cpu else 8, concurrency=concurrency)
 
 
 def _load_torch(spec: ModelSpec, runtime: Runtime) -> Predictor:
@@ -285,6 +293,7 @@ class TorchPredictor:
         self.device = device
         self.dtype = dtype
         self.batch_size = 1
+        self.concurrency = 1
         self.micro_batch = 1
         self._autocast = dtype != torch.float32
         self._copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
