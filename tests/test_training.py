@@ -114,6 +114,26 @@ def test_sampled_teacher_targets_are_deterministic_and_need_probabilities():
                           teacher_targets="soft")  # fmt: skip
 
 
+def test_class_weights_apply_to_simulated_and_teacher_targets_separately():
+    weights = (1.0, 1.0, 1.5, 2.0, 3.0)
+    kw = dict(patch=64, seed=3, class_weights=weights)
+    pools, mean, std = _pools(), np.full(4, 0.2), np.full(4, 0.1)
+    simulated = tdata.SampleMaker(pools, BANDS, mean, std, simulated_fraction=1.0, **kw)
+    teacher = tdata.SampleMaker(pools, BANDS, mean, std, simulated_fraction=0.0, **kw)
+    unweighted = tdata.SampleMaker(pools, BANDS, mean, std, simulated_fraction=0.0,
+                                   teacher_class_weights=(1.0,) * 5, **kw)  # fmt: skip
+    for maker, table in ((simulated, weights), (teacher, weights), (unweighted, (1.0,) * 5)):
+        for index in range(4):
+            _, target, weight = maker(0, index)
+            # the teacher's confidence here is 0.9 everywhere; simulated pixels weigh 1
+            base = 0.9 if maker is not simulated else 1.0
+            for code in np.unique(target[target != 255]):
+                np.testing.assert_allclose(weight[target == code], base * table[code], rtol=1e-6)
+    with pytest.raises(ValueError, match="class weights must be 5 non-negative numbers"):
+        tdata.SampleMaker(pools, BANDS, mean, std, simulated_fraction=0.0, patch=64, seed=3,
+                          class_weights=(1.0, 2.0))  # fmt: skip
+
+
 def test_pools_split_by_teacher_cloud_fraction_and_hold_out_validation():
     scenes = [_scene(f"s{i}", 0.1) for i in range(40)] + [_scene("v", 0.1, split="validation")]
     labels = []
@@ -150,6 +170,19 @@ def test_config_errors_name_the_unknown_keys(tmp_path):
     path.write_text(f'name = "x"\nbands = ["B02"]\n[clouds]\np_thick = 1.5\n{stage}')
     with pytest.raises(InputError, match="p_thick must lie in"):
         TrainConfig.from_toml(path)
+    # teachers: registered models with ukis-csmask's classes, so that their probabilities average
+    teachers = 'teachers = ["ukis-csmask-4b-l2a", "ukis-csmask-4b-l1c"]'
+    path.write_text(f'name = "x"\nbands = ["B02"]\n{teachers}\n{stage}')
+    assert TrainConfig.from_toml(path).teachers == ("ukis-csmask-4b-l2a", "ukis-csmask-4b-l1c")
+    path.write_text(f'name = "x"\nbands = ["B02"]\nteachers = ["ukis-4b"]\n{stage}')
+    with pytest.raises(InputError, match="teacher 'ukis-4b' is not a registered model"):
+        TrainConfig.from_toml(path)
+    path.write_text(f'name = "x"\nbands = ["B02"]\nteachers = ["s2cloudless"]\n{stage}')
+    with pytest.raises(InputError, match="an ensemble of teachers needs"):
+        TrainConfig.from_toml(path)
+    path.write_text(f'name = "x"\nbands = ["B02"]\nema_decay = 1.0\n{stage}')
+    with pytest.raises(InputError, match="ema_decay must lie in"):
+        TrainConfig.from_toml(path)
     repo_config = TrainConfig.from_toml(Path(__file__).parents[1] / "configs" / "xs2mask-4b.toml")
     assert [s.patch for s in repo_config.stages] == sorted(s.patch for s in repo_config.stages)
 
@@ -179,6 +212,7 @@ def test_tiny_run_trains_exports_and_registers(tmp_path, shared_data):
         out=str(tmp_path / "runs"),
         cache=str(tmp_path / "cache"),
         validation_samples=2,
+        ema_decay=0.5,  # validated, checkpointed and exported: the average
     )
     lines = []
     run = train(config, log=lines.append)
@@ -209,6 +243,8 @@ def test_s2cloudless_co_teaches_the_cloud_class_on_l1c_scenes():
     l2a = Scene("b", np.zeros((4, 2, 2), np.float32), BANDS, "L2A", "train")
     assert teachers_for(l1c) == ("ukis-csmask-4b-l1c", "s2cloudless")
     assert teachers_for(l2a) == ("ukis-csmask-4b-l2a",)
+    both = ("ukis-csmask-4b-l2a", "ukis-csmask-4b-l1c")
+    assert teachers_for(l1c, both) == (*both, "s2cloudless")
     # classes 0 clear, 1 cloud, 3 shadow; a pixel where the teachers agree and one where they disagree
     ukis = np.array([[0.1, 0.6], [0.8, 0.1], [0.1, 0.3]], np.float32)[:, :, None]
     mixed = _with_cloud_probability(ukis, (0, 1, 3), np.array([[0.8], [0.5]], np.float32))
@@ -216,3 +252,18 @@ def test_s2cloudless_co_teaches_the_cloud_class_on_l1c_scenes():
     np.testing.assert_allclose(mixed[1, :, 0], [0.8, 0.3], rtol=1e-6)
     # clear : shadow keeps ukis' ratio
     np.testing.assert_allclose(mixed[0] / mixed[2], ukis[0] / ukis[2], rtol=1e-5)
+
+
+def test_an_ensemble_of_teachers_averages_their_probabilities():
+    import xs2mask
+    from xs2mask.training.pseudo import pseudo_label
+
+    demo = xs2mask.data.demo_scene().isel(y=slice(0, 96), x=slice(0, 96)).load()
+    refl = demo.sel(band=list(BANDS)).values.astype(np.float32) / 10_000  # DN, no offset
+    scene = Scene("demo", refl, BANDS, "L2A", "train")
+    both = ("ukis-csmask-4b-l2a", "ukis-csmask-4b-l1c")
+    alone = [pseudo_label(scene, min_confidence=0.5, teachers=(t,)).probability for t in both]
+    mixed = pseudo_label(scene, min_confidence=0.5, teachers=both)
+    assert mixed.teacher == "ukis-csmask-4b-l2a+ukis-csmask-4b-l1c"
+    expected = (alone[0].astype(np.float32) + alone[1].astype(np.float32)) / 2
+    np.testing.assert_allclose(mixed.probability.astype(np.float32), expected, atol=2e-3)

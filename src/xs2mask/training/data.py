@@ -104,6 +104,13 @@ class SampleMaker:
         run's ``min_confidence``, weighted by that probability;
         ``"sampled"``: every pixel's target drawn from the teacher's probabilities
         (distillation of its soft labels; see :func:`~xs2mask.training.pseudo.draw_targets`).
+    class_weights
+        Loss weight of each target code 0-4 (clear, thick, thin, shadow, cloud of either
+        kind) in simulated samples, multiplied into the returned weight; None: all 1.
+    teacher_class_weights
+        The same for the teacher's targets; None: ``class_weights``. Weights other than 1
+        skew what the student learns from a teacher's soft labels: a shadow weight of 2
+        doubles the odds of shadow against cloud wherever the teacher hesitates.
     seed
         Base seed of the run.
     """
@@ -122,6 +129,8 @@ class SampleMaker:
         cloud_config=None,
         scene_sampling: str = "area",
         teacher_targets: str = "confident",
+        class_weights: tuple[float, ...] | None = None,
+        teacher_class_weights: tuple[float, ...] | None = None,
     ) -> None:
         self.pools, self.bands, self.patch = pools, bands, patch
         self.mean = np.asarray(mean, np.float32)[:, None, None]
@@ -134,6 +143,8 @@ class SampleMaker:
         if teacher_targets not in ("confident", "sampled"):
             raise ValueError(f"teacher_targets must be 'confident' or 'sampled', got {teacher_targets!r}")
         self.teacher_targets = teacher_targets
+        self._simulated_weights = _code_weights(class_weights)
+        self._teacher_weights = _code_weights(teacher_class_weights or class_weights)
         self._odds = {id(p): _area_odds([s for s in p]) for p in (pools.clear, pools.clear_validation)}
         self._odds[id(pools.cloudy)] = _area_odds([s for s, _ in pools.cloudy])
 
@@ -147,18 +158,20 @@ class SampleMaker:
         size = self._window_size(rng)
         if not self.pools.cloudy or rng.random() < self.simulated_fraction:
             refl, target, weight = self._simulated(rng, size, self.pools.clear)
+            per_code = self._simulated_weights
         else:
             refl, target, weight = self._pseudo(rng, size)
+            per_code = self._teacher_weights
         refl, target, weight = self._resize(refl, target, weight)
         refl, target, weight = self._geometry(rng, refl, target, weight)
         refl = self._radiometry(rng, refl)
-        return self.normalise(refl), target, weight
+        return self.normalise(refl), target, weight * per_code[target]
 
     def validation_sample(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """A fixed simulated sample on held-out clear scenes (no augmentation)."""
         rng = np.random.default_rng((self.seed, 2**31, index))  # an epoch no training run reaches
         refl, target, weight = self._simulated(rng, self.patch, self.pools.clear_validation)
-        return self.normalise(refl), target, weight
+        return self.normalise(refl), target, weight * self._simulated_weights[target]
 
     def normalise(self, refl: np.ndarray) -> np.ndarray:
         x = (refl - self.mean) / self.std
@@ -246,7 +259,20 @@ def band_statistics(scenes: Sequence[Scene], bands: tuple[str, ...]) -> tuple[np
     return np.nanmean(values, axis=1), np.nanstd(values, axis=1)
 
 
-def partial_ce(logits, target, weight, class_weights=None):
+def _code_weights(class_weights: tuple[float, ...] | None) -> np.ndarray:
+    """A lookup of the loss weight of every uint8 target code (ignored ones: 1, unused)."""
+    table = np.ones(256, np.float32)
+    if class_weights is not None:
+        if len(class_weights) != CLOUD_ANY + 1 or min(class_weights) < 0:
+            raise ValueError(
+                f"class weights must be {CLOUD_ANY + 1} non-negative numbers (codes 0 clear, 1 thick, "
+                f"2 thin, 3 shadow, 4 cloud of either kind), got {class_weights!r}"
+            )
+        table[: CLOUD_ANY + 1] = class_weights
+    return table
+
+
+def partial_ce(logits, target, weight):
     """Cross-entropy that accepts any allowed class: ``-log sum_{k allowed} p_k``, per pixel, weighted.
 
     ``target`` codes 0-3 allow one class, 4 allows thick or thin cloud, 255 nothing (ignored).
@@ -267,7 +293,4 @@ def partial_ce(logits, target, weight, class_weights=None):
     logp = torch.log_softmax(logits.float(), dim=1)
     picked = torch.logsumexp(logp.masked_fill(~mask, float("-inf")), dim=1)
     w = weight * valid
-    if class_weights is not None:
-        cw = torch.as_tensor(class_weights, device=logits.device, dtype=logp.dtype)
-        w = w * cw[codes.clamp(max=CLOUD_ANY)]
     return -(picked * w).sum() / w.sum().clamp(min=1.0)

@@ -1,7 +1,8 @@
 """Pseudo-labels: what a strong model that ships its weights says about real scenes.
 
 The teacher is ukis-csmask (U-Nets trained on CloudSEN12+ and SPARCS), run through
-xs2mask's own engine with the variant matching the scene's level. On L1C scenes with the
+xs2mask's own engine with the variant matching the scene's level, or an ensemble of
+ukis-csmask variants named by the caller (their probabilities averaged). On L1C scenes with the
 ten bands s2cloudless needs, s2cloudless (Sinergise's per-pixel LightGBM) is a second
 teacher of the cloud class: the two cloud probabilities are averaged, and the rest of the
 probability is split between clear and shadow as ukis-csmask splits it. Where the two
@@ -68,14 +69,48 @@ def teacher_for(scene: Scene) -> str:
     return f"ukis-csmask-4b-{scene.level.lower()}"
 
 
-def teachers_for(scene: Scene) -> tuple[str, ...]:
-    """ukis-csmask, plus s2cloudless for L1C scenes that carry its ten bands."""
+def teachers_for(scene: Scene, ensemble: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The ukis-csmask ``ensemble`` (default: the variant of the scene's level), plus
+    s2cloudless for L1C scenes that carry its ten bands.
+
+    Examples
+    --------
+    >>> from xs2mask.training.sources import Scene
+    >>> scene = Scene("s", np.zeros((4, 2, 2), np.float32), ("B02", "B03", "B04", "B08"), "L2A", "train")
+    >>> teachers_for(scene)
+    ('ukis-csmask-4b-l2a',)
+    >>> teachers_for(scene, ("ukis-csmask-4b-l2a", "ukis-csmask-4b-l1c"))
+    ('ukis-csmask-4b-l2a', 'ukis-csmask-4b-l1c')
+    """
+    own = tuple(ensemble) or (teacher_for(scene),)
     if scene.level == "L1C" and scene.has(S2CLOUDLESS_BANDS):
-        return (teacher_for(scene), "s2cloudless")
-    return (teacher_for(scene),)
+        return (*own, "s2cloudless")
+    return own
 
 
-def pseudo_label(scene: Scene, *, min_confidence: float = 0.7, cache: Path | None = None) -> PseudoLabels:
+def check_teachers(names: tuple[str, ...]) -> None:
+    """Raise :class:`~xs2mask.InputError` unless every name is a registered model whose
+    classes are ukis-csmask's (clear, cloud, shadow), so that their probabilities average."""
+    from ..exceptions import InputError
+    from ..models import available, get
+
+    for name in names:
+        if name not in available():
+            raise InputError(f"teacher {name!r} is not a registered model; available: {sorted(available())}")
+        if tuple(get(name).classes) != (0, 1, 3):
+            raise InputError(
+                f"teacher {name!r} has classes {tuple(get(name).classes)}; an ensemble of teachers needs "
+                "ukis-csmask's (0 clear, 1 cloud, 3 shadow), e.g. ukis-csmask-4b-l2a and ukis-csmask-4b-l1c"
+            )
+
+
+def pseudo_label(
+    scene: Scene,
+    *,
+    min_confidence: float = 0.7,
+    cache: Path | None = None,
+    teachers: tuple[str, ...] = (),
+) -> PseudoLabels:
     """Label ``scene`` with its teachers.
 
     Parameters
@@ -87,6 +122,9 @@ def pseudo_label(scene: Scene, *, min_confidence: float = 0.7, cache: Path | Non
     cache
         Folder for the teachers' outputs (keyed by scene and teacher), so that
         repeated training runs do not rerun the teachers.
+    teachers
+        ukis-csmask variants whose probabilities are averaged (see :func:`check_teachers`);
+        default: the variant of the scene's product level.
 
     Examples
     --------
@@ -95,8 +133,10 @@ def pseudo_label(scene: Scene, *, min_confidence: float = 0.7, cache: Path | Non
     >>> pseudo_label(chip).cloud_fraction  # doctest: +SKIP
     0.47
     """
-    teachers = teachers_for(scene)
-    probs, classes = _teacher_probability(scene, teachers[0], cache)
+    teachers = teachers_for(scene, teachers)
+    own = [_teacher_probability(scene, t, cache) for t in teachers if t != "s2cloudless"]
+    classes = own[0][1]
+    probs = np.mean([p for p, _ in own], axis=0)
     if "s2cloudless" in teachers:
         s2c, _ = _teacher_probability(scene, "s2cloudless", cache)
         probs = _with_cloud_probability(probs, classes, s2c[1])

@@ -13,6 +13,10 @@
   simulated-data model, or an all-band model whose first convolution is mapped onto
   this model's bands by band name, see :func:`transfer`).
 
+With ``ema_decay > 0`` an exponential moving average of the weights (and batch-norm
+statistics) is kept beside the trained ones (``torch.optim.swa_utils``); it is what is
+validated, checkpointed and exported, which smooths out the last steps' noise.
+
 Everything is seeded; CPU runs use float32, a GPU uses bfloat16 autocast. Each stage
 writes a safetensors checkpoint and appends one JSON line per epoch to
 ``metrics.jsonl``; the end of the run exports safetensors, ONNX, the sha256 of both
@@ -65,11 +69,14 @@ class TrainConfig:
     sources: tuple[str, ...] | None = None  # default: every source of training.sources.SOURCES
     out: str = "runs"
     cache: str = "~/.cache/xs2mask/pseudo"
-    class_weights: tuple[float, ...] = (1.0, 1.0, 1.5, 2.0, 1.0)  # codes 0-4
+    class_weights: tuple[float, ...] = (1.0, 1.0, 1.5, 2.0, 1.0)  # codes 0-4 of simulated samples
+    teacher_class_weights: tuple[float, ...] | None = None  # the same for teacher targets; None: as above
     min_confidence: float = 0.7
     validation_samples: int = 48
     scene_sampling: str = "area"
     teacher_targets: str = "confident"  # or "sampled": distil the teacher's soft labels
+    teachers: tuple[str, ...] = ()  # ukis-csmask variants averaged; default: the scene level's
+    ema_decay: float = 0.0  # > 0: validate and export a moving average of the weights
     # [clouds] table: overrides of simulate.CloudConfig, as (field, value) pairs (kept hashable)
     clouds: tuple[tuple[str, Any], ...] = ()
     # Inference tiling written into the model's spec: a stride of 512 (544 - 32) tiles power-of-two
@@ -105,9 +112,14 @@ class TrainConfig:
             clouds = raw["clouds"].items()
             raw["clouds"] = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in clouds)
             cloud_config_of(raw["clouds"], where=f"{path} [clouds]")
-        for key in ("decoder_channels", "class_weights", "sources"):
+        for key in ("decoder_channels", "class_weights", "teacher_class_weights", "sources", "teachers"):
             if key in raw:
                 raw[key] = tuple(raw[key])
+        from .pseudo import check_teachers
+
+        check_teachers(raw.get("teachers", ()))
+        if not 0.0 <= raw.get("ema_decay", 0.0) < 1.0:
+            raise InputError(f"{path}: ema_decay must lie in [0, 1), got {raw['ema_decay']!r}")
         return _build(cls, {**raw, "stages": stages}, str(path))
 
 
@@ -222,7 +234,10 @@ def train(config: TrainConfig, *, log=print) -> Path:
     train_scenes = [s for s in scenes if s.split == "train"]
     validation = [s for s in scenes if s.split == "validation"]
     cache = Path(config.cache).expanduser()
-    labels = [pseudo.pseudo_label(s, min_confidence=config.min_confidence, cache=cache) for s in train_scenes]
+    labels = [
+        pseudo.pseudo_label(s, min_confidence=config.min_confidence, cache=cache, teachers=config.teachers)
+        for s in train_scenes
+    ]
     pools: Pools = make_pools(train_scenes, labels)
     mean, std = band_statistics(train_scenes, config.bands)
     log(
@@ -231,14 +246,18 @@ def train(config: TrainConfig, *, log=print) -> Path:
     )
 
     model = build_model(config).to(device)
+    average = _averaged(model, config)
     metrics_path = out / "metrics.jsonl"
     for stage in config.stages:
         if stage.init_from:
             _init_from(model, stage.init_from, config, log)
+            average = _averaged(model, config)  # the average restarts from the loaded weights
+        shipped = average.module if average is not None else model
         maker = SampleMaker(
             pools, config.bands, mean, std, patch=stage.patch,
             simulated_fraction=stage.simulated_fraction, seed=config.seed,
             scene_sampling=config.scene_sampling, teacher_targets=config.teacher_targets,
+            class_weights=config.class_weights, teacher_class_weights=config.teacher_class_weights,
             cloud_config=cloud_config_of(config.clouds),
         )  # fmt: skip
         hard = _mine(model, maker, stage, device, config) if stage.hard_examples else []
@@ -247,8 +266,8 @@ def train(config: TrainConfig, *, log=print) -> Path:
         schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=stage.lr, total_steps=steps)
         for epoch in range(stage.epochs):
             start = time.perf_counter()
-            loss = _epoch(model, maker, stage, epoch, hard, optimiser, schedule, device, config)
-            scores = validate(model, maker, validation, config, device)
+            loss = _epoch(model, maker, stage, epoch, hard, optimiser, schedule, device, config, average)
+            scores = validate(shipped, maker, validation, config, device)
             record = {
                 "stage": stage.name,
                 "epoch": epoch,
@@ -259,9 +278,18 @@ def train(config: TrainConfig, *, log=print) -> Path:
             with metrics_path.open("a") as fh:
                 fh.write(json.dumps(record) + "\n")
             log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-        _save(model, out / f"{stage.name}.safetensors")
-    export(model, config, mean, std, out)
+        _save(shipped, out / f"{stage.name}.safetensors")
+    export(shipped, config, mean, std, out)
     return out
+
+
+def _averaged(model, config: TrainConfig):
+    """An exponential moving average of ``model`` (weights and buffers), or None when off."""
+    if not config.ema_decay:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
 
 
 def _device(name: str) -> str:
@@ -289,7 +317,7 @@ def _batches(maker, keys, batch_size):
         yield tuple(np.stack(parts) for parts in zip(*items, strict=True))
 
 
-def _epoch(model, maker, stage, epoch, hard, optimiser, schedule, device, config) -> float:
+def _epoch(model, maker, stage, epoch, hard, optimiser, schedule, device, config, average=None) -> float:
     import torch
 
     from .data import partial_ce
@@ -312,10 +340,12 @@ def _epoch(model, maker, stage, epoch, hard, optimiser, schedule, device, config
         weight = torch.from_numpy(weight).to(device)
         with autocast:
             logits = model(x)
-        loss = partial_ce(logits, target, weight, config.class_weights)
+        loss = partial_ce(logits, target, weight)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
+        if average is not None:
+            average.update_parameters(model)
         if schedule.last_epoch + 1 < schedule.total_steps:
             schedule.step()
         total += loss.item() * len(x)
@@ -343,7 +373,7 @@ def _mine(model, maker, stage, device, config) -> list[tuple[int, int]]:
     with torch.no_grad():
         for key in keys:
             x, target, weight = (torch.from_numpy(a[None]).to(device) for a in maker(*key))
-            losses.append(float(partial_ce(model(x), target, weight, config.class_weights)))
+            losses.append(float(partial_ce(model(x), target, weight)))
     order = np.argsort(losses)[::-1][: stage.hard_examples]
     return [keys[i] for i in order]
 
