@@ -388,7 +388,11 @@ def _load_members(spec: ModelSpec, runtime: Runtime) -> Predictor:
             total = out if total is None else total + out
         return total / np.float32(len(members))
 
-    return _Function(predict, batch_size=min(m.batch_size for m in members))
+    return _Function(
+        predict,
+        batch_size=min(m.batch_size for m in members),
+        concurrency=min(m.concurrency for m in members),
+    )
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
