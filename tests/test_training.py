@@ -164,25 +164,20 @@ def test_config_errors_name_the_unknown_keys(tmp_path):
     stage = '[[stages]]\nname = "a"\n'
     path.write_text(f'name = "x"\nbands = ["B02"]\n[clouds]\nthin_coverage = [0.05, 1.0]\n{stage}')
     assert TrainConfig.from_toml(path).clouds == (("thin_coverage", (0.05, 1.0)),)
-    path.write_text(f'name = "x"\nbands = ["B02"]\n[clouds]\nthin_cover = [0.05, 1.0]\n{stage}')
-    with pytest.raises(InputError, match="\\[clouds\\]: unknown keys \\['thin_cover'\\]"):
-        TrainConfig.from_toml(path)
-    path.write_text(f'name = "x"\nbands = ["B02"]\n[clouds]\np_thick = 1.5\n{stage}')
-    with pytest.raises(InputError, match="p_thick must lie in"):
-        TrainConfig.from_toml(path)
     # teachers: registered models with ukis-csmask's classes, so that their probabilities average
     teachers = 'teachers = ["ukis-csmask-4b-l2a", "ukis-csmask-4b-l1c"]'
     path.write_text(f'name = "x"\nbands = ["B02"]\n{teachers}\n{stage}')
     assert TrainConfig.from_toml(path).teachers == ("ukis-csmask-4b-l2a", "ukis-csmask-4b-l1c")
-    path.write_text(f'name = "x"\nbands = ["B02"]\nteachers = ["ukis-4b"]\n{stage}')
-    with pytest.raises(InputError, match="teacher 'ukis-4b' is not a registered model"):
-        TrainConfig.from_toml(path)
-    path.write_text(f'name = "x"\nbands = ["B02"]\nteachers = ["s2cloudless"]\n{stage}')
-    with pytest.raises(InputError, match="an ensemble of teachers needs"):
-        TrainConfig.from_toml(path)
-    path.write_text(f'name = "x"\nbands = ["B02"]\nema_decay = 1.0\n{stage}')
-    with pytest.raises(InputError, match="ema_decay must lie in"):
-        TrainConfig.from_toml(path)
+    for body, error in [
+        ("[clouds]\nthin_cover = [0.05, 1.0]", "\\[clouds\\]: unknown keys \\['thin_cover'\\]"),
+        ("[clouds]\np_thick = 1.5", "p_thick must lie in"),
+        ('teachers = ["ukis-4b"]', "teacher 'ukis-4b' is not a registered model"),
+        ('teachers = ["s2cloudless"]', "an ensemble of teachers needs"),
+        ("ema_decay = 1.0", "ema_decay must lie in"),
+    ]:
+        path.write_text(f'name = "x"\nbands = ["B02"]\n{body}\n{stage}')
+        with pytest.raises(InputError, match=error):
+            TrainConfig.from_toml(path)
     repo_config = TrainConfig.from_toml(Path(__file__).parents[1] / "configs" / "xs2mask-4b.toml")
     assert [s.patch for s in repo_config.stages] == sorted(s.patch for s in repo_config.stages)
 
