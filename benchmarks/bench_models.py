@@ -77,6 +77,7 @@ OWN_BANDS = ("B02", "B03", "B04", "B08")
 UKIS_MODEL = "ukis-csmask-6b-l2a"
 CASES = ("own-numpy", "own-dask-2048", "own-dask-1024", "own-20m", "ukis-xs2mask", "csmask-t2", "own-big")
 EXTRA_CASES = ("csmask-t0", "ukis-dask-2048", "own-20m-numpy")
+DASK_CASES = ("own-dask-2048", "own-dask-1024", "own-20m", "ukis-dask-2048")  # Dask input, chunks as named
 UKIS_CASES = ("ukis-xs2mask", "ukis-dask-2048", "csmask-t0", "csmask-t2")
 TILE_EDGE = 10980  # a Sentinel-2 L1C/L2A tile at 10 m
 # the targets
@@ -191,24 +192,25 @@ def run_case(case: str, cube_path: Path, mask_path: Path, model: str, folder: Pa
 
     if case.startswith("csmask"):
         from ukis_csmask.mask import CSmask
-    else:
+    lazy = None
+    if case in DASK_CASES or case.startswith("own-big-"):
         # Imports are not timed, and computing any Dask collection imports ``distributed``
         # when it is installed (dask looks for a default client): 0.3-0.4 s here.
         import distributed  # noqa: F401
 
-    # The input, made before the clock starts like loading the cube: wrapping an in-memory
-    # array in Dask hashes all of it (0.1 s per 100 MB), which a cube read lazily never does.
-    chunk = 1024 if case == "own-dask-1024" else 2048
-    lazy = dsa.from_array(cube, chunks=(len(bands), chunk, chunk))
-    if case.startswith("own-big-"):
-        lazy = _mirror_tiled(lazy, edge)
+        # The input, made before the clock starts like loading the cube: wrapping an in-memory
+        # array in Dask hashes all of it (0.1 s per 100 MB), which a cube read lazily never does.
+        chunk = 1024 if case == "own-dask-1024" else 2048
+        lazy = dsa.from_array(cube, chunks=(len(bands), chunk, chunk))
+        if case.startswith("own-big-"):
+            lazy = _mirror_tiled(lazy, edge)
 
     def once() -> np.ndarray:
         if case in ("own-numpy", "own-20m-numpy", "ukis-xs2mask"):
             resolution = 20 if case == "own-20m-numpy" else None
             name = model if own else UKIS_MODEL
             return xs2mask.predict(array(cube), model=name, processing_resolution=resolution)["mask"].values
-        if case in ("own-dask-2048", "own-dask-1024", "own-20m", "ukis-dask-2048"):
+        if case in DASK_CASES:
             resolution = 20 if case == "own-20m" else None
             return dask_mask(lazy, model=model if own else UKIS_MODEL, processing_resolution=resolution)
         if case.startswith("own-big-"):
