@@ -112,6 +112,56 @@ def test_thick_cloud_bright_grey_and_darker_in_swir():
         assert b12 < b11 < b02
 
 
+def test_shaded_cloud_tops_are_dim_grey_thick_cloud_on_their_lee_side():
+    bands = ("B02", "B03", "B04", "B08")
+    refl = _constant(bands)
+    dim = 0
+    for seed in range(3):
+        # The slope is drawn whatever its range, so a near-flat top sees the same clouds and labels.
+        flat, flat_labels = simulate(
+            refl,
+            bands,
+            rng=np.random.default_rng(seed),
+            config=replace(THICK_ONLY, thick_top_slope_deg=(1e-3, 1e-3)),
+        )
+        out, labels = simulate(
+            refl,
+            bands,
+            rng=np.random.default_rng(seed),
+            config=replace(THICK_ONLY, thick_top_slope_deg=(35.0, 35.0)),
+        )
+        np.testing.assert_array_equal(labels, flat_labels)  # shading changes pixels, never labels
+        clear = labels == CLEAR
+        np.testing.assert_array_equal(out[:, clear], refl[:, clear])
+        thick = labels == THICK_CLOUD
+        vis = out[:3][:, thick].mean(axis=0)
+        assert vis.min() < 0.5 * 0.45 * 0.97 <= flat[:3][:, thick].mean(axis=0).min()  # lee slopes are dim
+        assert vis.max() > flat[:3][:, thick].mean(axis=0).max()  # sunlit slopes brighter than a flat top
+        # An opaque lee slope stays grey: not the red-edge spectrum of the shaded vegetation beneath.
+        opaque_dim = thick & (out[:3].mean(axis=0) < 0.2)
+        dim += int(opaque_dim.sum())
+        ratio = out[_idx(bands, "B08"), opaque_dim] / out[_idx(bands, "B04"), opaque_dim]
+        assert (ratio < 0.5 * VEGETATION["B08"] / VEGETATION["B04"]).all()
+    assert dim > 0
+
+
+def test_cloud_tops_are_lit_on_the_side_facing_the_sun():
+    from xs2mask.training.simulate import _top_shading
+
+    z = np.tile(np.linspace(0.0, 1.0, 64, dtype=np.float32), (64, 1))  # a top rising towards the east
+    towards_sun = _top_shading(z, 20.0, 0.0, 90.0, 40.0, (0.0, 10.0))  # sun in the east
+    away = _top_shading(z, 20.0, 0.0, 270.0, 40.0, (0.0, 10.0))  # sun in the west
+    across = _top_shading(z, 20.0, 0.0, 0.0, 40.0, (0.0, 10.0))  # sun in the north
+    # Slope 20 degrees, sun 40 degrees up: cos(i) / sin(el) = sin(40 -+ 20) / sin(40) on a plane.
+    expected_lit, expected_lee = (
+        np.sin(np.radians(60)) / np.sin(np.radians(40)),
+        np.sin(np.radians(20)) / np.sin(np.radians(40)),
+    )
+    np.testing.assert_allclose(away, expected_lit, rtol=1e-4)  # the eastward rise faces west
+    np.testing.assert_allclose(towards_sun, expected_lee, rtol=1e-4)
+    assert (np.abs(across - np.cos(np.radians(20))) < 1e-4).all()
+
+
 def test_shadow_darkens_every_band_more_in_nir_than_in_blue():
     bands = ("B02", "B03", "B04", "B08", "B11", "B12")
     refl = _constant(bands)
@@ -326,6 +376,8 @@ def test_sun_geometry_draws_from_the_config():
         {"visible_alpha": 0.6},
         {"thin_max_alpha": (0.05, 0.08)},
         {"sun_elevation_deg": (0.0, 40.0)},
+        {"thick_top_slope_deg": (10.0, 90.0)},
+        {"top_shading_limits": (0.5, 0.9)},
     ],
 )
 def test_bad_config_is_refused(kwargs):

@@ -114,6 +114,27 @@ def test_sampled_teacher_targets_are_deterministic_and_need_probabilities():
                           teacher_targets="soft")  # fmt: skip
 
 
+def test_illumination_scales_every_band_of_a_sample_alike():
+    plain = tdata.Augment(gain=0.0, offset=0.0, noise=0.0)
+    lit = tdata.Augment(gain=0.0, offset=0.0, noise=0.0, illumination=0.3)
+    mean, std = np.full(4, 0.2), np.full(4, 0.1)
+    kw = dict(patch=64, simulated_fraction=0.5, seed=3)
+    makers = [tdata.SampleMaker(_pools(), BANDS, mean, std, augment=a, **kw) for a in (plain, lit)]
+    factors = []
+    for index in range(6):
+        (x0, t0, w0), (x1, t1, w1) = (m(0, index) for m in makers)
+        np.testing.assert_array_equal(t0, t1)  # the same sample, crop and geometry: drawn last
+        np.testing.assert_array_equal(w0, w1)
+        ratio = (x1 * std[:, None, None] + mean[:, None, None]) / (
+            x0 * std[:, None, None] + mean[:, None, None]
+        )
+        np.testing.assert_allclose(ratio, ratio.flat[0], rtol=1e-4)  # one factor for every band and pixel
+        factors.append(ratio.flat[0])
+    assert all(0.7 <= f <= 1.3 for f in factors) and np.ptp(factors) > 0.1
+    with pytest.raises(ValueError, match=r"Augment\.illumination must lie in"):
+        tdata.Augment(illumination=1.0)
+
+
 def test_class_weights_apply_to_simulated_and_teacher_targets_separately():
     weights = (1.0, 1.0, 1.5, 2.0, 3.0)
     kw = dict(patch=64, seed=3, class_weights=weights)
@@ -168,16 +189,34 @@ def test_config_errors_name_the_unknown_keys(tmp_path):
     teachers = 'teachers = ["ukis-csmask-4b-l2a", "ukis-csmask-4b-l1c"]'
     path.write_text(f'name = "x"\nbands = ["B02"]\n{teachers}\n{stage}')
     assert TrainConfig.from_toml(path).teachers == ("ukis-csmask-4b-l2a", "ukis-csmask-4b-l1c")
+    # [augment] overrides data.Augment
+    path.write_text(
+        f'name = "x"\nbands = ["B02"]\n[augment]\nillumination = 0.2\nscale = [1.0, 1.0]\n{stage}'
+    )
+    assert TrainConfig.from_toml(path).augment == (("illumination", 0.2), ("scale", (1.0, 1.0)))
     for body, error in [
         ("[clouds]\nthin_cover = [0.05, 1.0]", "\\[clouds\\]: unknown keys \\['thin_cover'\\]"),
         ("[clouds]\np_thick = 1.5", "p_thick must lie in"),
         ('teachers = ["ukis-4b"]', "teacher 'ukis-4b' is not a registered model"),
         ('teachers = ["s2cloudless"]', "an ensemble of teachers needs"),
         ("ema_decay = 1.0", "ema_decay must lie in"),
+        ("[augment]\nilumination = 0.2", "\\[augment\\]: unknown keys \\['ilumination'\\]"),
+        ("[augment]\nillumination = 1.5", "Augment.illumination must lie in"),
     ]:
         path.write_text(f'name = "x"\nbands = ["B02"]\n{body}\n{stage}')
         with pytest.raises(InputError, match=error):
             TrainConfig.from_toml(path)
+    # a config built in Python is checked as early, on construction
+    for kwargs, error in [
+        ({"stages": ()}, "no \\[\\[stages\\]\\]"),
+        ({"class_weights": (1.0, 2.0)}, "class weights must be 5 non-negative numbers"),
+        ({"teacher_targets": "soft"}, "teacher_targets must be 'confident' or 'sampled'"),
+        ({"scene_sampling": "by-area"}, "scene_sampling must be 'area' or 'uniform'"),
+        ({"clouds": (("p_thin", 2.0),)}, "\\[clouds\\]: CloudConfig.p_thin must lie in"),
+        ({"ema_decay": -0.1}, "ema_decay must lie in"),
+    ]:
+        with pytest.raises(InputError, match=error):
+            TrainConfig(**{"name": "x", "bands": BANDS, "stages": (Stage("a"),), **kwargs})
     repo_config = TrainConfig.from_toml(Path(__file__).parents[1] / "configs" / "xs2mask-4b.toml")
     assert [s.patch for s in repo_config.stages] == sorted(s.patch for s in repo_config.stages)
 

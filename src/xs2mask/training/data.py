@@ -42,6 +42,17 @@ class Augment:
     gain: float = 0.08  # per-band multiplicative jitter, +-
     offset: float = 0.01  # per-band additive jitter, +- reflectance
     noise: float = 0.004  # Gaussian band noise (reflectance)
+    illumination: float = 0.0  # one multiplicative gain for all bands, +-: sun and terrain (off: 0)
+
+    def __post_init__(self) -> None:
+        lo, hi = self.scale
+        if not 0 < lo <= hi:
+            raise ValueError(f"Augment.scale must be (lo, hi) with 0 < lo <= hi, got {self.scale}")
+        for name in ("gain", "illumination"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"Augment.{name} must lie in [0, 1), got {getattr(self, name)}")
+        if self.offset < 0 or self.noise < 0:
+            raise ValueError("Augment.offset and Augment.noise must be >= 0")
 
 
 def stable_fraction(name: str) -> float:
@@ -137,12 +148,8 @@ class SampleMaker:
         self.std = np.asarray(std, np.float32)[:, None, None]
         self.simulated_fraction, self.seed, self.augment = simulated_fraction, seed, augment
         self.cloud_config = cloud_config
-        if scene_sampling not in ("area", "uniform"):
-            raise ValueError(f"scene_sampling must be 'area' or 'uniform', got {scene_sampling!r}")
-        self.scene_sampling = scene_sampling
-        if teacher_targets not in ("confident", "sampled"):
-            raise ValueError(f"teacher_targets must be 'confident' or 'sampled', got {teacher_targets!r}")
-        self.teacher_targets = teacher_targets
+        check_options(scene_sampling, teacher_targets, class_weights, teacher_class_weights)
+        self.scene_sampling, self.teacher_targets = scene_sampling, teacher_targets
         self._simulated_weights = _code_weights(class_weights)
         self._teacher_weights = _code_weights(teacher_class_weights or class_weights)
         self._odds = {id(p): _area_odds([s for s in p]) for p in (pools.clear, pools.clear_validation)}
@@ -240,6 +247,8 @@ class SampleMaker:
         gain = rng.uniform(1 - a.gain, 1 + a.gain, n).astype(np.float32)[:, None, None]
         offset = rng.uniform(-a.offset, a.offset, n).astype(np.float32)[:, None, None]
         noise = rng.normal(0, a.noise, refl.shape).astype(np.float32)
+        if a.illumination > 0:  # drawn only when asked for: other configs keep their random sequence
+            gain *= np.float32(rng.uniform(1 - a.illumination, 1 + a.illumination))
         return refl * gain + offset + noise
 
 
@@ -257,6 +266,30 @@ def band_statistics(scenes: Sequence[Scene], bands: tuple[str, ...]) -> tuple[np
         [s.select(bands).reshape(len(bands), -1) for s in scenes if s.split == "train"], axis=1
     )
     return np.nanmean(values, axis=1), np.nanstd(values, axis=1)
+
+
+def check_options(
+    scene_sampling: str = "area",
+    teacher_targets: str = "confident",
+    class_weights: tuple[float, ...] | None = None,
+    teacher_class_weights: tuple[float, ...] | None = None,
+) -> None:
+    """Raise ``ValueError`` naming the first of :class:`SampleMaker`'s options that is not allowed.
+
+    Examples
+    --------
+    >>> check_options("area", "sampled", (1, 1, 1.5, 2, 1))
+    >>> check_options("by-area")
+    Traceback (most recent call last):
+    ...
+    ValueError: scene_sampling must be 'area' or 'uniform', got 'by-area'
+    """
+    if scene_sampling not in ("area", "uniform"):
+        raise ValueError(f"scene_sampling must be 'area' or 'uniform', got {scene_sampling!r}")
+    if teacher_targets not in ("confident", "sampled"):
+        raise ValueError(f"teacher_targets must be 'confident' or 'sampled', got {teacher_targets!r}")
+    _code_weights(class_weights)
+    _code_weights(teacher_class_weights)
 
 
 def _code_weights(class_weights: tuple[float, ...] | None) -> np.ndarray:

@@ -35,6 +35,17 @@ Per-band cloud reflectance
     per sample, 0.5-2x typical). B10 (1375 nm) absorbs so strongly that low clouds and the ground are
     nearly black in it while cirrus at 8-12 km is bright: thin cirrus shows mostly in B10, slightly in
     VIS.
+Cloud-top shading
+    Real cloud tops are not one flat brightness: their sun-facing slopes are bright and their lee
+    slopes dim, down to the diffuse light alone (3-D radiative effects, strongest at low sun). With
+    ``thick_top_slope_deg`` set, the thick layer's standardised field, smoothed below ``top_smoothing_m``
+    (the field's pixel-scale texture would crumple the top like paper), is read as its top height, scaled
+    so that the RMS slope of the top is the drawn angle, and the cloud reflectance of each pixel is
+    multiplied by the Lambertian ratio ``cos(i) / sin(el)`` (``i`` the angle between the top's normal and
+    the sun), kept within ``top_shading_limits``. Opacity and labels do not change: a dim lee slope of
+    an opaque cloud is still thick cloud, flat in spectrum unlike a shadow on the ground, which keeps
+    the ground's spectral shape. The default (0, 0) keeps the flat tops, and draws the same numbers as
+    before the option existed.
 Blending
     ``out = alpha C + (1 - alpha) g / (1 - alpha C g)``: SatelliteCloudGenerator's linear mix of
     ground ``g`` and cloud ``C`` times the ground-cloud multiple-reflection factor of the adding
@@ -132,6 +143,11 @@ class CloudConfig:
     water_vapour_scale_height_m : scale height of atmospheric water vapour.
     thick_label_alpha : combined opacity above which a pixel is thick cloud.
     visible_alpha : combined opacity above which a pixel is thin cloud; weaker cloud is removed.
+    thick_top_slope_deg : RMS slope of the thick layer's top, degrees (see "Cloud-top shading");
+        (0, 0): flat tops.
+    top_shading_limits : smallest and largest factor the shading applies to cloud reflectance.
+    top_smoothing_m : scale (Gaussian sigma) below which the top is smooth: bumps of the top are
+        this size and larger (log-uniform).
     thin_shadow_weight : share of a thin layer's opacity that shades the ground.
     shadow_darkness : share of the direct beam a fully opaque cloud removes from its shadow.
     shadow_label_darkening : relative NIR darkening above which a pixel is shadow; weaker is removed.
@@ -169,6 +185,9 @@ class CloudConfig:
     water_vapour_scale_height_m: float = 2_000.0
     thick_label_alpha: float = 0.5
     visible_alpha: float = 0.1
+    thick_top_slope_deg: Range = (0.0, 0.0)
+    top_shading_limits: Range = (0.15, 1.5)
+    top_smoothing_m: Range = (20.0, 300.0)
     thin_shadow_weight: float = 0.5
     shadow_darkness: Range = (0.5, 0.85)
     shadow_label_darkening: float = 0.2
@@ -195,6 +214,10 @@ class CloudConfig:
             raise ValueError("thin_max_alpha must exceed visible_alpha, or thin clouds are never visible")
         if not (self.sun_elevation_deg[0] > 0.0 and self.sun_elevation_deg[1] <= 90.0):
             raise ValueError("sun_elevation_deg must lie in (0, 90]")
+        if not (self.thick_top_slope_deg[0] >= 0.0 and self.thick_top_slope_deg[1] < 90.0):
+            raise ValueError("thick_top_slope_deg must lie in [0, 90)")
+        if not 0.0 < self.top_shading_limits[0] <= 1.0 <= self.top_shading_limits[1]:
+            raise ValueError("top_shading_limits must be (lo, hi) with 0 < lo <= 1 <= hi")
 
 
 @dataclass(frozen=True)
@@ -213,6 +236,8 @@ class _Layer:
     top_m: float
     base_m: float
     spectrum: np.ndarray  # cloud reflectance at full opacity, one value per band of BAND_NAMES
+    top_slope_deg: float = 0.0  # RMS slope of the cloud top; 0: flat, unshaded
+    top_smooth_m: float = 0.0  # smoothing of the top's height before its slopes are taken
 
 
 def sun_geometry(rng: np.random.Generator, config: CloudConfig = CloudConfig()) -> tuple[float, float]:
@@ -354,7 +379,8 @@ def simulate(
     inside = (slice(oy, oy + height), slice(ox, ox + width))
 
     # --- opacity of each layer over the whole domain ---
-    alphas = [_opacity(rng, layer, dom_shape, inside, resolution_m) for layer, _, _ in drawn]
+    fields_ = [_opacity(rng, layer, dom_shape, inside, resolution_m) for layer, _, _ in drawn]
+    alphas = [alpha for alpha, _ in fields_]
     combined = alphas[0].copy() if len(alphas) == 1 else 1.0 - (1.0 - alphas[0]) * (1.0 - alphas[1])
     visible = combined > config.visible_alpha
     # Remove sub-visible cloud altogether, so that every clear-labelled pixel is the input exactly.
@@ -393,8 +419,19 @@ def simulate(
     if cloudy.any():
         idx = np.flatnonzero(cloudy)
         ground = np.take(flat, idx, axis=1)
-        for (layer, _, _), a in zip(drawn, alphas, strict=True):  # thick first, thin above it
-            ground = _add_layer(ground, a[inside].ravel()[idx], layer.spectrum[band_index])
+        for (layer, _, _), a, (_, z) in zip(drawn, alphas, fields_, strict=True):  # thick first, thin above
+            cloud = layer.spectrum[band_index][:, None]
+            if layer.top_slope_deg > 0:
+                shading = _top_shading(
+                    z,
+                    layer.top_slope_deg,
+                    layer.top_smooth_m / resolution_m,
+                    azimuth,
+                    elevation,
+                    config.top_shading_limits,
+                )
+                cloud = np.minimum(cloud * shading[inside].ravel()[idx], np.float32(0.98))
+            ground = _add_layer(ground, a[inside].ravel()[idx], cloud)
         flat[:, idx] = ground
         c = combined[inside].ravel()[idx]
         labels.ravel()[idx] = np.where(c > config.thick_label_alpha, THICK_CLOUD, THIN_CLOUD)
@@ -438,6 +475,10 @@ def _draw_layer(
     b11_water, b11_ice = _uniform(rng, config.b11_water), _uniform(rng, config.b11_ice)
     swir = (b11_ice if top > config.ice_height_m else b11_water, _uniform(rng, config.b12_over_b11))
     jitter = 1.0 + config.band_jitter * rng.uniform(-1.0, 1.0, len(BAND_NAMES))
+    # Drawn last and only when asked for: configs without shading keep their random sequence.
+    shaded = not thin and config.thick_top_slope_deg[1] > 0
+    slope_deg = _uniform(rng, config.thick_top_slope_deg) if shaded else 0.0
+    smooth_m = _uniform(rng, config.top_smoothing_m, log=True) if shaded else 0.0
     return _Layer(
         coverage=coverage,
         outer_scale_m=outer,
@@ -451,6 +492,8 @@ def _draw_layer(
         top_m=top,
         base_m=base,
         spectrum=_cloud_spectrum(brightness, top, swir, vapour, jitter, config),
+        top_slope_deg=slope_deg,
+        top_smooth_m=smooth_m,
     )
 
 
@@ -547,7 +590,8 @@ def _opacity(
     inside: tuple[slice, slice],
     resolution_m: float,
 ) -> np.ndarray:
-    """Layer opacity over the domain: logistic in the field, ``label_alpha`` at its coverage quantile."""
+    """Layer opacity over the domain, logistic in the field, ``label_alpha`` at its coverage quantile;
+    and the standardised field itself."""
     z = _fractal_field(rng, layer, shape, resolution_m)
     z /= max(float(z.std()), 1e-12)
     t = float(np.quantile(z[inside], 1.0 - layer.coverage))
@@ -556,13 +600,36 @@ def _opacity(
     bias = math.log(p / (1.0 - p))
     x = np.float32(layer.sharpness) * (z - np.float32(t)) + np.float32(bias)
     # logistic(x) = (1 + tanh(x/2)) / 2 avoids overflow in exp.
-    return (np.float32(0.5 * layer.max_alpha) * (1.0 + np.tanh(0.5 * x))).astype(np.float32)
+    return (np.float32(0.5 * layer.max_alpha) * (1.0 + np.tanh(0.5 * x))).astype(np.float32), z
+
+
+def _top_shading(
+    z: np.ndarray, slope_deg: float, smooth_px: float, azimuth_deg: float, elevation_deg: float, limits: Range
+) -> np.ndarray:
+    """Lambertian brightness of a cloud top of height ``z`` relative to a flat top, ``cos(i) / sin(el)``.
+
+    ``z``, smoothed by ``smooth_px`` (sigma), is scaled so that the RMS slope of the top is
+    ``slope_deg``; the result is clipped to ``limits`` (the lower one: diffuse light still reaches a
+    lee slope).
+    """
+    gy, gx = np.gradient(_blur(z, smooth_px))  # per pixel; rows grow southwards
+    rms = math.sqrt(float(np.mean(gx * gx + gy * gy)))
+    scale = np.float32(math.tan(math.radians(slope_deg)) / max(rms, 1e-12))
+    east, north = gx * scale, -gy * scale  # dh/dx towards east and north
+    az, el = math.radians(azimuth_deg), math.radians(elevation_deg)
+    # Normal (-h_e, -h_n, 1) / norm against the sun vector (cos el sin az, cos el cos az, sin el).
+    cos_i = np.float32(math.sin(el)) - np.float32(math.cos(el)) * (
+        east * np.float32(math.sin(az)) + north * np.float32(math.cos(az))
+    )
+    cos_i /= np.sqrt(1.0 + east * east + north * north)
+    return np.clip(cos_i / np.float32(math.sin(el)), *limits).astype(np.float32)
 
 
 def _add_layer(ground: np.ndarray, alpha: np.ndarray, cloud: np.ndarray) -> np.ndarray:
-    """Top-of-layer reflectance of ``ground`` (band, n) under a layer of opacity ``alpha`` (n,)."""
+    """Top-of-layer reflectance of ``ground`` (band, n) under a layer of opacity ``alpha`` (n,) whose
+    reflectance at full opacity is ``cloud`` (band, 1) or (band, n)."""
     a = alpha[None, :]
-    r = cloud[:, None] * a
+    r = cloud * a
     # Ground-cloud multiple reflections (adding method): 1 / (1 - R g), g capped at 1 to keep it finite.
     bounce = np.minimum(ground, np.float32(1.0))
     bounce *= r

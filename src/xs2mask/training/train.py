@@ -79,6 +79,8 @@ class TrainConfig:
     ema_decay: float = 0.0  # > 0: validate and export a moving average of the weights
     # [clouds] table: overrides of simulate.CloudConfig, as (field, value) pairs (kept hashable)
     clouds: tuple[tuple[str, Any], ...] = ()
+    # [augment] table: overrides of data.Augment, as (field, value) pairs
+    augment: tuple[tuple[str, Any], ...] = ()
     # Inference tiling written into the model's spec: a stride of 512 (544 - 32) tiles power-of-two
     # chunks without a mostly-wasted extra row of patches, and patch borders are blended over 32 px.
     inference_patch_size: int = 544
@@ -87,6 +89,52 @@ class TrainConfig:
     device: str = "auto"
     licence: str = "Apache-2.0"
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        # Checked on construction, so that a config built in Python fails as early as one read from TOML.
+        from .data import check_options
+        from .pseudo import check_teachers
+
+        if not self.stages:
+            raise InputError("no [[stages]]; a run needs at least one stage")
+        # Building the simulator's and the augmentation's settings checks the [clouds] and [augment] tables.
+        _ = self.cloud_config, self.augmentation
+        check_teachers(self.teachers)
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise InputError(f"ema_decay must lie in [0, 1), got {self.ema_decay!r}")
+        try:
+            check_options(
+                self.scene_sampling, self.teacher_targets, self.class_weights, self.teacher_class_weights
+            )
+        except ValueError as err:
+            raise InputError(str(err)) from None
+
+    @property
+    def cloud_config(self):  # -> simulate.CloudConfig (imported lazily, as everything but numpy here)
+        """The simulator's :class:`~xs2mask.training.simulate.CloudConfig` with the ``[clouds]`` overrides.
+
+        Examples
+        --------
+        >>> TrainConfig("x", ("B02",), (Stage("a"),), clouds=(("p_thin", 0.5),)).cloud_config.p_thin
+        0.5
+        """
+        from .simulate import CloudConfig
+
+        return _build(CloudConfig, dict(self.clouds), "[clouds]")
+
+    @property
+    def augmentation(self):  # -> data.Augment
+        """The :class:`~xs2mask.training.data.Augment` ranges with the ``[augment]`` overrides.
+
+        Examples
+        --------
+        >>> config = TrainConfig("x", ("B02",), (Stage("a"),), augment=(("illumination", 0.2),))
+        >>> config.augmentation.illumination
+        0.2
+        """
+        from .data import Augment
+
+        return _build(Augment, dict(self.augment), "[augment]")
 
     @classmethod
     def from_toml(cls, path: str | Path) -> TrainConfig:
@@ -105,21 +153,14 @@ class TrainConfig:
 
         raw = tomllib.loads(Path(path).read_text())
         stages = tuple(_build(Stage, s, f"{path} [[stages]]") for s in raw.pop("stages", []))
-        if not stages:
-            raise InputError(f"{path}: no [[stages]]; a run needs at least one stage")
         raw["bands"] = tuple(raw.get("bands", ()))
-        if "clouds" in raw:
-            clouds = raw["clouds"].items()
-            raw["clouds"] = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in clouds)
-            cloud_config_of(raw["clouds"], where=f"{path} [clouds]")
+        for table in ("clouds", "augment"):
+            if table in raw:
+                items = raw[table].items()
+                raw[table] = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in items)
         for key in ("decoder_channels", "class_weights", "teacher_class_weights", "sources", "teachers"):
             if key in raw:
                 raw[key] = tuple(raw[key])
-        from .pseudo import check_teachers
-
-        check_teachers(raw.get("teachers", ()))
-        if not 0.0 <= raw.get("ema_decay", 0.0) < 1.0:
-            raise InputError(f"{path}: ema_decay must lie in [0, 1), got {raw['ema_decay']!r}")
         return _build(cls, {**raw, "stages": stages}, str(path))
 
 
@@ -128,25 +169,9 @@ def _build(kind, values: dict, where: str):
     unknown = set(values) - names
     if unknown:
         raise InputError(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(names)}")
-    return kind(**values)
-
-
-def cloud_config_of(clouds: tuple[tuple[str, Any], ...], *, where: str = "[clouds]"):
-    """The :class:`~xs2mask.training.simulate.CloudConfig` with a config's ``[clouds]`` overrides.
-
-    Examples
-    --------
-    >>> cloud_config_of((("thin_coverage", (0.05, 1.0)),)).thin_coverage
-    (0.05, 1.0)
-    """
-    from .simulate import CloudConfig
-
-    values = dict(clouds)
     try:
-        return _build(CloudConfig, values, where)
-    except InputError:
-        raise
-    except (TypeError, ValueError) as err:  # CloudConfig's own checks of ranges and probabilities
+        return kind(**values)
+    except (TypeError, ValueError) as err:  # the dataclass's own checks of its values
         raise InputError(f"{where}: {err}") from err
 
 
@@ -258,7 +283,7 @@ def train(config: TrainConfig, *, log=print) -> Path:
             simulated_fraction=stage.simulated_fraction, seed=config.seed,
             scene_sampling=config.scene_sampling, teacher_targets=config.teacher_targets,
             class_weights=config.class_weights, teacher_class_weights=config.teacher_class_weights,
-            cloud_config=cloud_config_of(config.clouds),
+            cloud_config=config.cloud_config, augment=config.augmentation,
         )  # fmt: skip
         hard = _mine(model, maker, stage, device, config) if stage.hard_examples else []
         optimiser = torch.optim.AdamW(model.parameters(), lr=stage.lr, weight_decay=1e-4)
