@@ -594,7 +594,7 @@ def _run_model(
     canvas = np.pad(data, edges, mode="symmetric") if any(map(any, pad)) else data
     valid = np.pad(ok, pad, mode="constant")
     # per-patch statistics count the mirrored pixels too: they are image content
-    band_ok = np.pad(usable, ((0, 0), *pad), mode="symmetric") if per_patch else None
+    band_ok = np.pad(usable, edges, mode="symmetric") if per_patch else None
 
     def cut(y: int, x: int) -> np.ndarray:
         patch = canvas[:, y : y + py, x : x + px]
