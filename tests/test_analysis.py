@@ -117,6 +117,8 @@ def test_keep_takes_names_or_codes(series, series_masks):
     by_name = apply_mask(series, series_masks, keep=("clear", "thin_cloud"))
     by_code = apply_mask(series, series_masks.mask, keep=(0, 2))
     xr.testing.assert_identical(by_name, by_code)
+    numpy_scalars = usable(series_masks, keep=np.uint8(0), buffer=np.int64(60))
+    xr.testing.assert_identical(numpy_scalars, usable(series_masks, keep="clear", buffer=60.0))
     assert int(by_name.notnull().sum()) > int(apply_mask(series, series_masks).notnull().sum())
 
 
@@ -177,15 +179,23 @@ def _partition(data: st.DataObject, n: int, smallest: int) -> tuple[int, ...]:
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(data=st.data())
-def test_buffer_is_the_same_for_any_chunking(series_masks, data):
-    mask = series_masks.mask.isel(y=slice(40, 200), x=slice(100, 300))  # holds no-data of date 1
+def test_masking_with_a_buffer_is_the_same_for_any_chunking(series, series_masks, data):
+    window = {"y": slice(40, 200), "x": slice(100, 300)}  # holds the no-data corner of date 1
+    cube, mask = series.isel(window), series_masks.mask.isel(window)
     buffer = data.draw(st.sampled_from([0, 10, 30, 55, 100, 250, 2500]))
     keep = data.draw(st.sampled_from([("clear",), ("clear", "thin_cloud"), ("thick_cloud",)]))
-    expected = usable(mask, keep, buffer).values
-    chunks = {"time": _partition(data, 3, 1), "y": _partition(data, 160, 12), "x": _partition(data, 200, 12)}
-    lazy = usable(mask.chunk(chunks), keep, buffer)
+    expected = apply_mask(cube, mask, keep, buffer)
+
+    def chunks() -> dict[str, tuple[int, ...]]:
+        return {
+            "time": _partition(data, 3, 1),
+            "y": _partition(data, 160, 12),
+            "x": _partition(data, 200, 12),
+        }
+
+    lazy = apply_mask(cube.chunk(chunks()), mask.chunk(chunks()), keep, buffer)
     assert isinstance(lazy.data, dsa.Array)
-    np.testing.assert_array_equal(lazy.values, expected)
+    np.testing.assert_array_equal(lazy.values, expected.values)
 
 
 # --------------------------------------------------------------------------- alignment
@@ -221,8 +231,11 @@ def test_bad_arguments_name_the_fix(series, series_masks, masks, scene):
         apply_mask(series, series_masks, keep="cloud")
     with pytest.raises(InputError, match="never kept"):
         apply_mask(series, series_masks, keep=NODATA)
-    with pytest.raises(InputError, match="buffer must be a distance in metres"):
-        apply_mask(series, series_masks, buffer=-10)
+    for bad in (-10, float("nan"), float("inf"), "60 m", True):
+        with pytest.raises(InputError, match="buffer must be a distance in metres"):
+            apply_mask(series, series_masks, buffer=bad)
+    with pytest.raises(InputError, match="col_wrap"):
+        series_masks.s2mask.plot(col_wrap=0)
     with pytest.raises(InputError, match="not the cube"):
         scene.s2mask.clear_fraction()
     with pytest.raises(InputError, match="no 'mask' variable"):
@@ -412,3 +425,7 @@ def test_to_geotiff_writes_one_file_per_date_with_colours(series_masks, masks, t
         np.testing.assert_array_equal(src.read(1), masks.mask.values)
     with pytest.raises(InputError, match=r"put \{date\} in the path"):
         series_masks.s2mask.to_geotiff(tmp_path / "mask.tif")
+    with pytest.raises(InputError, match=r"no date to put in"):
+        masks.s2mask.to_geotiff(tmp_path / "mask_{date}.tif")
+    (dated,) = series_masks.isel(time=1).s2mask.to_geotiff(tmp_path / "one_{date}.tif")
+    assert dated.name == "one_2020-05-04.tif"

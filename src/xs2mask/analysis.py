@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from collections.abc import Iterable
 from typing import Literal
 
@@ -77,7 +78,7 @@ def class_codes(classes: Classes) -> tuple[int, ...]:
     >>> class_codes(3)
     (3,)
     """
-    items = [classes] if isinstance(classes, str | int) else list(classes)
+    items = [classes] if isinstance(classes, str | int | np.integer) else list(classes)
     by_name = {name: code for code, name in CLASS_NAMES.items()}
     codes = []
     for item in items:
@@ -185,7 +186,7 @@ def _grow(flags: xr.DataArray, half_widths: tuple[int, ...]) -> xr.DataArray:
             depth=depth,
             boundary="none",
             dtype=bool,
-            meta=np.empty((), bool),
+            meta=np.empty((0,) * data.ndim, bool),
         )
     else:
         grown = _dilate(np.asarray(data), half_widths)
@@ -217,7 +218,7 @@ def usable(masks: xr.DataArray | xr.Dataset, keep: Classes = ("clear",), buffer:
     """
     mask = as_mask(masks)
     codes = class_codes(keep)
-    if not (isinstance(buffer, int | float) and not isinstance(buffer, bool) and buffer >= 0):
+    if isinstance(buffer, bool) or not isinstance(buffer, numbers.Real) or not 0 <= buffer < math.inf:
         raise InputError(f"buffer must be a distance in metres >= 0, got {buffer!r}")
     kept = mask.isin(codes)
     if buffer:

@@ -208,9 +208,16 @@ def to_geotiff(masks: xr.DataArray | xr.Dataset, path: str | Path) -> tuple[Path
 
     mask = as_mask(masks).transpose(..., "y", "x")
     template = str(path)
+    if "time" not in mask.dims and "time" in mask.coords:
+        mask = mask.expand_dims("time")  # its one date can name the file
     if "time" in mask.dims and mask.sizes["time"] == 1 and "{date}" not in template:
         mask = mask.squeeze("time", drop=True)
     if "time" not in mask.dims:
+        if "{date}" in template:
+            raise InputError(
+                f"the mask has no date to put in {template!r}: name the file without {{date}}, or give "
+                "the mask its time coordinate (mask.expand_dims(time=[...]))"
+            )
         return (write_geotiff(mask, template),)
     if "{date}" not in template:
         raise InputError(

@@ -16,6 +16,7 @@ import xarray as xr
 
 from .analysis import as_mask
 from .classes import CLASS_COLOURS, CLASS_NAMES, NODATA
+from .exceptions import InputError
 from .io import colour_mask, date_labels
 
 if TYPE_CHECKING:
@@ -56,7 +57,8 @@ def plot_masks(masks: xr.DataArray | xr.Dataset, col_wrap: int = 4, size: float 
     Parameters
     ----------
     masks
-        Mask Dataset or DataArray, ``(y, x)`` or ``(time, y, x)``; computed here.
+        Mask Dataset or DataArray, ``(y, x)`` or ``(time, y, x)``; computed here. Thin a big
+        scene first, e.g. ``masks.isel(x=slice(None, None, 8), y=slice(None, None, 8))``.
     col_wrap
         Panels per row.
     size
@@ -79,8 +81,8 @@ def plot_masks(masks: xr.DataArray | xr.Dataset, col_wrap: int = 4, size: float 
     """
     import matplotlib.pyplot as plt
 
-    if not (isinstance(col_wrap, int) and col_wrap >= 1):
-        raise ValueError(f"col_wrap must be a positive integer, got {col_wrap!r}")
+    if isinstance(col_wrap, bool) or not isinstance(col_wrap, int) or col_wrap < 1:
+        raise InputError(f"col_wrap (panels per row) must be a positive integer, got {col_wrap!r}")
     mask = as_mask(masks)
     if "time" not in mask.dims:
         mask = mask.expand_dims("time")  # a scalar time coordinate becomes the panel's date
