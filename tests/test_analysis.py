@@ -429,3 +429,34 @@ def test_to_geotiff_writes_one_file_per_date_with_colours(series_masks, masks, t
         masks.s2mask.to_geotiff(tmp_path / "mask_{date}.tif")
     (dated,) = series_masks.isel(time=1).s2mask.to_geotiff(tmp_path / "one_{date}.tif")
     assert dated.name == "one_2020-05-04.tif"
+
+
+# --------------------------------------------------------------------------- the whole road
+
+
+def test_stac_cube_and_stored_masks_work_together(stac_pc, tmp_path):
+    """STAC API -> lazy stackstac cube -> predict -> Zarr -> open_masks -> mask, count, composite."""
+    from xs2mask import stac
+
+    items = stac.search(
+        stac_pc.url, collections="sentinel-2-l2a", bbox=stac_pc.bbox, datetime="2020-06-01/2020-06-30"
+    )
+    cube = stac.load(items, bounds_latlon=stac_pc.bbox, model="xs2mask-4b", chunks=256)
+    xs2mask.to_zarr(xs2mask.predict(cube, model="xs2mask-4b"), str(tmp_path / "masks.zarr"))
+    stored = xs2mask.open_masks(str(tmp_path / "masks.zarr"))
+    with dask.config.set(scheduler=_raise_on_compute):
+        clear = cube.s2mask.apply(stored, buffer=60)
+        best = cube.s2mask.composite(stored, method="best")
+        fraction = stored.s2mask.clear_fraction()
+    mask = stored.mask.values
+    assert mask.shape[0] == 3
+    np.testing.assert_array_equal(fraction.values, [(m == 0).sum() / (m != NODATA).sum() for m in mask])
+    values = cube.values
+    np.testing.assert_array_equal(
+        clear.values, np.where(_usable_reference(mask, (0,), 60)[:, None], values, np.nan)
+    )
+    best = best.values
+    assert np.isnan(best[:, (mask == NODATA).all(axis=0)]).all()  # the grid's border has no data
+    clear_somewhere = (mask == 0).any(axis=0)
+    assert clear_somewhere.mean() > 0.5
+    assert np.isfinite(best[:, clear_somewhere]).all()

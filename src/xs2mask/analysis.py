@@ -275,7 +275,10 @@ def align_to(mask: xr.DataArray, cube: xr.DataArray | xr.Dataset) -> xr.DataArra
             f"({cube.sizes['y']} x {cube.sizes['x']} px); predict on this cube, or bring the masks onto it "
             "with masks.rio.reproject_match(cube, resampling=rasterio.enums.Resampling.nearest)"
         )
-    return mask.assign_coords({dim: cube[dim] for dim in ("y", "x") if dim in cube.coords})
+    # The result carries the cube's coordinates. Comparing the mask's own (a store's lazy
+    # radiometric_offset against the cube's) would compute them while the graph is built.
+    extra = [name for name in mask.coords if name not in mask.dims and name != "spatial_ref"]
+    return mask.drop_vars(extra).assign_coords({dim: cube[dim] for dim in ("y", "x") if dim in cube.coords})
 
 
 def _select_dates(mask: xr.DataArray, times: xr.DataArray) -> xr.DataArray:
