@@ -231,7 +231,7 @@ def usable(masks: xr.DataArray | xr.Dataset, keep: Classes = ("clear",), buffer:
 # --------------------------------------------------------------------------- alignment
 
 
-def align_to(mask: xr.DataArray, cube: xr.DataArray | xr.Dataset) -> xr.DataArray:
+def align_to(masks: xr.DataArray | xr.Dataset, cube: xr.DataArray | xr.Dataset) -> xr.DataArray:
     """The mask on the cube's grid and dates: its ``time`` steps selected in the cube's order.
 
     A mask without ``time`` applies to every date of the cube. The ``y``/``x`` grids must match
@@ -247,7 +247,7 @@ def align_to(mask: xr.DataArray, cube: xr.DataArray | xr.Dataset) -> xr.DataArra
     ...
     xs2mask.exceptions.InputError: the masks' grid (512 x 512 px) differs from the cube's (512 x 10 px); ...
     """
-    mask = as_mask(mask)
+    mask = as_mask(masks)
     for dim in ("y", "x"):
         if dim not in cube.dims:
             raise InputError(f"the cube has no {dim} dim (dims {tuple(cube.dims)}); rename its spatial dims")

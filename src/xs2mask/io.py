@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from .analysis import as_mask
 from .classes import CLASS_COLOURS, CLASS_NAMES, NODATA, mask_attrs
 from .exceptions import InputError
 
@@ -170,8 +171,6 @@ def for_raster(masks: xr.DataArray | xr.Dataset) -> xr.DataArray:
     """
     import rioxarray  # noqa: F401  (registers .rio)
 
-    from .analysis import as_mask
-
     mask = as_mask(masks).transpose(..., "y", "x")
     crs = mask.rio.crs
     ready = mask.astype(np.uint8)
@@ -204,8 +203,6 @@ def to_geotiff(masks: xr.DataArray | xr.Dataset, path: str | Path) -> tuple[Path
     >>> to_geotiff(masks, "mask.tif")  # doctest: +SKIP
     (PosixPath('mask.tif'),)
     """
-    from .analysis import as_mask
-
     mask = as_mask(masks).transpose(..., "y", "x")
     template = str(path)
     if "time" not in mask.dims and "time" in mask.coords:
