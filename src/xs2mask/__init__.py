@@ -16,7 +16,8 @@ try:
 except PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0+unknown"
 
-from . import accessor, classes, data, io, models, radiometry, stac, store
+from . import accessor, analysis, classes, data, io, models, plotting, radiometry, stac, store
+from .analysis import apply_mask, clear_fraction, composite
 from .evaluation import ClassScores, Scores, combine, evaluate
 from .exceptions import (
     BandError,
@@ -46,13 +47,18 @@ __all__ = [
     "XS2MaskError",
     "__version__",
     "accessor",
+    "analysis",
+    "apply_mask",
     "classes",
+    "clear_fraction",
     "combine",
+    "composite",
     "data",
     "evaluate",
     "io",
     "models",
     "open_masks",
+    "plotting",
     "predict",
     "radiometry",
     "stac",

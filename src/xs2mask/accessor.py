@@ -8,7 +8,7 @@ from typing import Any
 
 import xarray as xr
 
-from . import inference, store
+from . import analysis, inference, io, plotting, store
 
 
 def _method(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -29,6 +29,16 @@ class _S2MaskAccessor:
 
     predict = _method(inference.predict)
     to_zarr = _method(store.to_zarr)
+
+    # on a cube, given its masks
+    apply = _method(analysis.apply_mask)
+    composite = _method(analysis.composite)
+    # on masks
+    usable = _method(analysis.usable)
+    clear_fraction = _method(analysis.clear_fraction)
+    plot = _method(plotting.plot_masks)
+    for_raster = _method(io.for_raster)
+    to_geotiff = _method(io.to_geotiff)
 
 
 xr.register_dataarray_accessor("s2mask")(_S2MaskAccessor)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
+from .analysis import as_mask
 from .classes import CLASS_COLOURS, CLASS_NAMES, NODATA, mask_attrs
+from .exceptions import InputError
+
+logger = logging.getLogger("xs2mask")
 
 
 def class_percentages(mask: np.ndarray) -> dict[str, float]:
@@ -91,14 +97,27 @@ def colour_mask(mask: np.ndarray) -> np.ndarray:
 
 
 def quicklook(rgb_reflectance: np.ndarray, mask: np.ndarray, path: str | Path, title: str = "") -> Path:
-    """Save a PNG: true colour on the left, coloured mask on the right, with a legend."""
-    import matplotlib
+    """Save a PNG: true colour on the left, coloured mask on the right, with a legend.
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
+    Drawn on its own Agg canvas: pyplot's backend (a notebook's inline figures) is left alone.
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 5.4), constrained_layout=True)
+    Examples
+    --------
+    >>> import xs2mask
+    >>> cube = xs2mask.data.demo_scene()
+    >>> mask = xs2mask.predict(cube, model="xs2mask-4b").mask.values
+    >>> rgb = cube.sel(band=["B04", "B03", "B02"]).values / 10_000
+    >>> quicklook(rgb, mask, "quicklook.png")  # doctest: +SKIP
+    PosixPath('quicklook.png')
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from .plotting import legend_handles
+
+    fig = Figure(figsize=(10, 5.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
     axes[0].imshow(rgb_image(rgb_reflectance))
     axes[0].set_title("true colour (B04 B03 B02)")
     axes[1].imshow(colour_mask(mask), interpolation="nearest")
@@ -106,15 +125,110 @@ def quicklook(rgb_reflectance: np.ndarray, mask: np.ndarray, path: str | Path, t
     axes[1].set_title("xs2mask")
     for ax in axes:
         ax.set_axis_off()
-    handles = [
-        Patch(facecolor=np.array(CLASS_COLOURS[c]) / 255, edgecolor="0.5", label=f"{n} {pct[n]:.1f}%")
-        for c, n in CLASS_NAMES.items()
-    ]
-    handles.append(Patch(facecolor=np.array(CLASS_COLOURS[NODATA]) / 255, edgecolor="0.5", label="no data"))
-    fig.legend(handles=handles, loc="lower center", ncol=5, frameon=False)
+    labels = {c: f"{n} {pct[n]:.1f}%" for c, n in CLASS_NAMES.items()}
+    labels[NODATA] = "no data"
+    fig.legend(handles=legend_handles(labels), loc="lower center", ncol=5, frameon=False)
     if title:
         fig.suptitle(title)
     fig.get_layout_engine().set(rect=(0, 0.06, 1, 0.94))
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return Path(path)
+
+
+def date_labels(times: Sequence[object] | np.ndarray) -> list[str]:
+    """Short labels of dates: the day, or to the minute (then second) where days repeat.
+
+    Examples
+    --------
+    >>> date_labels(np.array(["2020-04-29T08:20:47", "2020-05-04T08:20:49"], "datetime64[ns]"))
+    ['2020-04-29', '2020-05-04']
+    >>> date_labels(np.array(["2020-04-29T08:20:47", "2020-04-29T08:21:02"], "datetime64[ns]"))
+    ['2020-04-29T08:20', '2020-04-29T08:21']
+    """
+    times = np.asarray(times)
+    if not np.issubdtype(times.dtype, np.datetime64):
+        return [str(t) for t in times]
+    for unit in ("D", "m", "s"):
+        labels = [str(t) for t in np.datetime_as_string(times, unit=unit)]
+        if len(set(labels)) == len(labels):
+            break
+    return labels
+
+
+def for_raster(masks: xr.DataArray | xr.Dataset) -> xr.DataArray:
+    """The mask ready for rioxarray's ``rio.to_raster``: uint8, nodata 255, CRS kept, lazy if it was.
+
+    Several dates become the bands of one file, described by their dates.
+
+    Examples
+    --------
+    >>> import xs2mask
+    >>> masks = xs2mask.predict(xs2mask.data.demo_scene(), model="xs2mask-4b")
+    >>> ready = for_raster(masks)
+    >>> ready.rio.nodata, str(ready.dtype), ready.rio.crs.to_epsg()
+    (np.uint8(255), 'uint8', 32736)
+    >>> ready.rio.to_raster("mask.tif")  # doctest: +SKIP
+    """
+    import rioxarray  # noqa: F401  (registers .rio)
+
+    mask = as_mask(masks).transpose(..., "y", "x")
+    crs = mask.rio.crs
+    ready = mask.astype(np.uint8)
+    ready.encoding = {k: v for k, v in mask.encoding.items() if k not in ("_FillValue", "dtype")}
+    if "time" in ready.dims:
+        ready.attrs["long_name"] = tuple(date_labels(ready["time"].values))
+    ready = ready.rio.write_nodata(NODATA, encoded=False)
+    return ready if crs is None else ready.rio.write_crs(crs)
+
+
+def to_geotiff(masks: xr.DataArray | xr.Dataset, path: str | Path) -> tuple[Path, ...]:
+    """Write masks as GeoTIFFs with a colour table (:func:`write_geotiff`), one file per date.
+
+    Parameters
+    ----------
+    masks
+        Mask Dataset or DataArray, ``(y, x)`` or ``(time, y, x)``.
+    path
+        The file; with several dates it must hold ``{date}``, replaced by each date
+        (``"masks/{date}.tif"``).
+
+    Returns
+    -------
+    The paths written, in time order.
+
+    Examples
+    --------
+    >>> import xs2mask
+    >>> masks = xs2mask.predict(xs2mask.data.demo_scene(), model="xs2mask-4b")
+    >>> to_geotiff(masks, "mask.tif")  # doctest: +SKIP
+    (PosixPath('mask.tif'),)
+    """
+    mask = as_mask(masks).transpose(..., "y", "x")
+    template = str(path)
+    if "time" not in mask.dims and "time" in mask.coords:
+        mask = mask.expand_dims("time")  # its one date can name the file
+    if "time" in mask.dims and mask.sizes["time"] == 1 and "{date}" not in template:
+        mask = mask.squeeze("time", drop=True)
+    if "time" not in mask.dims:
+        if "{date}" in template:
+            raise InputError(
+                f"the mask has no date to put in {template!r}: name the file without {{date}}, or give "
+                "the mask its time coordinate (mask.expand_dims(time=[...]))"
+            )
+        return (write_geotiff(mask, template),)
+    if "{date}" not in template:
+        raise InputError(
+            f"the masks have {mask.sizes['time']} dates and one path {template!r}: put {{date}} in the "
+            "path for one file per date (e.g. 'mask_{date}.tif'), or select a date with .sel(time=...)"
+        )
+    labels = [label.replace(":", "") for label in date_labels(mask["time"].values)]
+    if len(set(labels)) != len(labels):
+        raise InputError(
+            "several masks share a date to the second, so their files would overwrite each other: "
+            "merge them first (e.g. masks.groupby('time').first()) or write them with for_raster"
+        )
+    paths = []
+    for i, label in enumerate(labels):
+        paths.append(write_geotiff(mask.isel(time=i), template.replace("{date}", label)))
+        logger.info("wrote %s", paths[-1])
+    return tuple(paths)
