@@ -162,8 +162,8 @@ class Catalogue:
         from rasterio.warp import transform_bounds
 
         t = Affine(*self.grid[1])
-        left, top = t * (col, row)
-        right, bottom = t * (col + width, row + height)
+        left, top = t @ (col, row)
+        right, bottom = t @ (col + width, row + height)
         return tuple(transform_bounds(self.grid[0], "EPSG:4326", left, bottom, right, top))
 
     def expected_days(
@@ -354,7 +354,7 @@ def _swath_footprint(truth: servers.ItemTruth, size: int) -> dict[str, Any]:
 
     t = Affine(*truth.source_grid[1])
     top, bottom = _SWATH_B * size, (_SWATH_A + _SWATH_B) * size
-    ring = [t * (0, 0), t * (top, 0), t * (bottom, size), t * (0, size), t * (0, 0)]
+    ring = [t @ (0, 0), t @ (top, 0), t @ (bottom, size), t @ (0, size), t @ (0, 0)]
     return transform_geom(
         truth.source_grid[0], "EPSG:4326", {"type": "Polygon", "coordinates": [ring]}, precision=7
     )
