@@ -28,7 +28,7 @@ pytest.importorskip("rasterio")
 pytest.importorskip("rustac", reason="rustac (STAC API server) is not installed")
 pytest.importorskip("shapely")
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, Phase, assume, given, settings  # noqa: E402
+from hypothesis import HealthCheck, Phase, assume, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from support.catalogue import PROVIDERS, Catalogue, build_catalogue, serve, solar_day  # noqa: E402
 
@@ -133,7 +133,13 @@ def _searches(cat: Catalogue):
 def test_job_writes_each_solar_day_once_and_the_masks_of_predict(provider, catalogues):
     cat = catalogues[provider]
     ran: list[_Search] = []
-    tally: Counter[str] = Counter()
+    tally: Counter[str] = Counter()  # what the drawn searches hit
+    window = (8, 8, cat.size - 16, cat.size - 16)
+    after = max(s.datetime for s in cat.scenes).date() + dt.timedelta(days=1)
+    explicit = (
+        _Search(cat.bbox_of(*window), cat.datetime, window),  # every day and feature
+        _Search(cat.bbox_of(*window), f"{after}/{after}", window),  # no item
+    )
 
     @settings(
         max_examples=EXAMPLES,
@@ -144,12 +150,15 @@ def test_job_writes_each_solar_day_once_and_the_masks_of_predict(provider, catal
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
     )
     @given(search=_searches(cat))
+    @example(search=explicit[0])
+    @example(search=explicit[1])
     def check(search: _Search) -> None:
         days = cat.expected_days(search.bbox, search.datetime)
         assume(days is not None)
         ran.append(search)
-        tally["no item" if not days else f"{len(days)} day{'s' if len(days) > 1 else ''}"] += 1
-        tally.update(s.role for s in cat.scenes if s.solar_day in days and s.role.startswith(_TALLIED))
+        if search not in explicit:
+            tally["no item" if not days else f"{len(days)} day{'s' if len(days) > 1 else ''}"] += 1
+            tally.update(s.role for s in cat.scenes if s.solar_day in days and s.role.startswith(_TALLIED))
         with tempfile.TemporaryDirectory(prefix="xs2mask-cat-") as tmp:
             job = _job(cat, search.bbox, search.datetime, Path(tmp) / "masks.zarr")
             if not days:
@@ -164,10 +173,9 @@ def test_job_writes_each_solar_day_once_and_the_masks_of_predict(provider, catal
             np.testing.assert_array_equal(written["mask"].values, expected["mask"].values)
 
     check()
-    print(f"\n{provider}: {len(ran)} hypothesis examples run: {dict(sorted(tally.items()))}")
+    print(f"\n{provider}: {len(ran)} hypothesis examples run, drawn ones hit {dict(sorted(tally.items()))}")
+    assert ran[: len(explicit)] == list(explicit)
     assert len(ran) >= EXAMPLES // 2, "most drawn searches were too close to a footprint to call"
-    # the draws reach what this test is for: searches that find nothing, and multi-tile, multi-day ones
-    assert tally["no item"] and tally["mosaic_other_zone"] and tally["duplicate_new"], tally
 
 
 # --------------------------------------------------------------------------------------------------
@@ -204,21 +212,26 @@ def test_provider_conventions(catalogues):
         np.testing.assert_array_equal(dn, np.where(real == 0, 0, real + offset))
 
 
-def test_mosaic_of_tiles_in_two_utm_zones_is_one_full_day(catalogues, tmp_path):
-    cat = catalogues["pc"]
-    day = [s for s in cat.scenes if _day(s) == "2020-04-29"]
-    assert sorted(s.epsg for s in day) == [32735, 32736, 32736]
-    assert len({s.tile for s in day}) == 3
-    # the south-east corner is covered by the UTM 35S tile alone: found, loaded in its own zone
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_mosaic_of_tiles_in_two_utm_zones_is_one_full_day(provider, catalogues, tmp_path):
+    cat = catalogues[provider]
+    day = [s for s in cat.scenes if s.role.startswith("mosaic_")]
+    zones = sorted(s.epsg for s in day)
+    assert len(set(zones)) == 2 and len({s.tile for s in day}) == 3 and len({s.solar_day for s in day}) == 1
+    dates = sorted({s.datetime.date() for s in day})  # es: two UTC dates, one datatake
+    assert len(dates) == (2 if provider == "es" else 1)
+    datetime = f"{dates[0]}/{dates[-1]}"
+    # the south-east corner is covered by the tile of the other zone alone: found, loaded in its zone
     bbox = cat.bbox_of(cat.size - 100, cat.size - 100, 90, 90)
-    cube = _in_memory(cat, bbox, "2020-04-29").compute()
-    assert cube.sizes["time"] == 1 and cube.rio.crs.to_epsg() == 32735
+    cube = _in_memory(cat, bbox, datetime).compute()
+    assert cube.sizes["time"] == 1 and cube.rio.crs.to_epsg() == zones[0]
     assert np.isfinite(cube.values).mean() > 0.98
-    # the whole scene: one time step, every pixel of the three overlapping tiles
+    # the whole scene: one time step on the grid of the zone of two tiles, every pixel of the three
     written = mask_stac(
-        _job(cat, cat.bbox_of(8, 8, cat.size - 16, cat.size - 16), "2020-04-29", tmp_path / "m.zarr")
+        _job(cat, cat.bbox_of(8, 8, cat.size - 16, cat.size - 16), datetime, tmp_path / "m.zarr")
     )
-    assert written.sizes["time"] == 1 and written["mask"].rio.crs.to_epsg() == 32736
+    assert _solar_days(written["time"].values, cat.bbox) == [day[0].solar_day]
+    assert written["mask"].rio.crs.to_epsg() == zones[-1]
     assert (written["mask"].values == 255).mean() < 0.01
 
 

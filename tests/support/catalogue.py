@@ -27,26 +27,30 @@ builder leaves alone: relative orbit, generation time and sequence number of rep
 duplicates, the geometry of a swath-edge item (its valid-data polygon, as the providers publish),
 and the assets of an item that lacks a band.
 
-Catalogues (``size`` = S px; days are UTC dates at 08:20:47 UTC, 10:32 local solar time):
+Catalogues (tile names as generated; each item's time is its own sensing time, UTC):
 
-=== ========== ====================================================================================
-pc  2020-04-29 orbit 121: tiles 36MVC (west 60 %), 36MWC (north-east) and 35MSU (south-east,
-               reprojected to UTM 35S); baseline 02.12 (DN)
-    2020-05-02 orbit 78: whole scene, swath edge: the east of a slanted line is no data
-    2020-05-09 orbit 121: 36MVC twice (baseline 02.12 generated 2020, and its reprocessing,
-               baseline 05.00 generated 2023: DN + 1000) and 36MWC once
-    2022-05-04 orbit 121: whole scene, baseline 04.00 (DN + 1000)
-    2020-05-14 (``missing_band`` only) whole scene without the asset of ``missing_band``
-es  2025-07-01 the same three tiles, ``sentinel-2-l2a`` (harmonised COGs, ``boa_offset_applied``)
-    2025-07-04 orbit 78, swath edge
-    2025-07-11 36MVC twice: ``..._0_L2A`` (baseline 05.10) and ``..._1_L2A`` (05.11, newer)
-    2025-07-16 36MVC in ``sentinel-2-l2a`` and its Collection-1 twin in ``sentinel-2-c1-l2a``
-               (DN + 1000, ``raster:bands`` offset -0.1), same datatake
-    2025-07-21 (``missing_band`` only) as in pc
-=== ========== ====================================================================================
+=== ==================== ===============================================================================
+pc  2020-04-29 08:20:47  orbit 121, a mosaic of three overlapping tiles: 36MVC (west 60 %), 36MWC
+                         (north-east) and 35MLT (south-east, reprojected to UTM 35S); baseline 02.12
+    2020-05-02 08:30:31  orbit 78, the whole scene; swath edge: no data east of a slanted line
+    2020-05-09 08:20:47  36MVC twice (baseline 02.12 generated 2020, and its reprocessing, baseline 05.00
+                         generated 2023: DN + 1000) and 36MWC once
+    2022-05-04 08:20:49  the whole scene, baseline 04.00 (DN + 1000)
+    2020-05-14 08:20:47  (``missing_band`` only) the whole scene without the asset of ``missing_band``
+es  2025-06-30 23:59:58  the same grid moved to UTM 57S (158.8 E): there the 10:30 overpass crosses
+    2025-07-01 00:00:01  midnight UTC, so the mosaic's tiles (57MVT, 57MWT, 56MLT in UTM 56S) carry two
+                         UTC dates and one solar day, 2025-07-01; ``sentinel-2-l2a``, harmonised COGs
+    2025-07-03 23:59:59  orbit 78, swath edge (solar day 2025-07-04)
+    2025-07-11 00:00:02  57MVT twice: ``..._0_L2A`` (baseline 05.10) and ``..._1_L2A`` (05.11, newer)
+    2025-07-16 00:00:01  57MVT in ``sentinel-2-l2a`` and its Collection-1 twin in ``sentinel-2-c1-l2a``
+                         (DN + 1000, ``raster:bands`` offset -0.1), same datatake
+    2025-07-21 00:00:03  (``missing_band`` only) as in pc
+=== ==================== ===============================================================================
 
-Not covered: items whose solar day differs from their UTC day (an overpass near 180 degrees), 20 and
-60 m bands, and Earth Search items of baselines before 04.00.
+The es scene's pixels are real but not of that place (the real place is pc's); its georeferencing,
+dates, sun angles and tile names are consistent with each other.
+
+Not covered: 20 and 60 m bands, Earth Search items of baselines before 04.00, the L1C collections.
 
 Examples
 --------
@@ -84,7 +88,9 @@ BANDS = servers.BANDS_10M
 #: Chip name the servers' builder knows (its time of day and place); the swath-edge copy borrows it.
 CHIP = "adwp"
 _SWATH_CHIP = "adwp-swath"
-_WEST_ZONE = "EPSG:32735"  # UTM 35S, the neighbouring zone of the scene's 36S
+#: Where a provider's scene lies: (its UTM zone, the western neighbour's). pc: the real place of the
+#: pixels (Chifunfu, Tanzania, 32.8 E); es: the same grid moved to UTM 57S (158.8 E, Solomon Sea).
+_PLACES = {"pc": ("EPSG:32736", "EPSG:32735"), "es": ("EPSG:32757", "EPSG:32756")}
 
 #: Fractions of the scene (row, col, height, width) of the tiles of a mosaic day; overlaps of 15 %.
 _WEST = (0.0, 0.0, 1.0, 0.6)
@@ -220,7 +226,7 @@ class _Plan:
 
     role: str
     template: str
-    day: dt.date
+    when: dt.datetime
     window: tuple[float, float, float, float]
     orbit: int = 121
     baseline: str | None = None
@@ -235,20 +241,21 @@ class _Plan:
     reprocesses: str | None = None  # role of the older product
 
 
-def _d(y: int, m: int, d: int) -> dt.date:
-    return dt.date(y, m, d)
+def _utc(y: int, m: int, d: int, hh: int, mm: int, ss: int) -> dt.datetime:
+    return dt.datetime(y, m, d, hh, mm, ss, tzinfo=dt.timezone.utc)
 
 
 def _plans(provider: str, missing_band: str | None) -> tuple[_Plan, ...]:
     if provider == "pc":
-        t, a, b, dup = "pc-l2a", _d(2020, 4, 29), _d(2020, 5, 2), _d(2020, 5, 9)
-        new, miss = _d(2022, 5, 4), _d(2020, 5, 14)
+        t, old = "pc-l2a", "02.12"
+        a, b, dup = _utc(2020, 4, 29, 8, 20, 47), _utc(2020, 5, 2, 8, 30, 31), _utc(2020, 5, 9, 8, 20, 47)
+        new, miss = _utc(2022, 5, 4, 8, 20, 49), _utc(2020, 5, 14, 8, 20, 47)
         plans = [
-            _Plan("mosaic_west", t, a, _WEST, baseline="02.12"),
-            _Plan("mosaic_north_east", t, a, _NORTH_EAST, baseline="02.12", tile_shift=1),
-            _Plan("mosaic_other_zone", t, a, _SOUTH_EAST, baseline="02.12", dst_crs=_WEST_ZONE),
-            _Plan("swath_edge", t, b, _WHOLE, orbit=78, baseline="02.12", swath=True),
-            _Plan("duplicate_old", t, dup, _WEST, baseline="02.12", generation="20200509T112233"),
+            _Plan("mosaic_west", t, a, _WEST, baseline=old),
+            _Plan("mosaic_north_east", t, a, _NORTH_EAST, baseline=old, tile_shift=1),
+            _Plan("mosaic_other_zone", t, a, _SOUTH_EAST, baseline=old, dst_crs=_PLACES[provider][1]),
+            _Plan("swath_edge", t, b, _WHOLE, orbit=78, baseline=old, swath=True),
+            _Plan("duplicate_old", t, dup, _WEST, baseline=old, generation="20200509T112233"),
             _Plan(
                 "duplicate_new",
                 t,
@@ -258,16 +265,20 @@ def _plans(provider: str, missing_band: str | None) -> tuple[_Plan, ...]:
                 generation="20230220T093000",
                 reprocesses="duplicate_old",
             ),
-            _Plan("duplicate_neighbour", t, dup, _NORTH_EAST, baseline="02.12", tile_shift=1),
+            _Plan("duplicate_neighbour", t, dup, _NORTH_EAST, baseline=old, tile_shift=1),
             _Plan("baseline_0400", t, new, _WHOLE, baseline="04.00", generation="20220504T120000"),
         ]
     else:
-        t, c1, a, b = "es-l2a", "es-c1-l2a", _d(2025, 7, 1), _d(2025, 7, 4)
-        dup, twin, miss = _d(2025, 7, 11), _d(2025, 7, 16), _d(2025, 7, 21)
+        # Near 159 E the 10:30 overpass is at midnight UTC: one datatake's tiles straddle two UTC dates
+        # (Earth Search dates each tile by its own sensing time).
+        t, c1, old = "es-l2a", "es-c1-l2a", None
+        a0, a1 = _utc(2025, 6, 30, 23, 59, 58), _utc(2025, 7, 1, 0, 0, 1)
+        b, dup = _utc(2025, 7, 3, 23, 59, 59), _utc(2025, 7, 11, 0, 0, 2)
+        twin, miss = _utc(2025, 7, 16, 0, 0, 1), _utc(2025, 7, 21, 0, 0, 3)
         plans = [
-            _Plan("mosaic_west", t, a, _WEST),
-            _Plan("mosaic_north_east", t, a, _NORTH_EAST, tile_shift=1),
-            _Plan("mosaic_other_zone", t, a, _SOUTH_EAST, dst_crs=_WEST_ZONE),
+            _Plan("mosaic_west", t, a0, _WEST),
+            _Plan("mosaic_north_east", t, a1, _NORTH_EAST, tile_shift=1),
+            _Plan("mosaic_other_zone", t, a1, _SOUTH_EAST, dst_crs=_PLACES[provider][1]),
             _Plan("swath_edge", t, b, _WHOLE, orbit=78, swath=True),
             _Plan("duplicate_old", t, dup, _WEST, baseline="05.10", generation="20250711T101500"),
             _Plan(
@@ -286,9 +297,7 @@ def _plans(provider: str, missing_band: str | None) -> tuple[_Plan, ...]:
             ),
         ]
     if missing_band is not None:
-        plans.append(
-            _Plan("missing_band", t, miss, _WHOLE, baseline=plans[0].baseline, drop_band=missing_band)
-        )
+        plans.append(_Plan("missing_band", t, miss, _WHOLE, baseline=old, drop_band=missing_band))
     return tuple(plans)
 
 
@@ -324,9 +333,12 @@ def _swath_valid(size: int) -> np.ndarray:
     return cols <= (_SWATH_A * rows / size + _SWATH_B) * size
 
 
-def _lay_out_sources(root: Path, size: int) -> None:
-    """Write the real files where ``servers._build_item`` reads them (``root`` = its ``data``)."""
-    dn, label, crs, transform = _scene_pixels(size)
+def _lay_out_sources(root: Path, size: int, crs: str) -> None:
+    """Write the real files where ``servers._build_item`` reads them (``root`` = its ``data``).
+
+    The grid is the demo scene's (x, y), in UTM zone ``crs``: its own (36S) or a borrowed one.
+    """
+    dn, label, _, transform = _scene_pixels(size)
     valid = _swath_valid(size)
     for chip, keep in ((CHIP, None), (_SWATH_CHIP, valid)):
         folder = root / servers._CHIPS / chip
@@ -422,7 +434,7 @@ def build_catalogue(
         raise ValueError(f"size must be at least 64 px, got {size}")
     out = Path(out)
     root = out / "_sources"
-    _lay_out_sources(root, size)
+    _lay_out_sources(root, size, _PLACES[provider][0])
     quality = servers._chip_quality(root)
     templates: dict[str, dict[str, Any]] = {}
     items, scenes, truths, roles = [], [], {}, {}
@@ -431,7 +443,7 @@ def build_catalogue(
         spec = servers._Spec(
             plan.role,
             plan.template,
-            plan.day,
+            plan.when.date(),
             _SWATH_CHIP if plan.swath else CHIP,
             window=_window(plan.window, size),
             footprint=CHIP if plan.swath else None,
@@ -439,6 +451,7 @@ def build_catalogue(
             baseline=plan.baseline,
             boa_offset_applied=True if plan.template == "es-l2a" else None,
             tile_shift=plan.tile_shift,
+            when=plan.when,
         )
         # one folder per item: a duplicate has its original's id until it is retagged
         item, truth = servers._build_item(root, spec, out / f"{k:02d}", template, quality)
