@@ -180,3 +180,256 @@ def test_resign_replaces_expired_signatures():
     assert fresh[0].assets["B04"].href == "https://acc.blob.core.windows.net/c/b04.tif?sig=new"
     assert item.assets["B04"].href.endswith("sig=old")  # the caller's item is untouched
     assert calls == ["x"]
+
+
+# --------------------------------------------------------------------------- solar days, mosaics, duplicates
+
+
+def _days(cube) -> list[str]:
+    return [str(d) for d in cube["time"].values.astype("datetime64[D]")]
+
+
+def _on_grid_of(cube, truth):
+    """The cube's pixels on the (10 m) grid of an item's truth."""
+    _, (res, _, left, _, _, top), (height, width) = truth.grid("B02")
+    xs = left + res / 2 + res * np.arange(width)
+    ys = top - res / 2 - res * np.arange(height)
+    return cube.sel(x=xs, y=ys, method="nearest", tolerance=res / 4)
+
+
+def _assert_reflectance(values, truth):
+    for i, band in enumerate(BANDS):
+        np.testing.assert_array_equal(values[i], truth.reflectance(band))
+
+
+@pytest.mark.parametrize("catalogue", ["stac_pc", "stac_es"])
+def test_whole_served_range_loads_one_step_per_solar_day(request, catalogue):
+    # The reported crash: days of one tile and days of two tiles in one search.
+    cat = request.getfixturevalue(catalogue)
+    items = _search(cat)
+    roles = {t.item_id: t.role for t in cat.truth.values()}
+    cube = stac.load(items, bands=BANDS, chunks=256)
+    expected_days = sorted({i.datetime.date().isoformat() for i in items})  # local = UTC date at 33 E
+    assert _days(cube) == expected_days
+    assert [str(d) for d in stac.group_days(items)] == expected_days
+    assert cube.chunks[0] == (1,) * len(expected_days)
+    recorded = json.loads(cube.attrs["xs2mask_radiometry"])
+    assert sorted(recorded) == expected_days
+    edge_day = cat.truth_of("tile_edge_left").datetime[:10]
+    assert sorted(roles[i] for i in recorded[edge_day]) == ["tile_edge_left", "tile_edge_right"]
+    values = cube.compute()
+    for day, decisions in recorded.items():
+        (role, *_) = [roles[i] for i in decisions]
+        if role == "other_utm":  # on another grid: see test_items_in_another_utm_zone_...
+            continue
+        # The pair's mosaic is the whole chip, seamless: the very pixels of the unsplit scene.
+        truth = cat.truth_of("timeseries_0" if day == edge_day else role)
+        _assert_reflectance(_on_grid_of(values.sel(time=day), truth).values, truth)
+
+
+def test_one_item_per_scene_across_collections(stac_es):
+    # L2A, L1C and Collection 1 copies of one scene: one is kept, the newest processing (here the
+    # same baseline and generation time for two of them; the latest `created` decides).
+    items = _search(stac_es)
+    first_day = stac_es.truth_of("harmonised").datetime[:10]
+    days = stac.group_days(items)
+    assert [i.id for i in days[np.datetime64(first_day)]] == [stac_es.ids["harmonised"]]
+    assert sum(map(len, days.values())) == len(items) - 2
+
+
+def test_a_day_mixing_one_and_two_tile_mosaics_loads(stac_pc):
+    # One tile of the pair dropped (as --max-cloud does), the other pairs and singles kept.
+    left, right = stac_pc.ids["tile_edge_left"], stac_pc.ids["tile_edge_right"]
+    items = [i for i in _search(stac_pc) if i.id != right]
+    cube = stac.load(items, bands=BANDS, chunks=256)
+    day = stac_pc.truth_of("tile_edge_left").datetime[:10]
+    assert day in _days(cube)
+    assert list(json.loads(cube.attrs["xs2mask_radiometry"])[day]) == [left]
+    whole = stac_pc.truth_of("timeseries_0")
+    values = _on_grid_of(cube.sel(time=day), whole).values
+    left_cols = stac_pc.truth_of("tile_edge_left").window[3]
+    expected = np.stack([whole.reflectance(b) for b in BANDS])
+    np.testing.assert_array_equal(values[..., :left_cols], expected[..., :left_cols])
+    assert np.isnan(values[..., left_cols:]).all()
+
+
+@pytest.mark.parametrize(("catalogue", "max_cloud"), [("stac_pc", None), ("stac_pc", 50), ("stac_es", None)])
+def test_the_job_masks_the_whole_served_range(request, tmp_path, catalogue, max_cloud):
+    # `xs2mask predict` as tests/servers.py suggests it: the whole range, with and without a cloud
+    # limit that drops one tile of a pair and the only item of a day. Each day is reloaded on its own
+    # per slab; the store must equal the masks of one full load.
+    import xs2mask
+    from xs2mask.pipeline import Job, mask_stac
+
+    cat = request.getfixturevalue(catalogue)
+    collection = cat.collections[0]
+    job = Job(cat.url, (collection,), cat.bbox, cat.datetime, str(tmp_path / "m.zarr"), model="xs2mask-4b",
+              max_cloud=max_cloud, chunks=256)  # fmt: skip
+    masks = mask_stac(job)
+    found = stac.search(cat.url, collections=collection, bbox=cat.bbox, datetime=cat.datetime)
+    kept = [i for i in found if max_cloud is None or i.properties["eo:cloud_cover"] <= max_cloud]
+    assert len(kept) < len(found) or max_cloud is None
+    model = job.model
+    expected = xs2mask.predict(stac.load(kept, bounds_latlon=cat.bbox, model=model), model=model)
+    assert _days(masks) == [str(d) for d in stac.group_days(kept)] == _days(expected)
+    np.testing.assert_array_equal(masks.mask.values, expected.mask.values)
+    assert sorted(json.loads(masks.attrs["xs2mask_radiometry"])) == _days(masks)
+
+
+def _reprocessed(old: dict, pixels_of: dict, baseline: str, generated: str) -> dict:
+    """A reprocessing of ``old`` (same tile and datatake) whose files are ``pixels_of``'s."""
+    new = json.loads(json.dumps(old))
+    stamp = generated.replace("-", "").replace(":", "")[:15]
+    tokens = [
+        ("N0212", "N" + baseline.replace(".", "")),
+        ("N02.12", "N" + baseline),
+        ("20201007T214652", stamp),
+    ]
+    for key in ("s2:product_uri", "s2:datatake_id"):
+        for a, b in tokens:
+            new["properties"][key] = new["properties"][key].replace(a, b)
+    new["id"] = old["id"].replace("20201007T214652", stamp)
+    new["properties"].update({"s2:processing_baseline": baseline, "s2:generation_time": generated})
+    new["assets"] = pixels_of["assets"]
+    return new
+
+
+def test_reprocessed_duplicate_keeps_the_newest(stac_pc):
+    # Old product: khas pixels, baseline 02.12. Its reprocessing: adwp pixels + 1000 DN, baseline 05.11.
+    old = stac_pc.item("timeseries_1")
+    new = _reprocessed(old, stac_pc.item("baseline_0511"), "05.11", "2023-03-01T10:10:10Z")
+    for order in ([old, new], [new, old]):
+        cube = stac.load(order, bands=BANDS)
+        assert cube.sizes["time"] == 1
+        assert list(next(iter(json.loads(cube.attrs["xs2mask_radiometry"]).values()))) == [new["id"]]
+        np.testing.assert_allclose(cube.radiometric_offset.values, [-0.1])
+        _assert_reflectance(cube.isel(time=0).values, stac_pc.truth_of("baseline_0511"))
+
+
+def test_mosaic_order_within_a_day_is_by_time_then_id(stac_pc):
+    # Two overpasses of one solar day over the same place (another tile name, so no duplicates) and of
+    # two baselines: each item's radiometry is its own, and where both have pixels the earlier wins.
+    first = stac_pc.item("timeseries_1")  # khas pixels, baseline 02.12
+    second = json.loads(json.dumps(first))
+    second["id"] += "_second"
+    second["properties"].update({"s2:mgrs_tile": "36MWC", "s2:processing_baseline": "05.11"})
+    second["assets"] = stac_pc.item("baseline_0511")["assets"]  # adwp pixels + 1000 DN, same grid
+    for delta, on_top in (("08:21:47", "timeseries_1"), ("08:19:47", "baseline_0511")):
+        second["properties"]["datetime"] = first["properties"]["datetime"][:11] + delta + "Z"
+        cube = stac.load([second, first], bands=BANDS)
+        assert cube.sizes["time"] == 1
+        _assert_reflectance(cube.isel(time=0).values, stac_pc.truth_of(on_top))
+        assert np.isnan(cube.radiometric_offset.values).all()  # the day's items differ: see the attrs
+        assert len(next(iter(json.loads(cube.attrs["xs2mask_radiometry"]).values()))) == 2
+
+
+def _item(id_, props, lon=33.0, when="2024-03-01T08:20:00Z"):
+    import pystac
+
+    return pystac.Item.from_dict(
+        {
+            "type": "Feature",
+            "stac_version": "1.0.0",
+            "id": id_,
+            "geometry": None,
+            "bbox": [lon - 0.5, -3.0, lon + 0.5, -2.0],
+            "properties": {"datetime": when, **props},
+            "links": [],
+            "assets": {},
+        }
+    )
+
+
+_PC = {"s2:mgrs_tile": "36MVC", "s2:datatake_id": "GS2A_20240301T082001_018417_N05.10"}
+_ES = {"grid:code": "MGRS-36MVC", "s2:product_uri": "S2A_MSIL2A_20240301T082001_N0510_R121_T36MVC_X.SAFE"}
+
+
+@pytest.mark.parametrize(
+    ("kept", "other", "why"),
+    [
+        ({**_PC, "s2:processing_baseline": "05.10"}, {**_PC, "s2:processing_baseline": "02.14"}, "baseline"),
+        (  # a higher baseline wins even when generated earlier
+            {**_PC, "s2:processing_baseline": "05.10", "s2:generation_time": "2024-03-01T10:00:00Z"},
+            {**_PC, "s2:processing_baseline": "05.09", "s2:generation_time": "2025-01-01T00:00:00Z"},
+            "baseline first",
+        ),
+        (
+            {**_PC, "s2:processing_baseline": "05.10", "s2:generation_time": "2024-03-02T10:00:00Z"},
+            {**_PC, "s2:processing_baseline": "05.10", "s2:generation_time": "2024-03-01T10:00:00.5Z"},
+            "generation time",
+        ),
+        (  # Earth Search: tile in grid:code, datatake and baseline and generation time in the product name
+            {**_ES, "s2:product_uri": _ES["s2:product_uri"].replace("_X", "_20240302T000000")},
+            {**_ES, "s2:product_uri": _ES["s2:product_uri"].replace("_X", "_20240301T000000")},
+            "product name",
+        ),
+        ({**_PC, "created": "2024-03-05T00:00:00Z"}, {**_PC, "created": "2024-03-04T00:00:00Z"}, "created"),
+        (  # one provider's tile and datatake fields against another's
+            {"mgrs:utm_zone": 36, "mgrs:latitude_band": "M", "mgrs:grid_square": "VC", **_ES},
+            {**_PC, "s2:processing_baseline": "04.00"},
+            "across providers",
+        ),
+    ],
+)
+def test_duplicates_keep_the_newest_processing(kept, other, why):
+    for order in ([_item("kept", kept), _item("other", other)], [_item("other", other), _item("kept", kept)]):
+        (members,) = stac.group_days(order).values()
+        assert [i.id for i in members] == ["kept"], why
+
+
+def test_different_scenes_are_never_duplicates():
+    items = [
+        _item("tile", _PC),
+        _item("other_tile", {**_PC, "s2:mgrs_tile": "36MWC"}),
+        _item("other_datatake", {**_PC, "s2:datatake_id": "GS2B_20240301T082001_036000_N05.10"}),
+        _item("no_tile", {"s2:datatake_id": _PC["s2:datatake_id"]}),
+        _item("no_metadata", {}),
+    ]
+    (members,) = stac.group_days([*items, items[0]]).values()  # an item listed twice counts once
+    assert sorted(i.id for i in members) == sorted(i.id for i in items)
+
+
+def test_solar_day_is_the_local_date_of_the_scene():
+    def at(id_, lon, when, geometry=None):
+        item = _item(id_, {}, lon=lon, when=when)
+        if geometry is not None:
+            item.geometry, item.bbox = geometry, [-180.0, -17.0, 180.0, -16.0]
+        return item
+
+    # A footprint split at the antimeridian whose bbox spans the globe: its centre is 180, not 0.
+    split = {
+        "type": "MultiPolygon",
+        "coordinates": [
+            [[[179.6, -17], [180, -17], [180, -16], [179.6, -16], [179.6, -17]]],
+            [[[-180, -17], [-179.6, -17], [-179.6, -16], [-180, -16], [-180, -17]]],
+        ],
+    }
+    items = [
+        # Fiji, 10:40 local: the UTC date is the day before.
+        at("fiji", 178.5, "2024-01-01T22:50:00Z"),
+        at("antimeridian", 0.0, "2024-01-01T22:51:00Z", geometry=split),
+        # One datatake across UTC midnight east of 157.5 E: two UTC dates, one solar day.
+        at("before_midnight", 170.0, "2024-01-05T23:59:57Z"),
+        at("after_midnight", 171.0, "2024-01-06T00:00:01Z"),
+        # Far west, just after UTC midnight: still the afternoon of the day before.
+        at("aleutians", -175.0, "2024-01-09T00:30:00Z"),
+        at("greenwich", 0.5, "2024-01-09T10:30:00Z"),
+    ]
+    days = stac.group_days(items)
+    assert {str(d): [i.id for i in m] for d, m in days.items()} == {
+        "2024-01-02": ["fiji", "antimeridian"],
+        "2024-01-06": ["before_midnight", "after_midnight"],
+        "2024-01-08": ["aleutians"],
+        "2024-01-09": ["greenwich"],
+    }
+
+
+def test_filtering_that_empties_a_day_drops_it(stac_pc):
+    # As --max-cloud 50 does: drops one tile of the pair and the only item of 2020-06-23.
+    items = _search(stac_pc)
+    clear = [i for i in items if i.properties["eo:cloud_cover"] <= 50]
+    emptied = stac_pc.truth_of("timeseries_2").datetime[:10]
+    cube = stac.load(clear, bands=BANDS, chunks=256)
+    assert emptied not in _days(cube) and emptied in _days(stac.load(items, bands=BANDS))
+    assert cube.sizes["time"] == len({i.datetime.date() for i in clear}) == 6
+    assert not np.isnan(cube.max(dim=("band", "y", "x")).values).any()  # no empty time step

@@ -100,7 +100,7 @@ def mask_stac(
     """
     from . import store as zstore
     from .inference import predict
-    from .stac import load, resign, search
+    from .stac import group_days, load, resign, search
 
     items = list(
         search(job.stac_url, collections=job.collections, bbox=job.bbox, datetime=job.datetime, sign=False)
@@ -139,8 +139,9 @@ def mask_stac(
             "xs2mask_radiometry": full.attrs["xs2mask_radiometry"],
         }
     )
-    by_day = _items_by_day(items)
-    days = [np.datetime64(t, "D") for t in full["time"].values]
+    # The very days of `full`'s time axis, in its order, each with the items it mosaics.
+    by_day = group_days(items)
+    days = list(by_day)
     findings: dict[str, float] = {}
     inputs: dict[str, xr.DataArray] = {}
 
@@ -196,14 +197,6 @@ def _below_cloud(items: Sequence[Any], max_cloud: float | None) -> list:
     if max_cloud is None:
         return list(items)
     return [i for i in items if i.properties.get("eo:cloud_cover", 0.0) <= max_cloud]
-
-
-def _items_by_day(items: Sequence[Any]) -> dict[np.datetime64, list]:
-    out: dict[np.datetime64, list] = {}
-    for item in items:
-        day = np.datetime64(item.datetime.replace(tzinfo=None), "D")
-        out.setdefault(day, []).append(item)
-    return out
 
 
 def _bounds(cube: xr.DataArray) -> tuple[float, float, float, float]:

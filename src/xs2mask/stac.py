@@ -9,17 +9,21 @@ lazy ``(time, band, y, x)`` float32 reflectance cube, whatever the provider:
 - DN become reflectance per item and band, as :mod:`xs2mask.radiometry` decides
   from the item's metadata (processing baseline, ``raster:bands``, Earth Search's
   ``boa_offset_applied``); stackstac's own rescaling is off so nothing is applied twice;
-- items of one day (neighbouring MGRS tiles of one overpass) are mosaicked into one
-  time step on one grid; items in other UTM zones are reprojected onto it;
+- items are grouped into solar days (:func:`group_days`: the local date at the scene,
+  the newest of reprocessed duplicates only); each day's items, any mix of MGRS tiles,
+  orbits and baselines, are mosaicked into one time step on one grid; items in other
+  UTM zones are reprojected onto it;
 - coordinates are pixel centres, the CRS is attached (rioxarray), no-data is NaN,
   and stackstac's object-dtype coordinates are dropped so the cube goes to Zarr.
 
 Per time step the cube records the offset applied (``radiometric_offset``, in
-reflectance) and, in ``attrs["xs2mask_radiometry"]``, each item's decision.
+reflectance; NaN when the day's items differ) and, in ``attrs["xs2mask_radiometry"]``,
+each item's decision by solar day.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import re
 from collections import Counter
@@ -27,6 +31,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from .bands import canonical_band
@@ -212,6 +217,8 @@ def load(
     if harmonize not in ("auto", True, False):
         raise InputError(f"harmonize must be 'auto', True or False, got {harmonize!r}")
     wanted = _wanted_bands(bands, model)
+    days = group_days(items)
+    items = [item for members in days.values() for item in members]  # stacked in mosaic order
     epsg = epsg or _common_epsg(items)
     policy = ReadPolicy(retries=read_retries, timeout=read_timeout)
 
@@ -249,13 +256,11 @@ def load(
     quantification = xr.DataArray(1 / np.asarray(scales, np.float64), dims=("time", "band"))
     offset_dn = xr.DataArray(np.asarray(offsets, np.float64) * quantification.values, dims=("time", "band"))
     refl = (stack.where(stack != 0) + offset_dn.astype(np.float32)) / quantification.astype(np.float32)
-    refl = refl.assign_coords(band=list(wanted), item=("time", [i.id for i in items]))
-    refl = refl.assign_coords(radiometric_offset=("time", _per_time_offset(offsets)))
-    cube = _mosaic_days(refl.sortby("time"), chunks)
-    cube = cube.drop_vars(
-        [n for n in cube.coords if n not in ("time", "band", "y", "x", "radiometric_offset")]
-    )
-    cube.attrs = {"xs2mask_radiometry": json.dumps(_by_day(items, records), sort_keys=True)}
+    # stackstac's per-item coordinates (object dtype among them) cannot follow the mosaic nor go to Zarr.
+    refl = refl.drop_vars([n for n in refl.coords if n not in ("y", "x")]).assign_coords(band=list(wanted))
+    cube = _mosaic_days(refl, days, _per_item_offset(offsets))
+    by_day = {str(day): {i.id: records[i.id] for i in members} for day, members in days.items()}
+    cube.attrs = {"xs2mask_radiometry": json.dumps(by_day, sort_keys=True)}
     cube.name = "reflectance"
     return cube.rio.write_crs(epsg)
 
@@ -385,50 +390,187 @@ def _common_epsg(items: Sequence[Any]) -> int:
     return codes.most_common(1)[0][0]
 
 
-def _per_time_offset(offsets: list[list[float]]) -> np.ndarray:
+def _per_item_offset(offsets: list[list[float]]) -> np.ndarray:
     """One offset per item when all its bands share it (always so far), else NaN."""
-    out = []
-    for row in offsets:
-        out.append(row[0] if np.allclose(row, row[0]) else np.nan)
-    return np.asarray(out, np.float32)
+    rows = np.asarray(offsets, np.float64)
+    return np.where(np.all(rows == rows[:, :1], axis=1), rows[:, 0], np.nan).astype(np.float32)
 
 
-def _day(value: np.datetime64) -> np.datetime64:
-    return np.datetime64(value, "D")
+def _mosaic_days(refl: xr.DataArray, days: dict[np.datetime64, list], offsets: np.ndarray) -> xr.DataArray:
+    """One time step per day: the first valid pixel in the day's mosaic order (stackstac.mosaic)."""
+    import stackstac
+
+    parts, day_offsets, start = [], [], 0
+    for members in days.values():
+        stop = start + len(members)
+        part = refl.isel(time=slice(start, stop))
+        # reverse=True: the first item is on top. A lone item needs no reduction layer in the graph.
+        one = len(members) == 1
+        parts.append(part.isel(time=0) if one else stackstac.mosaic(part, dim="time", reverse=True))
+        same = offsets[start:stop] == offsets[start]
+        day_offsets.append(offsets[start] if same.all() else np.nan)
+        start = stop
+    times = pd.Index(np.array(list(days), "datetime64[ns]"), name="time")
+    cube = xr.concat(parts, dim=times, coords="minimal", compat="override", join="override")
+    return cube.assign_coords(radiometric_offset=("time", np.asarray(day_offsets, np.float32)))
 
 
-def _mosaic_days(refl: xr.DataArray, chunks: int) -> xr.DataArray:
-    """One time step per day: the first valid pixel among that day's items (tiles of one overpass)."""
-    days = np.array([_day(t) for t in refl["time"].values])
-    if len(np.unique(days)) == len(days):
-        return refl
-    parts = []
-    for day in np.unique(days):
-        idx = np.flatnonzero(days == day)
-        group = refl.isel(time=idx)
-        if len(idx) == 1:
-            parts.append(group)
-            continue
-        merged = _first_valid(group).expand_dims(time=group["time"].values[:1])
-        parts.append(
-            merged.assign_coords(
-                radiometric_offset=("time", [float(np.nanmean(group["radiometric_offset"].values))]),
-                item=("time", [",".join(group["item"].values)]),
-            )
-        )
-    return xr.concat(parts, dim="time").chunk({"time": 1, "y": chunks, "x": chunks})
+# --------------------------------------------------------------------------- solar days and duplicates
+
+_TILE = re.compile(r"(\d{1,2})([C-HJ-NP-X])([A-HJ-NP-Z]{2})")
+# Tile in a product name, e.g. S2B_MSIL2A_20250731T131909_N0511_R095_T20EPT_20250731T143919.SAFE.
+_NAME_TILE = re.compile(r"_T(\d{2}[A-Z]{3})_")
+# Platform and datatake start: GS2B_20250731T131909_043879_N05.11 or S2B_MSIL2A_20250731T131909_...
+_DATATAKE = re.compile(r"G?(S2[A-Z])_(?:MSIL\w{2}_)?(\d{8}T\d{6})")
+# The newest product of a scene (generation time) is the last field of its name.
+_GENERATED = re.compile(r"_(\d{8}T\d{6})(?:\.SAFE)?$")
 
 
-def _first_valid(group: xr.DataArray) -> xr.DataArray:
-    out = group.isel(time=0, drop=True)
-    for t in range(1, group.sizes["time"]):
-        out = out.fillna(group.isel(time=t, drop=True))
-    return out
+def group_days(items: Iterable[Any]) -> dict[np.datetime64, list]:
+    """Group Sentinel-2 items into solar days, keeping the newest of reprocessed duplicates.
+
+    This is how :func:`load` builds its time axis (one step per key, in this order, each
+    the mosaic of its items), and how :func:`xs2mask.pipeline.mask_stac` reloads a day.
+
+    * **Solar day**: the local date at the scene, ``datetime`` (UTC) + longitude / 15 hours,
+      the longitude being the centre of the item's footprint (its geometry, else its bbox;
+      both may cross the antimeridian). One overpass is one day wherever it crosses UTC
+      midnight or UTM zones; an item with neither geometry nor bbox falls back to its UTC date.
+    * **Duplicates**: items of one scene (same MGRS tile and datatake: ``s2:mgrs_tile``,
+      ``grid:code`` or ``mgrs:*``; ``s2:datatake_id`` or ``s2:product_uri``; else platform
+      and ``datetime``) reprocessed or served by several collections. The one kept has the
+      highest ``s2:processing_baseline``, then the latest ``s2:generation_time`` (or product
+      name), then the latest ``created``, then the greatest id. An item listed twice is kept
+      once.
+    * **Mosaic order**: within a day, by ``datetime`` then id; the first item's valid pixel
+      wins where items overlap (tiles of one overpass hold the same pixels there).
+
+    Days hold at least one item: a day that filtering (e.g. by cloud cover) emptied is absent.
+
+    Parameters
+    ----------
+    items
+        pystac Items or item dicts.
+
+    Returns
+    -------
+    dict
+        Solar day (``numpy.datetime64``, unit ``D``) -> its items, days in increasing order.
+
+    Examples
+    --------
+    >>> import pystac, datetime as dt
+    >>> def item(id, lon, when):  # two tiles of one overpass over Fiji, around UTC midnight
+    ...     return pystac.Item(id, None, [lon - 0.5, -17, lon + 0.5, -16], when, {})
+    >>> days = group_days([item("b", 178.5, dt.datetime(2024, 1, 1, 22, 41)),
+    ...                    item("a", 179.5, dt.datetime(2024, 1, 1, 22, 40))])
+    >>> {str(day): [i.id for i in members] for day, members in days.items()}
+    {'2024-01-02': ['a', 'b']}
+    """
+    scenes: dict[tuple[str, ...], Any] = {}
+    for item in map(_as_item, items):
+        key = _scene(item)
+        if key not in scenes or _version(item) > _version(scenes[key]):
+            scenes[key] = item
+    days: dict[np.datetime64, list] = {}
+    for item in sorted(scenes.values(), key=lambda i: (_utc(_acquired(i)), i.id)):
+        days.setdefault(_solar_day(item), []).append(item)
+    return dict(sorted(days.items()))
 
 
-def _by_day(items: Sequence[Any], records: dict[str, list[str]]) -> dict[str, dict[str, list[str]]]:
-    out: dict[str, dict[str, list[str]]] = {}
-    for item in items:
-        day = str(_day(np.datetime64(item.datetime.replace(tzinfo=None), "ns")))
-        out.setdefault(day, {})[item.id] = records[item.id]
-    return out
+def _acquired(item) -> _dt.datetime:
+    when = item.datetime or item.common_metadata.start_datetime
+    if when is None:
+        raise InputError(f"item {item.id} has no datetime nor start_datetime; give it one to load it")
+    return when
+
+
+def _utc(when: _dt.datetime) -> _dt.datetime:
+    """Naive UTC (STAC datetimes are UTC; a naive one is taken as UTC)."""
+    return when.astimezone(_dt.timezone.utc).replace(tzinfo=None) if when.tzinfo else when
+
+
+def _solar_day(item) -> np.datetime64:
+    # 240 s of local time per degree of longitude, as odc-stac's groupby="solar_day".
+    local = _utc(_acquired(item)) + _dt.timedelta(seconds=240 * _centre_lon(item))
+    return np.datetime64(local.date(), "D")
+
+
+def _centre_lon(item) -> float:
+    """Circular mean of the footprint's longitudes: right across the antimeridian too."""
+    lons: list[float] = []
+    _collect_lons((item.geometry or {}).get("coordinates", []), lons)
+    if not lons and item.bbox:
+        lons = [item.bbox[0], item.bbox[len(item.bbox) // 2]]
+    if not lons:
+        return 0.0
+    rad = np.radians(lons)
+    return float(np.degrees(np.arctan2(np.sin(rad).mean(), np.cos(rad).mean())))
+
+
+def _collect_lons(coords: Any, out: list[float]) -> None:
+    if coords and isinstance(coords[0], (int, float)):
+        out.append(float(coords[0]))
+        return
+    for part in coords:
+        _collect_lons(part, out)
+
+
+def _scene(item) -> tuple[str, ...]:
+    """Tile and datatake of the item: equal for every product of one scene."""
+    props = item.properties
+    tile = _tile(props)
+    if tile is None:
+        return ("id", item.id)
+    for text in (props.get("s2:datatake_id"), props.get("s2:product_uri")):
+        match = _DATATAKE.match(str(text or ""))
+        if match:
+            return (tile, *match.groups())
+    platform = re.sub(r"(?i)^sentinel-?2", "S2", str(props.get("platform", ""))).upper()
+    return (tile, platform, _utc(_acquired(item)).isoformat(timespec="seconds"))
+
+
+def _tile(props: dict[str, Any]) -> str | None:
+    mgrs = "".join(str(props.get(k, "")) for k in ("mgrs:utm_zone", "mgrs:latitude_band", "mgrs:grid_square"))
+    name = _NAME_TILE.search(str(props.get("s2:product_uri", "")))
+    candidates = (
+        props.get("s2:mgrs_tile"),
+        str(props.get("grid:code", "")).removeprefix("MGRS-"),
+        mgrs,
+        name.group(1) if name else None,
+    )
+    for text in candidates:
+        match = _TILE.fullmatch(str(text or "").upper())
+        if match:
+            return f"{int(match.group(1)):02d}{match.group(2)}{match.group(3)}"
+    return None
+
+
+def _version(item) -> tuple:
+    """Sort key of one scene's products: the greatest is the newest processing."""
+    from .radiometry import _parse_baseline, baseline_from_name
+
+    props = item.properties
+    uri = str(props.get("s2:product_uri", "")).rstrip("/")
+    baseline = props.get("s2:processing_baseline") or baseline_from_name(uri)
+    try:
+        processing = _parse_baseline(baseline) if baseline else (-1, -1)
+    except InputError:
+        processing = (-1, -1)
+    generated = _timestamp(props.get("s2:generation_time"))
+    if generated is None and (match := _GENERATED.search(uri)):
+        generated = _dt.datetime.strptime(match.group(1), "%Y%m%dT%H%M%S")
+    created = _timestamp(props.get("created"))
+    never = _dt.datetime.min
+    return (processing, generated or never, created or never, item.id)
+
+
+def _timestamp(value: Any) -> _dt.datetime | None:
+    from pystac.utils import str_to_datetime
+
+    if not value:
+        return None
+    try:
+        return _utc(str_to_datetime(str(value)))
+    except ValueError:
+        return None
