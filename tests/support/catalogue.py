@@ -33,15 +33,15 @@ Catalogues (tile names as generated; each item's time is its own sensing time, U
 pc  2020-04-29 08:20:47  orbit 121, a mosaic of three overlapping tiles: 36MVC (west 60 %), 36MWC
                          (north-east) and 35MLT (south-east, reprojected to UTM 35S); baseline 02.12
     2020-05-02 08:30:31  orbit 78, the whole scene; swath edge: no data east of a slanted line
-    2020-05-09 08:20:47  36MVC twice (baseline 02.12 generated 2020, and its reprocessing, baseline 05.00
-                         generated 2023: DN + 1000) and 36MWC once
+    2020-05-09 08:20:47  36MVC twice (baseline 02.12 generated 2020 with 6 % of its rows lost, and its
+                         complete reprocessing, baseline 05.00 generated 2023: DN + 1000), 36MWC once
     2022-05-04 08:20:49  the whole scene, baseline 04.00 (DN + 1000)
     2020-05-14 08:20:47  (``missing_band`` only) the whole scene without the asset of ``missing_band``
 es  2025-06-30 23:59:58  the same grid moved to UTM 57S (158.8 E): there the 10:30 overpass crosses
     2025-07-01 00:00:01  midnight UTC, so the mosaic's tiles (57MVT, 57MWT, 56MLT in UTM 56S) carry two
                          UTC dates and one solar day, 2025-07-01; ``sentinel-2-l2a``, harmonised COGs
     2025-07-03 23:59:59  orbit 78, swath edge (solar day 2025-07-04)
-    2025-07-11 00:00:02  57MVT twice: ``..._0_L2A`` (baseline 05.10) and ``..._1_L2A`` (05.11, newer)
+    2025-07-11 00:00:02  57MVT twice: ``..._0_L2A`` (baseline 05.10, rows lost) and ``..._1_L2A`` (05.11)
     2025-07-16 00:00:01  57MVT in ``sentinel-2-l2a`` and its Collection-1 twin in ``sentinel-2-c1-l2a``
                          (DN + 1000, ``raster:bands`` offset -0.1), same datatake
     2025-07-21 00:00:03  (``missing_band`` only) as in pc
@@ -85,9 +85,10 @@ __all__ = ["PROVIDERS", "Catalogue", "Scene", "build_catalogue", "serve", "solar
 PROVIDERS = ("pc", "es")
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 BANDS = servers.BANDS_10M
-#: Chip name the servers' builder knows (its time of day and place); the swath-edge copy borrows it.
+#: The demo scene as a source chip of the servers' builder, and two copies with data missing.
 CHIP = "adwp"
 _SWATH_CHIP = "adwp-swath"
+_GAP_CHIP = "adwp-gap"
 #: Where a provider's scene lies: (its UTM zone, the western neighbour's). pc: the real place of the
 #: pixels (Chifunfu, Tanzania, 32.8 E); es: the same grid moved to UTM 57S (158.8 E, Solomon Sea).
 _PLACES = {"pc": ("EPSG:32736", "EPSG:32735"), "es": ("EPSG:32757", "EPSG:32756")}
@@ -99,6 +100,8 @@ _SOUTH_EAST = (0.45, 0.45, 0.55, 0.55)
 _WHOLE = (0.0, 0.0, 1.0, 1.0)
 #: Swath edge: no data east of the line col = a * row + b (in scene fractions), as a slanted swath.
 _SWATH_A, _SWATH_B = 0.3, 0.45
+#: Rows (scene fractions) lost in transmission in a product that was reprocessed later (complete).
+_GAP = (0.30, 0.36)
 
 
 @dataclass(frozen=True)
@@ -237,6 +240,7 @@ class _Plan:
     dst_crs: str | None = None
     tile_shift: int = 0
     swath: bool = False
+    gap: bool = False  # rows _GAP missing (degraded data), the footprint unchanged as ESA's is
     drop_band: str | None = None
     reprocesses: str | None = None  # role of the older product
 
@@ -255,7 +259,7 @@ def _plans(provider: str, missing_band: str | None) -> tuple[_Plan, ...]:
             _Plan("mosaic_north_east", t, a, _NORTH_EAST, baseline=old, tile_shift=1),
             _Plan("mosaic_other_zone", t, a, _SOUTH_EAST, baseline=old, dst_crs=_PLACES[provider][1]),
             _Plan("swath_edge", t, b, _WHOLE, orbit=78, baseline=old, swath=True),
-            _Plan("duplicate_old", t, dup, _WEST, baseline=old, generation="20200509T112233"),
+            _Plan("duplicate_old", t, dup, _WEST, baseline=old, generation="20200509T112233", gap=True),
             _Plan(
                 "duplicate_new",
                 t,
@@ -280,7 +284,7 @@ def _plans(provider: str, missing_band: str | None) -> tuple[_Plan, ...]:
             _Plan("mosaic_north_east", t, a1, _NORTH_EAST, tile_shift=1),
             _Plan("mosaic_other_zone", t, a1, _SOUTH_EAST, dst_crs=_PLACES[provider][1]),
             _Plan("swath_edge", t, b, _WHOLE, orbit=78, swath=True),
-            _Plan("duplicate_old", t, dup, _WEST, baseline="05.10", generation="20250711T101500"),
+            _Plan("duplicate_old", t, dup, _WEST, baseline="05.10", generation="20250711T101500", gap=True),
             _Plan(
                 "duplicate_new",
                 t,
@@ -339,15 +343,16 @@ def _lay_out_sources(root: Path, size: int, crs: str) -> None:
     The grid is the demo scene's (x, y), in UTM zone ``crs``: its own (36S) or a borrowed one.
     """
     dn, label, _, transform = _scene_pixels(size)
-    valid = _swath_valid(size)
-    for chip, keep in ((CHIP, None), (_SWATH_CHIP, valid)):
+    rows = np.arange(size)[:, None] + 0.5
+    gap = np.broadcast_to((rows < _GAP[0] * size) | (rows >= _GAP[1] * size), (size, size))
+    for chip, keep in ((CHIP, None), (_SWATH_CHIP, _swath_valid(size)), (_GAP_CHIP, gap)):
         folder = root / servers._CHIPS / chip
         for band, a in dn.items():
             servers.write_raster(
                 folder / f"{band}.tif", a if keep is None else np.where(keep, a, 0), crs, transform
             )
         servers.write_raster(folder / "label.tif", label, crs, transform)
-    quality = [{"chip": CHIP, "label_quality": "trusted"}, {"chip": _SWATH_CHIP, "label_quality": "trusted"}]
+    quality = [{"chip": c, "label_quality": "trusted"} for c in (CHIP, _SWATH_CHIP, _GAP_CHIP)]
     (root / servers._CHIPS / "chips.json").write_text(json.dumps(quality))
     shutil.copytree(TEMPLATES / "stac_items", root / "stac_items", dirs_exist_ok=True)
 
@@ -444,9 +449,9 @@ def build_catalogue(
             plan.role,
             plan.template,
             plan.when.date(),
-            _SWATH_CHIP if plan.swath else CHIP,
+            _SWATH_CHIP if plan.swath else _GAP_CHIP if plan.gap else CHIP,
             window=_window(plan.window, size),
-            footprint=CHIP if plan.swath else None,
+            footprint=CHIP if plan.swath or plan.gap else None,
             dst_crs=plan.dst_crs,
             baseline=plan.baseline,
             boa_offset_applied=True if plan.template == "es-l2a" else None,
@@ -458,6 +463,8 @@ def build_catalogue(
         item = _retag(item, template, plan)
         if plan.swath:
             item["geometry"] = _swath_footprint(truth, size)
+        if plan.gap and "s2:degraded_msi_data_percentage" in item["properties"]:
+            item["properties"]["s2:degraded_msi_data_percentage"] = round(100 * (_GAP[1] - _GAP[0]), 6)
         if plan.drop_band is not None:
             key = next(k for k, b in truth.asset_bands.items() if b == plan.drop_band)
             del item["assets"][key]
