@@ -38,7 +38,7 @@ pc  2020-04-29 08:20:47  orbit 121, a mosaic of three overlapping tiles: 36MVC (
     2022-05-04 08:20:49  the whole scene, baseline 04.00 (DN + 1000)
     2020-05-14 08:20:47  (``missing_band`` only) the whole scene without the asset of ``missing_band``
 es  2025-06-30 23:59:58  the same grid moved to UTM 57S (158.8 E): there the 10:30 overpass crosses
-    2025-07-01 00:00:01  midnight UTC, so the mosaic's tiles (57MVT, 57MWT, 56MLT in UTM 56S) carry two
+    2025-07-01 00:00:01  midnight UTC, so the mosaic's tiles (57MVT, 57MWT, 56MLC in UTM 56S) carry two
                          UTC dates and one solar day, 2025-07-01; ``sentinel-2-l2a``, harmonised COGs
     2025-07-03 23:59:59  orbit 78, swath edge (solar day 2025-07-04)
     2025-07-11 00:00:02  57MVT twice: ``..._0_L2A`` (baseline 05.10, rows lost) and ``..._1_L2A`` (05.11)
@@ -121,7 +121,8 @@ class Scene:
     generation_time: str
     #: DN added to the real DN in the files (1000 from baseline 04.00 on, where the provider keeps it).
     dn_offset: int
-    #: the valid-data footprint, lon/lat polygon ring.
+    #: the published footprint, lon/lat polygon ring: the valid data (the swath edge cut off), except
+    #: rows lost in transmission, which ESA's footprints do not show either.
     footprint: tuple[tuple[float, float], ...]
     bands: tuple[str, ...]
     #: id of the item this one reprocesses (same datatake and tile), or None.
@@ -146,7 +147,7 @@ class Catalogue:
     items: tuple[dict[str, Any], ...] = field(repr=False)
     collection_docs: tuple[dict[str, Any], ...] = field(repr=False)
     truth: Mapping[str, servers.ItemTruth] = field(repr=False)
-    #: CRS and 10 m affine transform (6 numbers) of the scene grid (UTM 36S).
+    #: CRS and 10 m affine transform (6 numbers) of the scene grid (pc: UTM 36S, es: UTM 57S).
     grid: tuple[str, tuple[float, ...]] = field(repr=False)
     folder: Path = field(repr=False)
 
@@ -184,6 +185,7 @@ class Catalogue:
         overlaps the bbox; duplicates and tiles of one day are one day. Returns None when an item is
         too close to call: its footprint and the bbox neither overlap by ``margin_m`` nor stay
         ``margin_m`` apart (after snapping to the 10 m grid, a sliver may hold no pixel centre).
+        The rows an older duplicate lost do not empty a day: its reprocessing has the same footprint.
         """
         from shapely.geometry import box
 
@@ -370,8 +372,8 @@ def _swath_footprint(truth: servers.ItemTruth, size: int) -> dict[str, Any]:
     from rasterio.warp import transform_geom
 
     t = Affine(*truth.source_grid[1])
-    top, bottom = _SWATH_B * size, (_SWATH_A + _SWATH_B) * size
-    ring = [t @ (0, 0), t @ (top, 0), t @ (bottom, size), t @ (0, size), t @ (0, 0)]
+    col_top, col_bottom = _SWATH_B * size, (_SWATH_A + _SWATH_B) * size
+    ring = [t @ (0, 0), t @ (col_top, 0), t @ (col_bottom, size), t @ (0, size), t @ (0, 0)]
     return transform_geom(
         truth.source_grid[0], "EPSG:4326", {"type": "Polygon", "coordinates": [ring]}, precision=7
     )
@@ -381,14 +383,11 @@ def _retag(item: dict[str, Any], template: Mapping[str, Any], plan: _Plan) -> di
     """Orbit, generation time and sequence number in the id and properties (assets keep their files)."""
     props_t = template["properties"]
     props = item["properties"]
-    subs = []
-    t_orbit = props_t.get("sat:relative_orbit")
-    if t_orbit is not None:
-        subs.append((f"_R{t_orbit:03d}_", f"_R{plan.orbit:03d}_"))
+    if "sat:relative_orbit" in props_t:
         props["sat:relative_orbit"] = plan.orbit
-    else:  # Earth Search names no orbit in ids; its product names carry it
-        t_orbit = int(props_t["s2:product_uri"].split("_R")[1][:3])
-        subs.append((f"_R{t_orbit:03d}_", f"_R{plan.orbit:03d}_"))
+    # product names (and Planetary Computer ids) carry the orbit as "_Rnnn_"
+    t_orbit = int(props_t["s2:product_uri"].split("_R")[1][:3])
+    subs = [(f"_R{t_orbit:03d}_", f"_R{plan.orbit:03d}_")]
     if plan.generation is not None:
         stamp = dt.datetime.strptime(plan.generation, "%Y%m%dT%H%M%S")
         t_gen = dt.datetime.fromisoformat(props_t["s2:generation_time"].replace("Z", "+00:00"))
