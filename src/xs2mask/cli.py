@@ -15,12 +15,17 @@ Examples
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from . import __version__
-from .exceptions import XS2MaskError
+from .exceptions import InputError, XS2MaskError
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -95,36 +100,15 @@ def _models_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _mask(args: argparse.Namespace) -> int:
-    import warnings
-
-    def show(message, category, *_args, **_kwargs) -> None:
-        print(f"xs2mask: warning: {message}", file=sys.stderr)
-
-    # Warnings (e.g. an offset that had to be assumed) read as messages here, not as source lines.
-    with warnings.catch_warnings():
-        warnings.showwarning = show
-        return _mask_scene(args)
-
-
 def _mask_scene(args: argparse.Namespace) -> int:
     import dask
 
     from . import models, predict
-    from .exceptions import InputError
     from .io import class_percentages, write_geotiff
     from .radiometry import check_reflectance, negative_fraction
     from .scenes import read_scene
 
     source, out = Path(args.input), Path(args.out)
-    # Checked before the (long) run, and again by nothing later: a file that appears meanwhile is
-    # the user's own doing. The input itself is never a valid output, even with --overwrite.
-    if out.is_dir():
-        raise InputError(f"-o {out} is a folder: give the mask's file name, e.g. -o {out / 'mask.tif'}")
-    if source.exists() and out.exists() and out.resolve() == source.resolve():
-        raise InputError(f"-o {out} is the input itself: choose another output name")
-    if out.exists() and not args.overwrite:
-        raise InputError(f"refusing to overwrite {out}: pass --overwrite, or choose another -o")
     # Lazy read: predict selects the bands its model needs, so only those files are decoded.
     cube = read_scene(source, bands=args.bands, resolution=None, chunks=args.chunks, offset=args.offset)
     res = abs(cube.rio.resolution()[0])
@@ -164,8 +148,6 @@ def _predict(args: argparse.Namespace) -> int:
 
     from .pipeline import Job, mask_stac
 
-    if args.workers and args.scheduler:
-        raise XS2MaskError("give either --workers or --scheduler, not both")
     job = Job(
         stac_url=args.stac_url,
         collections=tuple(args.collection),
@@ -183,7 +165,7 @@ def _predict(args: argparse.Namespace) -> int:
         mode="w" if args.overwrite else "a" if args.append else "w-",
         zarr_format=args.zarr_format,
         batch=args.batch,
-        storage_options=dict(_key_value(kv) for kv in args.storage_option),
+        storage_options=dict(args.storage_option),
         read_retries=args.read_retries,
         read_timeout=args.read_timeout,
         on_read_error=args.on_read_error,
@@ -204,11 +186,145 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- argument checks
+# Every check runs before any network request or computation: a typo costs nothing.
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, like every other xs2mask error (exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"xs2mask: error: {message} (see '{self.prog} --help')\n")
+
+
+def _number(kind: type, low: float | None = None, high: float | None = None, *, above: bool = False):
+    """An argparse type: an ``int`` or finite ``float`` in ``[low, high]`` (``(low, high]`` if above)."""
+    what = "a whole number" if kind is int else "a number"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if low is not None and (value <= low if above else value < low):
+            raise argparse.ArgumentTypeError(f"{text} must be {'above' if above else 'at least'} {low:g}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"{text} must be at most {high:g}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+_positive_int = _number(int, 1)
+_count = _number(int, 0)
+_positive = _number(float, 0, above=True)
+
+
+def _datetime(text: str) -> str:
+    from .checks import check_datetime
+
+    try:
+        return check_datetime(text)
+    except InputError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _key_value(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
-    if not sep:
-        raise XS2MaskError(f"--storage-option expects KEY=VALUE, got {text!r}")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expects KEY=VALUE, got {text!r}")
     return key, value
+
+
+def _check_writable(path: Path, flag: str) -> None:
+    """The nearest existing folder of ``path`` must be a folder this user may write into."""
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"{flag} {path}: {parent} is a file, not a folder; choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(
+            f"{flag} {path}: the folder {parent} is not writable; choose a folder you can write to"
+        )
+
+
+def _check_predict_args(args: argparse.Namespace) -> None:
+    from .checks import check_bbox
+
+    if args.workers and args.scheduler:
+        raise InputError("give either --workers or --scheduler, not both")
+    if args.append and args.overwrite:
+        raise InputError("give either --append or --overwrite, not both")
+    check_bbox(args.bbox)
+    if "://" not in args.out or args.out.startswith("file://"):
+        out = Path(args.out.removeprefix("file://"))
+        if out.exists() and not out.is_dir():
+            raise InputError(f"--out {out} is a file, not a Zarr store (a folder); choose another path")
+        _check_writable(out / "zarr.json", "--out")
+
+
+def _check_mask_args(args: argparse.Namespace) -> None:
+    # Checked before the (long) run, and again by nothing later: a file that appears meanwhile is
+    # the user's own doing. The input itself is never a valid output, even with --overwrite.
+    source, out = Path(args.input), Path(args.out)
+    if not source.exists():
+        raise InputError(
+            f"the input {source} does not exist: give a .SAFE folder, a folder of band files or a GeoTIFF"
+        )
+    if out.is_dir():
+        raise InputError(f"-o {out} is a folder: give the mask's file name, e.g. -o {out / 'mask.tif'}")
+    if out.exists() and out.resolve() == source.resolve():
+        raise InputError(f"-o {out} is the input itself: choose another output name")
+    if out.exists() and not args.overwrite:
+        raise InputError(f"refusing to overwrite {out}: pass --overwrite, or choose another -o")
+    _check_writable(out, "-o")
+
+
+def _check_train_args(args: argparse.Namespace) -> None:
+    if not Path(args.config).is_file():
+        raise InputError(
+            f"--config {args.config} is not a file: give a TOML training config, e.g. configs/xs2mask-4b.toml"
+        )
+
+
+# Library messages name Python arguments; on the command line the same advice names the flags.
+_FLAGS = {
+    "bands": "--bands",
+    "offset": "--offset",
+    "harmonize": "--harmonize",
+    "device": "--device",
+    "dtype": "--dtype",
+    "tta": "--tta",
+    "processing_resolution": "--resolution",
+    "model_dir": "--model-dir",
+    "zarr_format": "--zarr-format",
+    "on_read_error": "--on-read-error",
+    "read_retries": "--read-retries",
+    "read_timeout": "--read-timeout",
+    "max_cloud": "--max-cloud",
+    "chunks": "--chunks",
+}
+_PY_ARG = re.compile(r"\b([a-z_]+)=('?)([\w.+-]*)\2")
+
+
+def _in_cli_terms(message: str) -> str:
+    def flag(match: re.Match[str]) -> str:
+        name, value = match.group(1), match.group(3)
+        if name == "mode" and value in ("w", "a"):
+            return "--overwrite" if value == "w" else "--append"
+        if name not in _FLAGS:
+            return match.group(0)
+        return f"{_FLAGS[name]} {value.lower()}" if value else _FLAGS[name]
+
+    return _PY_ARG.sub(flag, message)
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 def _client(args: argparse.Namespace, stack):
@@ -260,20 +376,19 @@ def _add_model_options(parser: argparse.ArgumentParser, *, resolution: bool = Tr
             "--resolution",
             "--processing-resolution",
             dest="processing_resolution",
-            type=float,
+            type=_positive,
             default=None,
             metavar="M",
             help="run the model at this resolution in metres (10, 20, 60); the mask keeps the input grid",
         )
-    parser.add_argument("--tta", type=int, default=0, help="test-time augmentation passes 0-7")
+    parser.add_argument("--tta", type=_number(int, 0, 7), default=0, help="test-time augmentation passes 0-7")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="xs2mask", description="Cloud and cloud-shadow masks for Sentinel-2."
-    )
+    parser = _Parser(prog="xs2mask", description="Cloud and cloud-shadow masks for Sentinel-2.")
     parser.add_argument("--version", action="version", version=f"xs2mask {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="mask the Sentinel-2 scene shipped with xs2mask")
@@ -289,18 +404,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pred.add_argument("--stac-url", required=True, help="STAC API root URL")
     pred.add_argument("--collection", required=True, action="append", help="collection id (repeatable)")
-    pred.add_argument("--bbox", required=True, nargs=4, type=float, metavar=("W", "S", "E", "N"))
-    pred.add_argument("--datetime", required=True, help="date range, e.g. 2024-06-01/2024-06-30")
+    pred.add_argument(
+        "--bbox", required=True, nargs=4, type=_number(float), metavar=("W", "S", "E", "N"), help="degrees"
+    )
+    pred.add_argument(
+        "--datetime", required=True, type=_datetime, help="date range, e.g. 2024-06-01/2024-06-30"
+    )
     pred.add_argument("--out", required=True, help="Zarr store: a path or an fsspec URL (s3://...)")
-    pred.add_argument("--pixel-size", type=float, default=10, help="pixel size of the masks in metres")
-    pred.add_argument("--max-cloud", type=float, default=None, help="skip items above this cloud cover %%")
-    pred.add_argument("--chunks", type=int, default=1024, help="chunk size in pixels (default 1024)")
+    pred.add_argument("--pixel-size", type=_positive, default=10, help="pixel size of the masks in metres")
+    pred.add_argument(
+        "--max-cloud", type=_number(float, 0, 100), default=None, help="skip items above this cloud cover %%"
+    )
+    pred.add_argument(
+        "--chunks", type=_positive_int, default=1024, help="chunk size in pixels (default 1024)"
+    )
     pred.add_argument("--harmonize", choices=("auto", "true", "false"), default="auto")
-    pred.add_argument("--workers", type=int, default=0, help="start a local Dask cluster of N workers")
+    pred.add_argument("--workers", type=_count, default=0, help="start a local Dask cluster of N workers")
     pred.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
     pred.add_argument("--zarr-format", type=int, choices=(2, 3), default=None)
     pred.add_argument(
-        "--batch", type=int, default=None, help="slabs computed together (a killed job redoes at most one)"
+        "--batch",
+        type=_positive_int,
+        default=None,
+        help="slabs computed together (a killed job redoes at most one)",
     )
     pred.add_argument("--append", action="store_true", help="append new dates to an existing store")
     pred.add_argument("--overwrite", action="store_true", help="replace an existing store")
@@ -308,14 +434,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--storage-option",
         action="append",
         default=[],
+        type=_key_value,
         metavar="KEY=VALUE",
         help="fsspec option (repeatable)",
     )
     pred.add_argument(
-        "--read-retries", type=int, default=3, help="retries of a failing read, with back-off (default 3)"
+        "--read-retries",
+        type=_number(int, 0, 100),
+        default=3,
+        help="retries of a failing read, with back-off (default 3)",
     )
     pred.add_argument(
-        "--read-timeout", type=float, default=30.0, help="seconds per HTTP request of a read (default 30)"
+        "--read-timeout", type=_positive, default=30.0, help="seconds per HTTP request of a read (default 30)"
     )
     pred.add_argument(
         "--on-read-error",
@@ -326,14 +456,14 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--compile", action="store_true", help="torch.compile torch models (GPU)")
     pred.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_model_options(pred)
-    pred.set_defaults(func=_predict)
+    pred.set_defaults(func=_predict, check=_check_predict_args)
 
     trn = sub.add_parser("train", help="train a model from a TOML config (see configs/)")
     trn.add_argument("--config", required=True, help="TOML file: bands, architecture, stages")
     trn.add_argument("--data", default=None, help="folder of the real training data (default: the config's)")
     trn.add_argument("--out", default=None, help="folder for runs (default: the config's)")
     trn.add_argument("--device", default=None, help="auto, cpu, cuda")
-    trn.set_defaults(func=_train)
+    trn.set_defaults(func=_train, check=_check_train_args)
 
     lst = sub.add_parser("models", help="list the models and whether they are installed; download, convert")
     lst.set_defaults(func=_models)
@@ -368,24 +498,63 @@ def build_parser() -> argparse.ArgumentParser:
     )
     msk.add_argument(
         "--offset",
-        type=float,
+        type=_number(float, -10000, 10000),
         default=None,
         help="DN offset when the metadata cannot tell: -1000 for processing baseline >= 04.00, else 0",
     )
-    msk.add_argument("--chunks", type=int, default=1024, help="block size in pixels (default 1024)")
+    msk.add_argument("--chunks", type=_positive_int, default=1024, help="block size in pixels (default 1024)")
     msk.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     _add_model_options(msk)
-    msk.set_defaults(func=_mask)
+    msk.set_defaults(func=_mask_scene, check=_check_mask_args)
+    _accept_debug_anywhere(parser)
     return parser
 
 
+def _accept_debug_anywhere(parser: argparse.ArgumentParser) -> None:
+    """``--debug`` also after a subcommand; SUPPRESS keeps a subcommand from resetting the flag."""
+    for action in parser._subparsers._group_actions if parser._subparsers else []:
+        for child in action.choices.values():
+            child.add_argument(
+                "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
+            )
+            _accept_debug_anywhere(child)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; user errors print one ``xs2mask: error: ...`` line and return 2."""
+    import warnings
+
     args = build_parser().parse_args(argv)
+
+    def show(message, category, *_args, **_kwargs) -> None:
+        print(f"xs2mask: warning: {_in_cli_terms(_one_line(message))}", file=sys.stderr)
+
     try:
-        return args.func(args)
+        # Warnings (e.g. an offset that had to be assumed) read as messages here, not as source lines.
+        with warnings.catch_warnings():
+            if not args.debug:
+                warnings.showwarning = show
+            check: Callable[[argparse.Namespace], None] | None = getattr(args, "check", None)
+            if check is not None:
+                check(args)
+            return args.func(args)
     except XS2MaskError as err:
-        print(f"xs2mask: error: {err}", file=sys.stderr)
+        if args.debug:
+            raise
+        print(f"xs2mask: error: {_in_cli_terms(_one_line(err))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("xs2mask: interrupted; rerun the same command to resume a predict job", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if args.debug:
+            raise
+        print(
+            f"xs2mask: error: unexpected {type(err).__name__}: {_one_line(err)} "
+            "(rerun with --debug for the traceback, and please report it)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -393,7 +393,7 @@ def _common_epsg(items: Sequence[Any]) -> int:
 def _per_item_offset(offsets: list[list[float]]) -> np.ndarray:
     """One offset per item when all its bands share it (always so far), else NaN."""
     rows = np.asarray(offsets, np.float64)
-    return np.where(np.all(rows == rows[:, :1], axis=1), rows[:, 0], np.nan).astype(np.float32)
+    return np.where(np.isclose(rows, rows[:, :1]).all(axis=1), rows[:, 0], np.nan).astype(np.float32)
 
 
 def _mosaic_days(refl: xr.DataArray, days: dict[np.datetime64, list], offsets: np.ndarray) -> xr.DataArray:
@@ -407,8 +407,8 @@ def _mosaic_days(refl: xr.DataArray, days: dict[np.datetime64, list], offsets: n
         # reverse=True: the first item is on top. A lone item needs no reduction layer in the graph.
         one = len(members) == 1
         parts.append(part.isel(time=0) if one else stackstac.mosaic(part, dim="time", reverse=True))
-        same = offsets[start:stop] == offsets[start]
-        day_offsets.append(offsets[start] if same.all() else np.nan)
+        same = np.isclose(offsets[start:stop], offsets[start]).all()
+        day_offsets.append(offsets[start] if same else np.nan)
         start = stop
     times = pd.Index(np.array(list(days), "datetime64[ns]"), name="time")
     cube = xr.concat(parts, dim=times, coords="minimal", compat="override", join="override")
