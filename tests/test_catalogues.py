@@ -10,6 +10,7 @@ providers' conventions.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import tempfile
 from collections import Counter
@@ -18,32 +19,27 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, Phase, assume, example, given, settings
+from hypothesis import strategies as st
 
 import xs2mask
 from xs2mask import stac
 from xs2mask.exceptions import BandError, StacError
 from xs2mask.pipeline import Job, mask_stac
 
-pytest.importorskip("rasterio")
 pytest.importorskip("rustac", reason="rustac (STAC API server) is not installed")
-pytest.importorskip("shapely")
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, Phase, assume, example, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-from support.catalogue import PROVIDERS, Catalogue, build_catalogue, serve, solar_day  # noqa: E402
+from support.catalogue import PROVIDERS, Catalogue, build_catalogue, serve, solar_day
 
 # pystac migrates the Collection-1 items' storage extension and cannot parse local hrefs: harmless here.
 pytestmark = pytest.mark.filterwarnings("ignore:Could not parse bucket/account from href:UserWarning")
 
 MODEL = "xs2mask-4b"
-EXAMPLES = 20  # per provider; an example runs the job and the in-memory prediction (under 1 s on 2 cores)
+EXAMPLES = 20  # per provider; an example runs the job and the in-memory prediction (about 1 s on 2 cores)
 
 
 @pytest.fixture(scope="module")
 def catalogues(tmp_path_factory):
     """Both providers' catalogues (512 x 512 px), served once for the module."""
-    import contextlib
-
     with contextlib.ExitStack() as stack:
         yield {
             p: stack.enter_context(serve(build_catalogue(p, tmp_path_factory.mktemp(f"cat_{p}"))))
@@ -108,7 +104,8 @@ _TALLIED = ("mosaic_other_zone", "duplicate_new", "swath_edge")
 
 def _searches(cat: Catalogue):
     size = cat.size
-    # tile edges (west tile ends at 0.6, the eastern ones start at 0.45), the swath edge, the scene edges
+    # where tiles end (west: column 0.6; north-east: row 0.55) or start (0.45), the scene's edges; the
+    # swath edge runs from column 0.45 (top) to 0.75 (bottom)
     edges = [0, int(0.45 * size), int(0.6 * size), int(0.55 * size), size]
     days = sorted({s.datetime.date() for s in cat.scenes})
 
@@ -122,7 +119,7 @@ def _searches(cat: Catalogue):
         last = draw(st.integers(first, len(days) - 1))
         start = days[first] - dt.timedelta(days=draw(st.integers(0, 3)))
         end = days[last] + dt.timedelta(days=draw(st.integers(0, 3)))
-        if draw(st.booleans()) and first == last:  # a range between two passes: nothing to find
+        if draw(st.booleans()) and first == last:  # one day after a pass: mostly nothing to find
             start = end = days[first] + dt.timedelta(days=1)
         return _Search(cat.bbox_of(row, col, h, w), f"{start}/{end}", (row, col, h, w))
 
@@ -130,11 +127,12 @@ def _searches(cat: Catalogue):
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
-def test_job_writes_each_solar_day_once_and_the_masks_of_predict(provider, catalogues):
+def test_job_writes_each_solar_day_once_and_the_masks_of_predict(provider, catalogues, record_property):
     cat = catalogues[provider]
     ran: list[_Search] = []
     tally: Counter[str] = Counter()  # what the drawn searches hit
-    window = (8, 8, cat.size - 16, cat.size - 16)
+    # the centre 256 px: the three tiles of the mosaic, the swath edge, the duplicates' lost rows
+    window = (cat.size // 2 - 128, cat.size // 2 - 128, 256, 256)
     after = max(s.datetime for s in cat.scenes).date() + dt.timedelta(days=1)
     explicit = (
         _Search(cat.bbox_of(*window), cat.datetime, window),  # every day and feature
@@ -174,6 +172,7 @@ def test_job_writes_each_solar_day_once_and_the_masks_of_predict(provider, catal
 
     check()
     print(f"\n{provider}: {len(ran)} hypothesis examples run, drawn ones hit {dict(sorted(tally.items()))}")
+    record_property("hypothesis_examples", len(ran))
     assert ran[: len(explicit)] == list(explicit)
     assert len(ran) >= EXAMPLES // 2, "most drawn searches were too close to a footprint to call"
 
