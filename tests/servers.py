@@ -312,6 +312,7 @@ class _Spec:
     boa_offset_applied: bool | None = None  # override of earthsearch:boa_offset_applied
     tile_shift: int = 0  # MGRS column letter shift (second item of a tile-edge pair)
     with_jp2: bool = False  # also write the "*-jp2" assets (Earth Search sentinel-2-l2a)
+    when: dt.datetime | None = None  # acquisition time (UTC); default: the chip's time of day on ``day``
 
 
 def _d(y: int, m: int, d: int) -> dt.date:
@@ -671,7 +672,9 @@ def _build_item(data: Path, spec: _Spec, out: Path, template_doc: dict[str, Any]
     is_chip = spec.source != "ben"
     source_dir = data / (_CHIPS if is_chip else _BEN) / (spec.source if is_chip else BEN_PATCH)
     bands = _source_bands(source_dir)
-    if is_chip:  # time of day of the place (footprint chip)
+    if spec.when is not None:
+        when = spec.when
+    elif is_chip:  # time of day of the place (footprint chip)
         hh, mm, ss = _CHIP_TIME[spec.footprint or spec.source]
         when = dt.datetime.combine(spec.day, dt.time(hh, mm, ss), tzinfo=dt.timezone.utc)
     else:
