@@ -74,6 +74,7 @@ import contextlib
 import copy
 import datetime as dt
 import hashlib
+import http
 import http.server
 import json
 import logging
@@ -99,6 +100,8 @@ __all__ = [
     "ES_KEYS",
     "OFFSET_DN",
     "ErrorServer",
+    "Fault",
+    "FaultServer",
     "ItemTruth",
     "S3Server",
     "StacCatalogue",
@@ -1102,6 +1105,109 @@ class ErrorServer:
         self.stop()
 
 
+@dataclass(frozen=True)
+class Fault:
+    """How :class:`FaultServer` answers one path: status, content type and body, at a pace.
+
+    ``{root}`` in the body becomes the server's URL (for links back to it). ``drip_s`` > 0 sends
+    the answer one byte per ``drip_s`` seconds (a slow loris): the whole answer, status line and
+    headers included, or only the body with ``drip_body_only``.
+    """
+
+    body: bytes = b""
+    status: int = 200
+    content_type: str = "application/json"
+    drip_s: float = 0.0
+    drip_body_only: bool = False
+
+    @classmethod
+    def json(cls, doc: Any, **kw: Any) -> Fault:
+        return cls(json.dumps(doc).encode(), **kw)
+
+
+class FaultServer:
+    """Threaded HTTP server on 127.0.0.1 answering each request as the :class:`Fault` of its path says.
+
+    ``routes`` maps a path (with its query, else without) to a fault; other paths answer 404. GET,
+    POST and HEAD are answered alike. A dripping answer stops after ``max_s`` seconds or when the
+    client hangs up, so no thread outlives a test for long. ``paths`` lists (method, path) of every
+    request. Use as a context manager.
+    """
+
+    def __init__(self, routes: Mapping[str, Fault] | None = None, max_s: float = 10.0):
+        self.routes: dict[str, Fault] = dict(routes or {})
+        self.max_s = max_s
+        self.paths: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+        self._httpd: http.server.ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        if self._httpd is None:
+            raise RuntimeError("server not started")
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+
+    def _handler(self):
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                with owner._lock:
+                    owner.paths.append((self.command, self.path))
+                fault = owner.routes.get(self.path) or owner.routes.get(self.path.split("?", 1)[0])
+                fault = fault or Fault(b"not found", status=404, content_type="text/plain")
+                body = fault.body.replace(b"{root}", owner.url.encode())
+                head = (
+                    f"HTTP/1.1 {fault.status} {http.HTTPStatus(fault.status).phrase}\r\n"
+                    f"Content-Type: {fault.content_type}\r\nContent-Length: {len(body)}\r\n"
+                    "Connection: close\r\n\r\n"
+                ).encode()
+                data = head + (b"" if self.command == "HEAD" else body)
+                slow = data if not fault.drip_body_only else data[len(head) :]
+                fast = data[: len(data) - len(slow)] if fault.drip_s > 0 else data
+                self.close_connection = True
+                with contextlib.suppress(OSError):  # the client hung up (a deadline passed)
+                    self.wfile.write(fast)
+                    self.wfile.flush()
+                    if fault.drip_s <= 0:
+                        return
+                    end = time.monotonic() + owner.max_s
+                    for i in range(len(slow)):
+                        if time.monotonic() > end:
+                            return
+                        self.wfile.write(slow[i : i + 1])
+                        self.wfile.flush()
+                        time.sleep(fault.drip_s)
+
+            do_GET = do_POST = do_HEAD = _answer
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        return Handler
+
+    def __enter__(self) -> FaultServer:
+        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="FaultServer", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            if self._thread is not None:
+                self._thread.join(timeout=5)
+            self._httpd = None
+
+
 class FlakyFileServer:
     """Threaded HTTP file server on 127.0.0.1 (HEAD, GET with ``Range``) that misbehaves on demand.
 
@@ -1111,7 +1217,8 @@ class FlakyFileServer:
 
     * ``"503"``: answer ``503 Service Unavailable``;
     * ``"truncate"``: announce the full ``Content-Length`` but send half the bytes and close;
-    * ``"stall"``: wait ``stall_s`` seconds before answering (past the client's timeout).
+    * ``"stall"``: wait ``stall_s`` seconds before answering (past the client's timeout);
+    * ``"drip"``: send the body one byte per ``stall_s`` seconds (a slow loris; for 10 s at most).
 
     A path under ``missing`` answers 404. ``paths`` lists (method, path, status) of every request;
     :meth:`faulty` counts the misbehaving answers. Set the fields while it runs; use as a context
@@ -1183,11 +1290,21 @@ class FlakyFileServer:
                 if fault == "truncate":
                     owner._log(self.command, self.path, -206)
                     return self._send(status, data, headers, cut=max(1, len(data) // 2))
+                if fault == "drip":
+                    owner._log(self.command, self.path, -200)
+                    return self._send(status, data, headers, drip=owner.stall_s)
                 if fault is None:
                     owner._log(self.command, self.path, status)
                 return self._send(status, data, headers)
 
-            def _send(self, status: int, body: bytes, headers: Mapping[str, str] | None = None, cut: int = 0):
+            def _send(
+                self,
+                status: int,
+                body: bytes,
+                headers: Mapping[str, str] | None = None,
+                cut: int = 0,
+                drip: float = 0.0,
+            ):
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("Accept-Ranges", "bytes")
@@ -1199,8 +1316,14 @@ class FlakyFileServer:
                 if self.command != "HEAD":
                     # the client may have given up already (a timeout)
                     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                        end = time.monotonic() + 10
+                        while drip and body and time.monotonic() < end:
+                            self.wfile.write(body[:1])
+                            self.wfile.flush()
+                            body = body[1:]
+                            time.sleep(drip)
                         self.wfile.write(body[:cut] if cut else body)
-                if cut:
+                if cut or drip:
                     self.close_connection = True
 
             do_GET = do_HEAD = _answer
