@@ -107,6 +107,7 @@ __all__ = [
     "StacCatalogue",
     "build_catalogue",
     "es_collection",
+    "exception_texts",
     "free_port",
     "moto_s3",
     "serve_catalogue",
@@ -1109,14 +1110,15 @@ class ErrorServer:
 class Fault:
     """How :class:`FaultServer` answers one path: status, content type and body, at a pace.
 
-    ``{root}`` in the body becomes the server's URL (for links back to it). ``drip_s`` > 0 sends
-    the answer one byte per ``drip_s`` seconds (a slow loris): the whole answer, status line and
-    headers included, or only the body with ``drip_body_only``.
+    ``{root}`` in the body becomes the server's URL (for links back to it). ``delay_s`` waits before
+    answering. ``drip_s`` > 0 sends the answer one byte per ``drip_s`` seconds (a slow loris): the
+    whole answer, status line and headers included, or only the body with ``drip_body_only``.
     """
 
     body: bytes = b""
     status: int = 200
     content_type: str = "application/json"
+    delay_s: float = 0.0
     drip_s: float = 0.0
     drip_body_only: bool = False
 
@@ -1131,7 +1133,7 @@ class FaultServer:
     ``routes`` maps a path (with its query, else without) to a fault; other paths answer 404. GET,
     POST and HEAD are answered alike. A dripping answer stops after ``max_s`` seconds or when the
     client hangs up, so no thread outlives a test for long. ``paths`` lists (method, path) of every
-    request. Use as a context manager.
+    request. Use as a context manager; ``url`` stays readable after it stops.
     """
 
     def __init__(self, routes: Mapping[str, Fault] | None = None, max_s: float = 10.0):
@@ -1141,12 +1143,13 @@ class FaultServer:
         self._lock = threading.Lock()
         self._httpd: http.server.ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._url = ""
 
     @property
     def url(self) -> str:
-        if self._httpd is None:
+        if not self._url:
             raise RuntimeError("server not started")
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        return self._url
 
     def _handler(self):
         owner = self
@@ -1172,6 +1175,7 @@ class FaultServer:
                 slow = data if not fault.drip_body_only else data[len(head) :]
                 fast = data[: len(data) - len(slow)] if fault.drip_s > 0 else data
                 self.close_connection = True
+                time.sleep(min(fault.delay_s, owner.max_s))
                 with contextlib.suppress(OSError):  # the client hung up (a deadline passed)
                     self.wfile.write(fast)
                     self.wfile.flush()
@@ -1195,6 +1199,7 @@ class FaultServer:
     def __enter__(self) -> FaultServer:
         self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._httpd.daemon_threads = True
+        self._url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="FaultServer", daemon=True)
         self._thread.start()
         return self
@@ -1206,6 +1211,23 @@ class FaultServer:
             if self._thread is not None:
                 self._thread.join(timeout=5)
             self._httpd = None
+
+
+def exception_texts(err: BaseException) -> list[str]:
+    """Every text an error shows or carries: ``str`` and ``repr`` of it and of each error in its chain
+    (causes and contexts), and of their arguments; what a test searches for leaked secrets."""
+    texts: list[str] = []
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [err]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        texts += [str(e), repr(e), *(repr(a) for a in e.args)]
+        texts += [repr(v) for v in vars(e).values() if isinstance(v, str)]
+        todo += [e.__cause__, e.__context__]
+    return texts
 
 
 class FlakyFileServer:

@@ -68,8 +68,8 @@ def exceeded(err: BaseException) -> bool:
         if isinstance(e, DeadlineExceeded):
             return True
         # urllib3 and requests keep the original error in their arguments too (MaxRetryError.reason).
-        todo += [e.__cause__, e.__context__, getattr(e, "reason", None)]
-        todo += [a for a in e.args if isinstance(a, BaseException)]
+        linked = [e.__cause__, e.__context__, getattr(e, "reason", None), *e.args]
+        todo += [x for x in linked if isinstance(x, BaseException)]
     return False
 
 

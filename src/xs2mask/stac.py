@@ -289,7 +289,7 @@ def _search_error(url: str, err: BaseException, *, not_stac: bool, retries: int,
     if exceeded(err):
         return StacError(
             f"the STAC API at {where} did not answer in full within {timeout:g} s (timeout=, per answer; "
-            f"{retries + 1} attempt(s)). The server is overloaded or trickles its answer: retry later, "
+            f"retries={retries}). The server is overloaded or trickles its answer: retry later, "
             "raise timeout=, or use another provider."
         )
     if not_stac:
@@ -391,7 +391,8 @@ def _parse_json(text: str) -> tuple[dict[str, Any], str | None]:
             return {}, "an HTML page instead of JSON"
         return {}, f"text that is not JSON: {redact_url(repr(text[:60]))}"
     if not isinstance(doc, dict):
-        return {}, f"a JSON {type(doc).__name__} instead of an object"
+        kind = {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(doc), "number")
+        return {}, f"a JSON {kind} instead of an object"
     return doc, None
 
 
