@@ -82,6 +82,7 @@ import math
 import os
 import re
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -110,6 +111,7 @@ __all__ = [
     "exception_texts",
     "free_port",
     "moto_s3",
+    "self_signed_cert",
     "serve_catalogue",
     "serve_items",
     "unreachable_url",
@@ -1127,18 +1129,63 @@ class Fault:
         return cls(json.dumps(doc).encode(), **kw)
 
 
+def self_signed_cert(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1, its own authority, and its key: ``(cert.pem, key.pem)`` in ``folder``.
+
+    Clients trust it through ``REQUESTS_CA_BUNDLE`` (requests) or ``SSL_CERT_FILE`` (urllib).
+    """
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = Path(folder) / "cert.pem", Path(folder) / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
 class FaultServer:
     """Threaded HTTP server on 127.0.0.1 answering each request as the :class:`Fault` of its path says.
 
     ``routes`` maps a path (with its query, else without) to a fault; other paths answer 404. GET,
     POST and HEAD are answered alike. A dripping answer stops after ``max_s`` seconds or when the
     client hangs up, so no thread outlives a test for long. ``paths`` lists (method, path) of every
-    request. Use as a context manager; ``url`` stays readable after it stops.
+    request. ``tls``: (certificate, key) PEM files (:func:`self_signed_cert`) to serve HTTPS. Use as a
+    context manager; ``url`` stays readable after it stops.
     """
 
-    def __init__(self, routes: Mapping[str, Fault] | None = None, max_s: float = 10.0):
+    def __init__(
+        self,
+        routes: Mapping[str, Fault] | None = None,
+        max_s: float = 10.0,
+        tls: tuple[Path, Path] | None = None,
+    ):
         self.routes: dict[str, Fault] = dict(routes or {})
-        self.max_s = max_s
+        self.max_s, self.tls = max_s, tls
         self.paths: list[tuple[str, str]] = []
         self._lock = threading.Lock()
         self._httpd: http.server.ThreadingHTTPServer | None = None
@@ -1199,7 +1246,13 @@ class FaultServer:
     def __enter__(self) -> FaultServer:
         self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._httpd.daemon_threads = True
-        self._url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        scheme = "http"
+        if self.tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self.tls)
+            self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
+            scheme = "https"
+        self._url = f"{scheme}://127.0.0.1:{self._httpd.server_address[1]}"
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="FaultServer", daemon=True)
         self._thread.start()
         return self

@@ -135,7 +135,7 @@ def feature(**changes: Any) -> dict[str, Any]:
 
 def secret_url(server: FaultServer) -> str:
     """The API root with credentials and a signature: what a user with a private API passes."""
-    return server.url.replace("http://", "http://alice:pw-S3CRET@") + f"/?{QUERY}"
+    return server.url.replace("://", "://alice:pw-S3CRET@") + f"/?{QUERY}"
 
 
 def search_fails(routes: dict[str, Fault], **kw: Any) -> tuple[StacError, FaultServer, float]:
@@ -338,6 +338,48 @@ def test_the_deadline_is_per_answer_not_per_search() -> None:
         items = stac.search(secret_url(server), collections="c", retries=0, timeout=TIMEOUT, sign=False)
         assert time.monotonic() - start > 2 * TIMEOUT
     assert len(items) == 6
+
+
+# --------------------------------------------------------------------------- over HTTPS, as providers serve
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    pytest.importorskip("cryptography")
+    return servers.self_signed_cert(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def trusted(tls: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """The test certificate, trusted by requests for this test."""
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls[0]))
+    return tls
+
+
+def test_https_answer_is_accepted(trusted: tuple[Path, Path]) -> None:
+    routes = {"/": Fault.json(landing()), "/search": Fault.json(page(FEATURE))}
+    with FaultServer(routes, tls=trusted) as server:
+        assert server.url.startswith("https://")
+        items = stac.search(secret_url(server), collections="c", retries=0, timeout=TIMEOUT, sign=False)
+    assert [i.id for i in items] == [FEATURE["id"]]
+
+
+@pytest.mark.parametrize("case", ["landing page, headers and body", "search answer, body only"])
+def test_https_slow_loris_fails_within_the_timeout(trusted: tuple[Path, Path], case: str) -> None:
+    with FaultServer(SLOW[case], tls=trusted) as server:
+        start = time.monotonic()
+        with pytest.raises(StacError, match=f"within {TIMEOUT:g} s") as info:
+            stac.search(secret_url(server), collections="c", retries=0, timeout=TIMEOUT, sign=False)
+        assert TIMEOUT * 0.9 <= time.monotonic() - start < TIMEOUT + MARGIN
+    assert_no_secret(info.value)
+
+
+def test_untrusted_certificate_is_a_stac_error(tls: tuple[Path, Path]) -> None:
+    refused = pytest.raises(StacError, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify failed")
+    with FaultServer({"/": Fault.json(landing())}, tls=tls) as server, refused as info:
+        stac.search(secret_url(server), collections="c", retries=0, timeout=TIMEOUT, sign=False)
+    assert "https://***@127.0.0.1" in str(info.value)
+    assert_no_secret(info.value)
 
 
 # --------------------------------------------------------------------------- HTTP errors

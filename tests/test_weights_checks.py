@@ -96,6 +96,8 @@ MALFORMED = {
         "missing or invalid sha256",
     ),
     "sha256 a string": (_encoded(sha256=DIGEST), "missing or invalid sha256"),
+    "levels a string": (_encoded(levels="L2A"), "invalid levels"),
+    "patch size as text": (_encoded(patch_size="512"), "invalid patch_size"),
 }
 
 
@@ -343,3 +345,29 @@ def test_a_quick_download_is_not_cut_off(isolated_dirs: Path) -> None:
     ) as server:
         path = hub.fetch("w.bin", _signed(server, "/w.bin"), DIGEST, model="m", timeout=5, deadline=1)
     assert path.read_bytes() == PAYLOAD
+
+
+@pytest.fixture
+def trusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """A test certificate for 127.0.0.1, trusted by urllib (OpenSSL's default paths) for this test."""
+    pytest.importorskip("cryptography")
+    tls = servers.self_signed_cert(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls[0]))
+    return tls
+
+
+def test_https_download_and_its_deadline(isolated_dirs: Path, trusted: tuple[Path, Path]) -> None:
+    routes = {
+        "/w.bin": Fault(PAYLOAD, content_type="application/octet-stream"),
+        "/slow.bin": SLOW["body only"],
+    }
+    with FaultServer(routes, tls=trusted) as server:
+        assert (
+            hub.fetch("w.bin", _signed(server, "/w.bin"), DIGEST, model="m", deadline=1).read_bytes()
+            == PAYLOAD
+        )
+        start = time.monotonic()
+        with pytest.raises(WeightsError, match="did not finish within 1 s") as info:
+            hub.fetch("slow.bin", _signed(server, "/slow.bin"), DIGEST, model="m", timeout=5, deadline=1)
+        assert 0.9 <= time.monotonic() - start < 2
+    _assert_no_secret(info.value)

@@ -181,6 +181,10 @@ def _description(entry) -> tuple[dict | None, str | None]:
             isinstance(v, kind) and not isinstance(v, bool) for v in value
         ):
             return None, f"{key} is not a list of {getattr(kind, '__name__', 'number')}s"
+    optional = {"patch_size": int, "overlap": int, "levels": list, "description": str}
+    wrong = [key for key, kind in optional.items() if key in meta and not isinstance(meta[key], kind)]
+    if wrong:
+        return None, f"invalid {', '.join(wrong)} (patch_size, overlap: integers; levels: a list)"
     checks = {
         "resolution_m": isinstance(meta.get("resolution_m"), (int, float)),
         "licence": isinstance(meta.get("licence"), str),
