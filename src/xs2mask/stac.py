@@ -72,8 +72,9 @@ def search(
         exponential back-off, before :class:`~xs2mask.exceptions.StacError`.
     timeout
         Seconds for each answer, from sending the request to its last byte: a server that
-        trickles its answer is cut off as surely as a silent one. Each request is tried
-        ``1 + retries`` times.
+        trickles its answer is cut off as surely as a silent one. An answer cut off before
+        its headers are in is retried like a failure; one cut off in its body is not (requests
+        reads the body after urllib3's retries are over).
 
     Returns
     -------
