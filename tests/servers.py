@@ -74,6 +74,7 @@ import contextlib
 import copy
 import datetime as dt
 import hashlib
+import http
 import http.server
 import json
 import logging
@@ -81,6 +82,7 @@ import math
 import os
 import re
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -99,13 +101,17 @@ __all__ = [
     "ES_KEYS",
     "OFFSET_DN",
     "ErrorServer",
+    "Fault",
+    "FaultServer",
     "ItemTruth",
     "S3Server",
     "StacCatalogue",
     "build_catalogue",
     "es_collection",
+    "exception_texts",
     "free_port",
     "moto_s3",
+    "self_signed_cert",
     "serve_catalogue",
     "serve_items",
     "unreachable_url",
@@ -1105,6 +1111,181 @@ class ErrorServer:
         self.stop()
 
 
+@dataclass(frozen=True)
+class Fault:
+    """How :class:`FaultServer` answers one path: status, content type and body, at a pace.
+
+    ``{root}`` in the body becomes the server's URL (for links back to it). ``delay_s`` waits before
+    answering. ``drip_s`` > 0 sends the answer one byte per ``drip_s`` seconds (a slow loris): the
+    whole answer, status line and headers included, or only the body with ``drip_body_only``.
+    """
+
+    body: bytes = b""
+    status: int = 200
+    content_type: str = "application/json"
+    delay_s: float = 0.0
+    drip_s: float = 0.0
+    drip_body_only: bool = False
+
+    @classmethod
+    def json(cls, doc: Any, **kw: Any) -> Fault:
+        return cls(json.dumps(doc).encode(), **kw)
+
+
+def self_signed_cert(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1, its own authority, and its key: ``(cert.pem, key.pem)`` in ``folder``.
+
+    Clients trust it through ``REQUESTS_CA_BUNDLE`` (requests) or ``SSL_CERT_FILE`` (urllib).
+    """
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = Path(folder) / "cert.pem", Path(folder) / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+class FaultServer:
+    """Threaded HTTP server on 127.0.0.1 answering each request as the :class:`Fault` of its path says.
+
+    ``routes`` maps a path (with its query, else without) to a fault; other paths answer 404. GET,
+    POST and HEAD are answered alike. A dripping answer stops after ``max_s`` seconds or when the
+    client hangs up, so no thread outlives a test for long. ``paths`` lists (method, path) of every
+    request. ``tls``: (certificate, key) PEM files (:func:`self_signed_cert`) to serve HTTPS. Use as a
+    context manager; ``url`` stays readable after it stops.
+    """
+
+    def __init__(
+        self,
+        routes: Mapping[str, Fault] | None = None,
+        max_s: float = 10.0,
+        tls: tuple[Path, Path] | None = None,
+    ):
+        self.routes: dict[str, Fault] = dict(routes or {})
+        self.max_s, self.tls = max_s, tls
+        self.paths: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+        self._httpd: http.server.ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._url = ""
+
+    @property
+    def url(self) -> str:
+        if not self._url:
+            raise RuntimeError("server not started")
+        return self._url
+
+    def _handler(self):
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                with owner._lock:
+                    owner.paths.append((self.command, self.path))
+                fault = owner.routes.get(self.path) or owner.routes.get(self.path.split("?", 1)[0])
+                fault = fault or Fault(b"not found", status=404, content_type="text/plain")
+                body = fault.body.replace(b"{root}", owner.url.encode())
+                head = (
+                    f"HTTP/1.1 {fault.status} {http.HTTPStatus(fault.status).phrase}\r\n"
+                    f"Content-Type: {fault.content_type}\r\nContent-Length: {len(body)}\r\n"
+                    "Connection: close\r\n\r\n"
+                ).encode()
+                data = head + (b"" if self.command == "HEAD" else body)
+                slow = data if not fault.drip_body_only else data[len(head) :]
+                fast = data[: len(data) - len(slow)] if fault.drip_s > 0 else data
+                self.close_connection = True
+                time.sleep(min(fault.delay_s, owner.max_s))
+                with contextlib.suppress(OSError):  # the client hung up (a deadline passed)
+                    self.wfile.write(fast)
+                    self.wfile.flush()
+                    if fault.drip_s <= 0:
+                        return
+                    end = time.monotonic() + owner.max_s
+                    for i in range(len(slow)):
+                        if time.monotonic() > end:
+                            return
+                        self.wfile.write(slow[i : i + 1])
+                        self.wfile.flush()
+                        time.sleep(fault.drip_s)
+
+            do_GET = do_POST = do_HEAD = _answer
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        return Handler
+
+    def __enter__(self) -> FaultServer:
+        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._httpd.daemon_threads = True
+        scheme = "http"
+        if self.tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self.tls)
+            self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
+            scheme = "https"
+        self._url = f"{scheme}://127.0.0.1:{self._httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="FaultServer", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            if self._thread is not None:
+                self._thread.join(timeout=5)
+            self._httpd = None
+
+
+def exception_texts(err: BaseException) -> list[str]:
+    """Every text an error shows or carries: ``str`` and ``repr`` of it and of each error in its chain
+    (causes and contexts), and of their arguments; what a test searches for leaked secrets."""
+    texts: list[str] = []
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [err]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        texts += [str(e), repr(e), *(repr(a) for a in e.args)]
+        texts += [repr(v) for v in vars(e).values() if isinstance(v, str)]
+        todo += [e.__cause__, e.__context__]
+    return texts
+
+
 class FlakyFileServer:
     """Threaded HTTP file server on 127.0.0.1 (HEAD, GET with ``Range``) that misbehaves on demand.
 
@@ -1114,7 +1295,8 @@ class FlakyFileServer:
 
     * ``"503"``: answer ``503 Service Unavailable``;
     * ``"truncate"``: announce the full ``Content-Length`` but send half the bytes and close;
-    * ``"stall"``: wait ``stall_s`` seconds before answering (past the client's timeout).
+    * ``"stall"``: wait ``stall_s`` seconds before answering (past the client's timeout);
+    * ``"drip"``: send the body one byte per ``stall_s`` seconds (a slow loris; for 10 s at most).
 
     A path under ``missing`` answers 404. ``paths`` lists (method, path, status) of every request;
     :meth:`faulty` counts the misbehaving answers. Set the fields while it runs; use as a context
@@ -1186,11 +1368,21 @@ class FlakyFileServer:
                 if fault == "truncate":
                     owner._log(self.command, self.path, -206)
                     return self._send(status, data, headers, cut=max(1, len(data) // 2))
+                if fault == "drip":
+                    owner._log(self.command, self.path, -200)
+                    return self._send(status, data, headers, drip=owner.stall_s)
                 if fault is None:
                     owner._log(self.command, self.path, status)
                 return self._send(status, data, headers)
 
-            def _send(self, status: int, body: bytes, headers: Mapping[str, str] | None = None, cut: int = 0):
+            def _send(
+                self,
+                status: int,
+                body: bytes,
+                headers: Mapping[str, str] | None = None,
+                cut: int = 0,
+                drip: float = 0.0,
+            ):
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("Accept-Ranges", "bytes")
@@ -1202,8 +1394,14 @@ class FlakyFileServer:
                 if self.command != "HEAD":
                     # the client may have given up already (a timeout)
                     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                        end = time.monotonic() + 10
+                        while drip and body and time.monotonic() < end:
+                            self.wfile.write(body[:1])
+                            self.wfile.flush()
+                            body = body[1:]
+                            time.sleep(drip)
                         self.wfile.write(body[:cut] if cut else body)
-                if cut:
+                if cut or drip:
                     self.close_connection = True
 
             do_GET = do_HEAD = _answer

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from functools import partial
 
+from .redaction import redact_url
+
 
 class XS2MaskError(Exception):
     """Base class of every error xs2mask raises on purpose."""
@@ -47,9 +49,13 @@ class RadiometryWarning(UserWarning):
 class ReadError(XS2MaskError, RuntimeError):
     """A raster could not be read, after the retries a transient fault deserves.
 
+    The message, ``href`` and ``reason`` have credentials and signatures masked
+    (:func:`xs2mask.redaction.redact_url`): they go into logs and into the store's
+    ``xs2mask_read_errors``.
+
     Attributes
     ----------
-    href : the file.
+    href : the file (secrets masked).
     item, asset : the STAC item id and asset key it belongs to, when known.
     reason : the underlying error, one line.
     permanent : True for an answer no retry changes (HTTP 404 and other 4xx).
@@ -65,8 +71,9 @@ class ReadError(XS2MaskError, RuntimeError):
         asset: str | None = None,
         permanent: bool = False,
     ) -> None:
-        super().__init__(message)
-        self.href, self.reason, self.item, self.asset, self.permanent = href, reason, item, asset, permanent
+        super().__init__(redact_url(message))
+        self.href, self.reason = redact_url(href), redact_url(reason)
+        self.item, self.asset, self.permanent = item, asset, permanent
 
     @classmethod
     def of(

@@ -3,8 +3,13 @@
 Two layers, because they catch different faults:
 
 - GDAL retries HTTP 429/5xx answers itself (``GDAL_HTTP_MAX_RETRY``, with the
-  delay doubling from ``GDAL_HTTP_RETRY_DELAY``) and gives up on a stalled
-  connection after ``GDAL_HTTP_TIMEOUT``;
+  delay doubling from ``GDAL_HTTP_RETRY_DELAY``) and gives up on an answer not
+  complete after ``GDAL_HTTP_TIMEOUT`` seconds: GDAL hands it to curl as
+  ``CURLOPT_TIMEOUT``, the limit on the whole transfer (connection, headers and
+  body), so a server trickling its answer byte by byte is cut off as surely as a
+  silent one (``test_network_faults.py`` checks it). The limit holds per HTTP
+  request: a read that needs several ranges (header, then blocks) may take
+  several timeouts, and each retry another;
 - :class:`RetryingReader` retries what reaches rasterio as an error (a timeout,
   a truncated answer, a 5xx left after GDAL's retries) with exponential
   back-off, reopening the file with GDAL's ``/vsicurl/`` cache off for it
@@ -13,8 +18,9 @@ Two layers, because they catch different faults:
   transient and fails at once.
 
 When the retries are spent the reader raises
-:class:`~xs2mask.exceptions.ReadError` naming the item, the asset and the href:
-a read never returns pixels it did not get.
+:class:`~xs2mask.exceptions.ReadError` naming the item, the asset and the href
+(signatures masked, and without the library error in its chain, whose text holds
+the signed href): a read never returns pixels it did not get.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import numpy as np
 from stackstac.rio_reader import DEFAULT_GDAL_ENV, AutoParallelRioReader, LayeredEnv
 
 from .exceptions import ReadError
+from .redaction import describe
 
 _STATUS = re.compile(r"HTTP (?:response )?code:? ?(\d{3})", re.IGNORECASE)
 _TRANSIENT_4XX = (408, 429)
@@ -107,33 +114,26 @@ class RetryingReader(AutoParallelRioReader):
             try:
                 return super().read(window, **kwargs)
             except Exception as err:  # rasterio, GDAL and stackstac raise many types
-                env = self.gdal_env
-                policy = getattr(env, "policy", ReadPolicy())
-                reason = _reason(err)
-                status = _status(reason)
-                permanent = status is not None and 400 <= status < 500 and status not in _TRANSIENT_4XX
-                if permanent or attempt >= policy.retries:
-                    item, asset = getattr(env, "names", {}).get(self.url, (None, None))
-                    raise ReadError.of(
-                        self.url, reason, attempts=attempt + 1, item=item, asset=asset, permanent=permanent
-                    ) from err
-                time.sleep(policy.backoff * 2**attempt)
-                attempt += 1
-                self.close()  # the next attempt reopens the file, uncached
-                if isinstance(env, RetryingEnv):
-                    self.gdal_env = env.uncached(self.url)
+                reason = describe(err)
+            # Out of the except block, so that the ReadError carries no chain holding the signed href.
+            env = self.gdal_env
+            policy = getattr(env, "policy", ReadPolicy())
+            status = _status(reason)
+            permanent = status is not None and 400 <= status < 500 and status not in _TRANSIENT_4XX
+            if permanent or attempt >= policy.retries:
+                item, asset = getattr(env, "names", {}).get(self.url, (None, None))
+                raise ReadError.of(
+                    self.url, reason, attempts=attempt + 1, item=item, asset=asset, permanent=permanent
+                )
+            time.sleep(policy.backoff * 2**attempt)
+            attempt += 1
+            self.close()  # the next attempt reopens the file, uncached
+            if isinstance(env, RetryingEnv):
+                self.gdal_env = env.uncached(self.url)
 
 
 def _vsi(href: str) -> str:
     return href if href.startswith("/vsi") else f"/vsicurl/{href}"
-
-
-def _reason(err: BaseException) -> str:
-    """The innermost message: stackstac wraps rasterio's error in a RuntimeError."""
-    while err.__cause__ is not None:
-        err = err.__cause__
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
 
 
 def _status(reason: str) -> int | None:

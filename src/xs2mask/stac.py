@@ -24,6 +24,7 @@ each item's decision by solar day.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import re
 from collections import Counter
@@ -36,6 +37,7 @@ import xarray as xr
 
 from .bands import canonical_band
 from .exceptions import BandError, InputError, StacError
+from .redaction import describe, redact_url
 
 Signer = Callable[[Any], Any]
 _RETRY_STATUS = (429, 500, 502, 503, 504)
@@ -71,15 +73,27 @@ def search(
         signs with it. Signatures expire after about 45 minutes: long jobs
         re-sign per slab (:func:`resign`).
     retries
-        Retries of a failing request (HTTP 429/5xx, connection errors), with
+        Retries of a failing request (HTTP 429/5xx, connection errors, timeouts), with
         exponential back-off, before :class:`~xs2mask.exceptions.StacError`.
     timeout
-        Seconds to wait for each answer.
+        Seconds for each answer, from sending the request to its last byte: a server that
+        trickles its answer is cut off as surely as a silent one. An answer cut off before
+        its headers are in is retried like a failure; one cut off in its body is not (requests
+        reads the body after urllib3's retries are over).
 
     Returns
     -------
     pystac.ItemCollection
         Possibly empty: :func:`load` explains what to change when nothing matched.
+
+    Raises
+    ------
+    StacError
+        When the API cannot be reached, keeps failing, does not answer in time, or answers
+        what a STAC API does not (not JSON, an HTML page, no FeatureCollection, items without
+        geometry, bbox, datetime or assets, ``next`` links that go round in circles). The
+        message names the URL, with credentials and signatures masked
+        (:func:`xs2mask.redaction.redact_url`).
 
     Examples
     --------
@@ -88,10 +102,12 @@ def search(
     ...     bbox=[13.3, 52.4, 13.5, 52.6], datetime="2024-06-01/2024-06-30",
     ... )
     """
+    import pystac
     import pystac_client
     import requests
+    from pystac_client.errors import ClientTypeError
     from pystac_client.exceptions import APIError
-    from pystac_client.stac_api_io import StacApiIO
+    from pystac_client.warnings import DoesNotConformTo
     from urllib3.util.retry import Retry
 
     retry = Retry(
@@ -102,10 +118,10 @@ def search(
         raise_on_status=False,
     )
     collections = [collections] if isinstance(collections, str) else list(collections)
+    stac_io = _checked_stac_io()(url, max_retries=retry, timeout=timeout)
     try:
-        client = pystac_client.Client.open(
-            url, stac_io=StacApiIO(max_retries=retry, timeout=timeout), modifier=_signer(sign)
-        )
+        # timeout again: Client.open hands its own (default None) to the IO, replacing the one given.
+        client = pystac_client.Client.open(url, stac_io=stac_io, modifier=_signer(sign), timeout=timeout)
         found = client.search(
             collections=collections,
             bbox=bbox,
@@ -114,12 +130,16 @@ def search(
             query=query,
             max_items=max_items,
         ).item_collection()
+    except StacError:
+        raise
     except (requests.exceptions.RequestException, APIError, OSError) as err:
-        raise StacError(
-            f"the STAC API at {url} failed after {retries} retries: {_short(err)}. "
-            "Check the URL (it must be the API root), your network, and the provider's status page."
-        ) from err
-    return found
+        failure, not_stac = err, False
+    except (pystac.errors.STACTypeError, pystac.STACError, ClientTypeError, DoesNotConformTo) as err:
+        failure, not_stac = err, True
+    else:
+        return found
+    # Raised out here, with no chain: the library errors hold the URL and its secrets.
+    raise _search_error(url, failure, not_stac=not_stac, retries=retries, timeout=timeout)
 
 
 def resign(items: Iterable[Any], sign: bool | Signer | None = None) -> list:
@@ -268,9 +288,168 @@ def load(
 # --------------------------------------------------------------------------- helpers
 
 
-def _short(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return (text[0] if text else type(err).__name__)[:300]
+def _search_error(url: str, err: BaseException, *, not_stac: bool, retries: int, timeout: float) -> StacError:
+    from .deadline import exceeded
+
+    where = redact_url(url)
+    if exceeded(err):
+        return StacError(
+            f"the STAC API at {where} did not answer in full within {timeout:g} s (timeout=, per answer; "
+            f"retries={retries}). The server is overloaded or trickles its answer: retry later, "
+            "raise timeout=, or use another provider."
+        )
+    if not_stac:
+        return StacError(
+            f"{where} is not a STAC API with item search: {describe(err)}. Pass the API root (e.g. "
+            "https://earth-search.aws.element84.com/v1), not a collection, a static catalogue or a web page."
+        )
+    return StacError(
+        f"the STAC API at {where} failed after {retries} retries: {describe(err)}. "
+        "Check the URL (it must be the API root), your network, and the provider's status page."
+    )
+
+
+#: Pages followed for one search at most: far more than any real search needs (10 000 pages of
+#: at least one item), and a bound on an API whose ``next`` links never end.
+_MAX_PAGES = 10_000
+
+
+def _malformed(url: str, problem: str) -> StacError:
+    return StacError(
+        f"the STAC API answered {redact_url(url)} with {problem}. Check that the URL is the API root "
+        "(not a web page or a login page) and that the provider follows the STAC API specification; "
+        "if it does, report the answer to the provider."
+    )
+
+
+@functools.cache
+def _checked_stac_io() -> type:
+    """pystac-client's IO with a deadline per answer, and every answer checked before pystac sees it."""
+    from pystac.link import Link
+    from pystac_client.stac_api_io import StacApiIO
+
+    from . import deadline
+
+    class CheckedStacApiIO(StacApiIO):
+        def __init__(self, root: str, *, max_retries: Any, timeout: float) -> None:
+            super().__init__(max_retries=None, timeout=timeout)
+            self.session = deadline.session(max_retries)
+            self.root = root
+
+        def request(self, href: str, *args: Any, **kwargs: Any) -> str:
+            with deadline.answers_within(self.timeout):
+                return super().request(href, *args, **kwargs)
+
+        def read_json(self, source: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+            href = source.href if isinstance(source, Link) else str(source)
+            text = self.read_text(source, *args, **kwargs)
+            doc, problem = _parse_json(text)
+            if problem is not None:
+                raise _malformed(href, problem)
+            return doc
+
+        def get_pages(self, url: str, method: str | None = None, parameters: dict[str, Any] | None = None):
+            source: Any = url
+            seen_requests: set[str] = set()
+            seen_items: set[str] = set()
+            while True:
+                href = source.href if isinstance(source, Link) else source
+                key = json.dumps([href, method, parameters], sort_keys=True, default=str)
+                if key in seen_requests:
+                    raise _malformed(href, "a 'next' link to a page it sent before (a paging loop)")
+                if len(seen_requests) >= _MAX_PAGES:
+                    raise _malformed(href, f"more than {_MAX_PAGES} pages (a 'next' link that never ends)")
+                seen_requests.add(key)
+                if isinstance(source, Link):
+                    page = self.read_json(source, parameters=parameters)
+                else:
+                    page = self.read_json(source, method=method, parameters=parameters)
+                problem = _page_problem(page)
+                if problem is not None:
+                    raise _malformed(href, problem)
+                ids = {f["id"] for f in page["features"]}
+                if not ids:
+                    return
+                if ids <= seen_items:
+                    raise _malformed(href, "the same items as a page before (a paging loop)")
+                seen_items |= ids
+                yield page
+                link = next((li for li in page.get("links") or [] if li.get("rel") == "next"), None)
+                if link is None:
+                    return
+                source = Link.from_dict(link)
+                # pystac-client's way: a POST next link carries its own body (merged or not)
+                method = link.get("method", "GET")
+                if method == "POST":
+                    body = link.get("body") or {}
+                    parameters = {**(parameters or {}), **body} if link.get("merge") else body
+
+    return CheckedStacApiIO
+
+
+def _parse_json(text: str) -> tuple[dict[str, Any], str | None]:
+    """The JSON object in ``text``, or what else it is."""
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        start = text.lstrip()[:200].lower()
+        if start.startswith(("<!doctype html", "<html")) or "<html" in start:
+            return {}, "an HTML page instead of JSON"
+        return {}, f"text that is not JSON: {redact_url(repr(text[:60]))}"
+    if not isinstance(doc, dict):
+        kind = {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(doc), "number")
+        return {}, f"a JSON {kind} instead of an object"
+    return doc, None
+
+
+def _page_problem(page: dict[str, Any]) -> str | None:
+    """What makes an item search page unusable, or None."""
+    if page.get("type") != "FeatureCollection":
+        return f"a JSON object of type {page.get('type')!r} instead of a FeatureCollection"
+    features = page.get("features")
+    if not isinstance(features, list):
+        return "a FeatureCollection without a list of features"
+    links = page.get("links", [])
+    if not isinstance(links, list) or not all(isinstance(li, dict) and "href" in li for li in links):
+        return "a FeatureCollection whose links are not a list of objects with an href"
+    for n, feature in enumerate(features):
+        problem = _feature_problem(feature)
+        if problem is not None:
+            name = feature.get("id") if isinstance(feature, dict) else None
+            which = f"{n} ({name})" if isinstance(name, str) else str(n)
+            return f"a FeatureCollection whose feature {which} {problem}"
+    return None
+
+
+def _feature_problem(feature: Any) -> str | None:
+    from pystac.utils import str_to_datetime
+
+    if not isinstance(feature, dict) or feature.get("type") != "Feature":
+        return "is not a GeoJSON Feature"
+    if not isinstance(feature.get("id"), str) or not feature["id"]:
+        return "has no id"
+    geometry = feature.get("geometry")
+    if not isinstance(geometry, dict) or "type" not in geometry or "coordinates" not in geometry:
+        return "has no geometry"
+    bbox = feature.get("bbox")
+    if (
+        not isinstance(bbox, list)
+        or len(bbox) not in (4, 6)
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)
+    ):
+        return "has no bbox of 4 or 6 numbers"
+    properties = feature.get("properties")
+    when = properties.get("datetime") if isinstance(properties, dict) else None
+    try:
+        str_to_datetime(when)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        return "has no datetime (properties.datetime)"
+    assets = feature.get("assets")
+    if not isinstance(assets, dict) or not assets:
+        return "has no assets"
+    if not all(isinstance(a, dict) and isinstance(a.get("href"), str) for a in assets.values()):
+        return "has an asset without an href"
+    return None
 
 
 def _signer(sign: bool | Signer | None) -> Signer | None:

@@ -9,11 +9,18 @@ PATH``), with fastai installed (``pip install 'xs2mask[convert]'``). Each pickle
 * ``<name>.safetensors``: the same weights as a plain state dict (no code);
 * ``<name>.json``: the record: source pickle and its sha256, the sha256 of both outputs, the
   bands and normalisation, and the largest difference between torch and ONNX seen at conversion.
+
+A pickle downloaded by xs2mask has its sha256 recorded beside it (``<pickle>.sha256``, see
+:mod:`xs2mask.models.hub`): the bytes unpickled are hashed first and must match that record, so a
+file changed since its download is refused before any of its code runs. A pickle without a record
+(e.g. from an installed ``clouds2mask`` package) is converted as the user's explicit choice.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import io
 import json
 import os
 import re
@@ -75,6 +82,8 @@ def convert_clouds2mask(
     if not pickles or not all(p.is_file() for p in pickles):
         raise XS2MaskError(f"no CloudS2Mask .pkl file at {source}")
     names = [clouds2mask_name(p) for p in pickles]  # refuse unknown files before unpickling any
+    for pickle in pickles:
+        _checked_bytes(pickle)  # refuse changed files before needing fastai, let alone unpickling
     if importlib.util.find_spec("fastai") is None:
         raise XS2MaskError(
             "converting CloudS2Mask's pickles needs fastai (the pickles hold fastai classes): "
@@ -85,19 +94,39 @@ def convert_clouds2mask(
     return [_convert_one(p, name, out) for p, name in zip(pickles, names, strict=True)]
 
 
+def _checked_bytes(pickle: Path) -> bytes:
+    """The bytes of ``pickle``, refused unless they hash to the sha256 recorded at its download."""
+    data = pickle.read_bytes()
+    expected = hub.expected_sha256(pickle, None)
+    digest = hashlib.sha256(data).hexdigest()
+    if expected is not None and digest != expected:
+        raise WeightsError(
+            f"{pickle} is not the file xs2mask downloaded: sha256 {digest}, recorded at download "
+            f"{expected} ({hub.record_path(pickle).name}). Unpickling would run whatever it holds, so it "
+            "is not converted: delete it and its record, then run "
+            f"`xs2mask models download {clouds2mask_name(pickle)}` again."
+        )
+    return data
+
+
 def _convert_one(pickle: Path, name: str, out: Path) -> Path:
     import torch
 
-    # The one place xs2mask unpickles: on the user's explicit request, with torch's full loader.
-    model = torch.load(pickle, map_location="cpu", weights_only=False)
+    # The one place xs2mask unpickles: on the user's explicit request, with torch's full loader, from
+    # the very bytes whose sha256 was checked (the file could change between a check and a load).
+    data = _checked_bytes(pickle)
+    model = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
     if not isinstance(model, torch.nn.Module):
         raise WeightsError(f"{pickle} holds a {type(model).__name__}, not a torch model")
     model = model.float().eval()
-    return export_onnx(model, name, out, source=pickle)
+    return export_onnx(model, name, out, source=pickle, source_sha256=hashlib.sha256(data).hexdigest())
 
 
-def export_onnx(model, name: str, out: Path, *, source: Path) -> Path:
-    """Write ``<name>.onnx`` (+ its sha256 record), ``<name>.safetensors`` and ``<name>.json``."""
+def export_onnx(model, name: str, out: Path, *, source: Path, source_sha256: str | None = None) -> Path:
+    """Write ``<name>.onnx`` (+ its sha256 record), ``<name>.safetensors`` and ``<name>.json``.
+
+    ``source_sha256``: the digest of the bytes the model was loaded from (default: hash ``source`` now).
+    """
     import onnxruntime
     import torch
     from safetensors.torch import save_file
@@ -130,7 +159,7 @@ def export_onnx(model, name: str, out: Path, *, source: Path) -> Path:
     record = {
         "name": name,
         "source": source.name,
-        "source_sha256": sha256_file(source),
+        "source_sha256": source_sha256 or sha256_file(source),
         "bands": list(C2M_BANDS),
         "mean": list(C2M_MEAN),
         "std": list(C2M_STD),

@@ -11,6 +11,9 @@ A download goes to the first of those folders (``model_dir``, else ``$XS2MASK_MO
 cache). It streams into a temporary file in the same folder, hashes it while writing, and moves it
 into place with :func:`os.replace` only when its sha256 matches, so an interrupted or corrupt
 download never leaves a file under the final name. ``XS2MASK_OFFLINE=1`` forbids downloads.
+Each read may wait ``timeout`` seconds and the whole answer (headers and body) ``deadline``
+seconds, however slowly the host sends it. URLs in messages have their secrets masked
+(:func:`xs2mask.redaction.redact_url`).
 
 Files whose sha256 nobody publishes (``sha256=None``, CloudS2Mask's Google Drive pickles) are
 trusted on first download: the digest is recorded beside the file as ``<name>.sha256`` and every
@@ -23,15 +26,20 @@ import contextlib
 import hashlib
 import http.client
 import os
+import re
 import tempfile
 import urllib.request
 from pathlib import Path
 
 from ..exceptions import WeightsError
+from ..redaction import describe, redact_url
 
 MODEL_DIR_ENV = "XS2MASK_MODEL_DIR"
 OFFLINE_ENV = "XS2MASK_OFFLINE"
+#: Seconds a whole download may take by default: 100 MB at 30 kB/s.
+DOWNLOAD_DEADLINE = 3600.0
 _BLOCK = 1 << 20
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def cache_dir() -> Path:
@@ -80,12 +88,46 @@ def record_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
+def is_sha256(text: object) -> bool:
+    """Whether ``text`` is a hex sha256 digest (64 hex digits, either case).
+
+    Examples
+    --------
+    >>> is_sha256("ab" * 32), is_sha256("abc"), is_sha256(None)
+    (True, False, False)
+    """
+    return isinstance(text, str) and _SHA256.fullmatch(text.strip().lower()) is not None
+
+
 def expected_sha256(path: Path, sha256: str | None) -> str | None:
-    """The digest ``path`` must have: the published one, else the one recorded at download."""
+    """The digest ``path`` must have: the published one, else the one recorded at download.
+
+    Raises
+    ------
+    WeightsError
+        If the published digest or the record is not a sha256 (64 hex digits).
+
+    Examples
+    --------
+    >>> expected_sha256(Path("w.onnx"), "AB" * 32) == "ab" * 32
+    True
+    """
     if sha256:
-        return sha256.lower()
-    record = record_path(path)
-    return record.read_text().split()[0].lower() if record.is_file() else None
+        digest, source = sha256.strip().lower(), f"the sha256 registered for {path.name}"
+        fix = "fix the model's registration (Weights(sha256=...))"
+    else:
+        record = record_path(path)
+        if not record.is_file():
+            return None
+        try:
+            words = record.read_text(errors="replace").split()
+        except OSError as err:
+            raise WeightsError(f"cannot read the sha256 record {record}: {err}") from err
+        digest, source = (words[0].lower() if words else ""), f"the sha256 record {record}"
+        fix = f"delete {record.name} and {path.name} and download or convert the file again with xs2mask"
+    if not is_sha256(digest):
+        raise WeightsError(f"{source} is not a sha256 (64 hex digits): {digest[:80]!r}; {fix}")
+    return digest
 
 
 def missing_message(
@@ -99,6 +141,7 @@ def missing_message(
 ) -> str:
     """The error text for weights that are not here: which file, from where, into which folder."""
     dirs = search_dirs(model_dir)
+    url = None if url is None else redact_url(url)
     where = " or ".join(str(d) for d in dirs)
     because = f" ({reason})" if reason else ""
     lines = [f"weights file {filename!r} of model {model!r} is not in {where}{because}."]
@@ -121,15 +164,18 @@ def fetch(
     model: str,
     model_dir: str | os.PathLike[str] | None = None,
     timeout: float = 60.0,
+    deadline: float = DOWNLOAD_DEADLINE,
 ) -> Path:
     """Return the path of ``filename``, downloading it from ``url`` if no folder has it.
+
+    ``timeout`` bounds each read of the download, ``deadline`` the whole of it (seconds).
 
     Raises
     ------
     WeightsError
         If the file is absent and cannot be downloaded (offline, no URL, network error,
-        checksum mismatch, an HTML page instead of the file); the message names the
-        file, its URL and sha256, and the folder to put it in.
+        checksum mismatch, an HTML page instead of the file, past its deadline); the message
+        names the file, its URL (secrets masked) and sha256, and the folder to put it in.
 
     Examples
     --------
@@ -147,14 +193,18 @@ def fetch(
         )
     target = search_dirs(model_dir)[0] / filename
     try:
-        return download(url, target, sha256, timeout=timeout)
+        return download(url, target, sha256, timeout=timeout, deadline=deadline)
     except WeightsError as err:
         hint = missing_message(filename, model=model, url=url, sha256=sha256, model_dir=model_dir)
         raise WeightsError(f"{err}. {hint}") from err
 
 
-def download(url: str, path: Path, sha256: str | None, *, timeout: float = 60.0) -> Path:
+def download(
+    url: str, path: Path, sha256: str | None, *, timeout: float = 60.0, deadline: float = DOWNLOAD_DEADLINE
+) -> Path:
     """Download ``url`` to ``path`` atomically, checking its sha256 (or recording it if None).
+
+    ``timeout`` bounds each read, ``deadline`` the whole answer, in seconds.
 
     Examples
     --------
@@ -169,10 +219,10 @@ def download(url: str, path: Path, sha256: str | None, *, timeout: float = 60.0)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out:
-            digest = _stream(url, out, timeout)
+            digest = _stream(url, out, timeout, deadline)
         if sha256 and digest != sha256.lower():
             raise WeightsError(
-                f"download of {url} fails its checksum: sha256 {digest}, expected {sha256} "
+                f"download of {redact_url(url)} fails its checksum: sha256 {digest}, expected {sha256} "
                 "(the host serves another file than the one this model was pinned to)"
             )
         if not sha256:
@@ -186,17 +236,20 @@ def download(url: str, path: Path, sha256: str | None, *, timeout: float = 60.0)
     return path
 
 
-def _stream(url: str, out, timeout: float) -> str:
+def _stream(url: str, out, timeout: float, deadline: float) -> str:
     """Copy the answer to ``out`` block by block; return its sha256."""
+    from ..deadline import exceeded, urlopen
+
     h = hashlib.sha256()
+    where = redact_url(url)
     request = urllib.request.Request(url, headers={"User-Agent": "xs2mask"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urlopen(request, timeout=timeout, within=deadline) as response:
             if "text/html" in response.headers.get("Content-Type", ""):
                 # Google Drive answers files it will not serve directly (quota, virus-scan notice,
                 # sign-in) with an HTML page and status 200: never store that as weights.
                 raise WeightsError(
-                    f"{url} answered with an HTML page instead of the weights file "
+                    f"{where} answered with an HTML page instead of the weights file "
                     "(a download quota or confirmation page); download it in a browser"
                 )
             expected = response.headers.get("Content-Length")
@@ -208,7 +261,15 @@ def _stream(url: str, out, timeout: float) -> str:
     except WeightsError:
         raise
     except (OSError, http.client.HTTPException, ValueError) as err:  # URLError is an OSError
-        raise WeightsError(f"download of {url} failed: {err}") from err
-    if expected is not None and size != int(expected):
-        raise WeightsError(f"download of {url} was cut short: {size} of {expected} bytes")
-    return h.hexdigest()
+        failure = err
+    else:
+        if expected is not None and size != int(expected):
+            raise WeightsError(f"download of {where} was cut short: {size} of {expected} bytes")
+        return h.hexdigest()
+    # Raised out here, with no chain: urllib's errors may hold the URL and its secrets.
+    if exceeded(failure):
+        raise WeightsError(
+            f"download of {where} did not finish within {deadline:g} s (deadline=): the host is too slow "
+            "or stalls; retry later, raise the deadline, or download the file by hand"
+        )
+    raise WeightsError(f"download of {where} failed: {describe(failure)}")

@@ -7,7 +7,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..classes import CLEAR, CLOUD_SHADOW, THICK_CLOUD
-from ..exceptions import ModelNotFoundError
+from ..exceptions import ModelNotFoundError, WeightsError
+from . import hub
 from .published import PUBLISHED
 from .spec import ModelSpec, Weights
 
@@ -125,9 +126,14 @@ def shipped(folder=None) -> list[ModelSpec]:
     Each JSON file is written by :func:`xs2mask.training.train.export` and names the
     bands, normalisation, architecture and the sha256 of the ONNX and safetensors files.
     The ONNX file is the CPU path (``<name>``); the safetensors one runs through torch
-    (``<name>-torch``), for GPUs.
+    (``<name>-torch``), for GPUs. JSON files without ``sha256`` (a run's ``config.json``)
+    are not model descriptions and are skipped.
+
+    Raises
+    ------
+    WeightsError
+        If a model description is not valid JSON or lacks a field, naming the file and the fix.
     """
-    import json
     from importlib import resources
 
     specs = []
@@ -136,42 +142,95 @@ def shipped(folder=None) -> list[ModelSpec]:
     for entry in sorted(folder.iterdir(), key=lambda e: e.name) if folder.is_dir() else ():
         if not entry.name.endswith(".json"):
             continue
-        meta = json.loads(entry.read_text())
-        if "sha256" not in meta:  # not a model description (e.g. a run's config.json)
+        meta, problem = _description(entry)
+        if meta is None and problem is None:
             continue
-        common = {
-            "bands": tuple(meta["bands"]),
-            "classes": tuple(meta["classes"]),
-            "mean": tuple(meta["mean"]),
-            "std": tuple(meta["std"]),
-            "resolution_m": meta["resolution_m"],
-            "patch_size": meta.get("patch_size", 512),
-            "overlap": meta.get("overlap", 64),
-            "levels": tuple(meta.get("levels", ("L1C", "L2A"))),
-            "licence": meta["licence"],
-            "description": meta.get("description", ""),
-        }
-        name = meta["name"]
-        specs.append(
-            ModelSpec(
-                name=name,
-                backend="onnx",
-                weights=_weights(folder, package, f"{name}.onnx", meta["sha256"]["onnx"]),
-                **common,
+        if problem is None:
+            try:
+                specs += _shipped_specs(meta, folder, package)
+            except ValueError as err:  # ModelSpec refuses inconsistent fields
+                problem = str(err)
+        if problem is not None:
+            raise WeightsError(
+                f"model description {entry} is malformed: {problem}. It is written by "
+                "xs2mask.training.train.export: export the model again, or remove the file from that folder."
             )
-        )
-        specs.append(
-            ModelSpec(
-                name=f"{name}-torch",
-                backend="torch",
-                weights=_weights(folder, package, f"{name}.safetensors", meta["sha256"]["safetensors"]),
-                architecture=tuple(
-                    (k, tuple(v) if isinstance(v, list) else v) for k, v in meta["architecture"].items()
-                ),
-                **common,
-            )
-        )
     return specs
+
+
+_LIST_FIELDS = {"bands": str, "classes": int, "mean": (int, float), "std": (int, float)}
+
+
+def _description(entry) -> tuple[dict | None, str | None]:
+    """The model description in a JSON file and None, or (None, what is wrong); (None, None): not one."""
+    import json
+
+    try:
+        meta = json.loads(entry.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        return None, f"not readable JSON ({type(err).__name__}: {err})"
+    if not isinstance(meta, dict):
+        return None, f"a JSON {type(meta).__name__}, not an object"
+    if "sha256" not in meta:  # not a model description (e.g. a run's config.json)
+        return None, None
+    if not isinstance(meta.get("name"), str) or not meta["name"]:
+        return None, "no name"
+    for key, kind in _LIST_FIELDS.items():
+        value = meta.get(key)
+        if not isinstance(value, list) or not all(
+            isinstance(v, kind) and not isinstance(v, bool) for v in value
+        ):
+            return None, f"{key} is not a list of {getattr(kind, '__name__', 'number')}s"
+    optional = {"patch_size": int, "overlap": int, "levels": list, "description": str}
+    wrong = [key for key, kind in optional.items() if key in meta and not isinstance(meta[key], kind)]
+    if wrong:
+        return None, f"invalid {', '.join(wrong)} (patch_size, overlap: integers; levels: a list)"
+    checks = {
+        "resolution_m": isinstance(meta.get("resolution_m"), (int, float)),
+        "licence": isinstance(meta.get("licence"), str),
+        "architecture": isinstance(meta.get("architecture"), dict),
+        "sha256": isinstance(meta["sha256"], dict)
+        and all(hub.is_sha256(meta["sha256"].get(k)) for k in ("onnx", "safetensors")),
+    }
+    missing = [key for key, ok in checks.items() if not ok]
+    if missing:
+        return (
+            None,
+            f"missing or invalid {', '.join(missing)} (sha256: onnx and safetensors, 64 hex digits each)",
+        )
+    return meta, None
+
+
+def _shipped_specs(meta: dict, folder, package: bool) -> list[ModelSpec]:
+    common = {
+        "bands": tuple(meta["bands"]),
+        "classes": tuple(meta["classes"]),
+        "mean": tuple(meta["mean"]),
+        "std": tuple(meta["std"]),
+        "resolution_m": meta["resolution_m"],
+        "patch_size": meta.get("patch_size", 512),
+        "overlap": meta.get("overlap", 64),
+        "levels": tuple(meta.get("levels", ("L1C", "L2A"))),
+        "licence": meta["licence"],
+        "description": meta.get("description", ""),
+    }
+    name = meta["name"]
+    onnx = ModelSpec(
+        name=name,
+        backend="onnx",
+        weights=_weights(folder, package, f"{name}.onnx", meta["sha256"]["onnx"]),
+        **common,
+    )
+    torch = ModelSpec(
+        name=f"{name}-torch",
+        backend="torch",
+        weights=_weights(folder, package, f"{name}.safetensors", meta["sha256"]["safetensors"]),
+        architecture=tuple(
+            (k, tuple(v) if isinstance(v, list) else v) for k, v in meta["architecture"].items()
+        ),
+        **common,
+    )
+    return [onnx, torch]
 
 
 def _weights(folder, package: bool, filename: str, sha256: str) -> Weights:

@@ -105,7 +105,11 @@ class Weights:
     def verified_path(self) -> Path:
         """Resolve the file (downloading it if need be) and check its sha256, once per file and process.
 
-        Workers of a Dask cluster on other machines fetch what is missing into their own folders.
+        Each process hashes the file the first time it asks for it (a forked worker too, whatever
+        its parent checked); later calls in that process hash it again only when it may have
+        changed: another file (inode), size or mtime, or a newer ctime, which every write sets
+        and which, unlike mtime, no one can set back. Workers of a Dask cluster on other machines
+        fetch what is missing into their own folders.
         """
         path = self.fetch()
         expected = hub.expected_sha256(path, self.sha256)
@@ -115,8 +119,7 @@ class Weights:
                 f"({hub.record_path(path).name}, written when xs2mask downloads or converts it): "
                 "download or convert it with xs2mask, or write its sha256 into that file yourself"
             )
-        stat = path.stat()
-        key = (str(path), stat.st_size, stat.st_mtime_ns, expected)
+        key = _stat_key(path, expected)
         with _verified_lock:
             if key in _verified:
                 return path
@@ -128,12 +131,19 @@ class Weights:
                 "reinstall the package that ships it or re-download it."
             )
         with _verified_lock:
+            # Keyed by the state before hashing: a change during the hash is caught next time.
             _verified.add(key)
         return path
 
 
-_verified: set[tuple[str, int, int, str]] = set()
+_verified: set[tuple[object, ...]] = set()
 _verified_lock = threading.Lock()
+
+
+def _stat_key(path: Path, expected: str) -> tuple[object, ...]:
+    st = path.stat()
+    state = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return (os.getpid(), str(path), *state, expected)
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
