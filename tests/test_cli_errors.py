@@ -186,3 +186,20 @@ def test_bad_datetimes_are_refused(text):
 
 def test_bbox_across_the_antimeridian_is_allowed():
     assert check_bbox([179.5, -17, -179.5, -16]) == (179.5, -17.0, -179.5, -16.0)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"datetime": "yesterday"}, "datetime 'yesterday'"),
+        ({"bbox": [32.84, -2.57, 32.89, 95]}, "north 95.0"),
+        ({"retries": -1}, "retries"),
+        ({"timeout": 0}, "timeout"),
+    ],
+)
+def test_search_checks_its_arguments_before_any_request(http_error_server, kwargs, match):
+    from xs2mask import stac
+
+    with pytest.raises(InputError, match=match):
+        stac.search(http_error_server.url, collections="sentinel-2-l2a", **kwargs)
+    assert http_error_server.requests == 0

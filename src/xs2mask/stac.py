@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import json
+import numbers
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -36,6 +37,7 @@ import pandas as pd
 import xarray as xr
 
 from .bands import canonical_band
+from .checks import check_bbox, check_datetime
 from .exceptions import BandError, InputError, StacError
 from .redaction import describe, redact_url
 
@@ -118,6 +120,16 @@ def search(
         raise_on_status=False,
     )
     collections = [collections] if isinstance(collections, str) else list(collections)
+    # Checked here, before any request: pystac-client would raise a bare Exception for a bad date.
+    if datetime is not None:
+        datetime = check_datetime(datetime)
+    if bbox is not None:
+        bbox = check_bbox(bbox)
+    if not _is_count(retries) or not (isinstance(timeout, numbers.Real) and 0 < timeout < float("inf")):
+        raise InputError(
+            f"retries must be a whole number >= 0 and timeout a positive number of seconds, "
+            f"got retries={retries!r}, timeout={timeout!r}"
+        )
     stac_io = _checked_stac_io()(url, max_retries=retry, timeout=timeout)
     try:
         # timeout again: Client.open hands its own (default None) to the IO, replacing the one given.
@@ -286,6 +298,10 @@ def load(
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 0
 
 
 def _search_error(url: str, err: BaseException, *, not_stac: bool, retries: int, timeout: float) -> StacError:
