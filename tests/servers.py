@@ -81,6 +81,7 @@ import logging
 import math
 import os
 import re
+import signal
 import socket
 import ssl
 import subprocess
@@ -1515,6 +1516,9 @@ def _serve_forever(argv: list[str] | None = None) -> None:
                 f"--bbox {w} {s} {e} {n} --datetime {served.datetime} --out masks.zarr",
                 flush=True,
             )
+            # Ctrl-C, or a plain `kill` (SIGTERM) of a server started in the background: either way
+            # the context managers stop rustac and remove the catalogue.
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
             with contextlib.suppress(KeyboardInterrupt):
                 threading.Event().wait()
 
