@@ -20,6 +20,7 @@ from . import accessor, classes, data, io, models, radiometry, stac, store
 from .evaluation import ClassScores, Scores, combine, evaluate
 from .exceptions import (
     BandError,
+    DependencyError,
     DeviceError,
     InputError,
     ModelNotFoundError,
@@ -35,6 +36,7 @@ from .store import open_masks, to_zarr
 __all__ = [
     "BandError",
     "ClassScores",
+    "DependencyError",
     "DeviceError",
     "InputError",
     "ModelNotFoundError",
