@@ -121,7 +121,9 @@ def main(argv: list[str]) -> int:
     command, rest = argv[0], argv[1:]
     if command == "demo":
         return subprocess.call([str(BIN / "xs2mask"), "demo", *rest])
-    lint = subprocess.call([str(BIN / "ruff"), "check", "src", "tests", "benchmarks", "dev.py"], cwd=ROOT)
+    lint = subprocess.call(
+        [str(BIN / "ruff"), "check", "src", "tests", "benchmarks", "docs", "dev.py"], cwd=ROOT
+    )
     # Before pytest, so that its summary stays the last line a CI log shows.
     packaged = True if rest else all([check_wheel(), build_docs()])
     tests = subprocess.call([str(_python()), "-m", "pytest", *rest], cwd=ROOT)
