@@ -48,7 +48,7 @@ def without_torch(monkeypatch):
     ],
 )
 def test_a_torch_model_without_torch_names_the_extra(without_torch, call):
-    cube = xs2mask.data.demo_scene(chunks=256)
+    cube = xs2mask.data.demo_scene()
     with pytest.raises(xs2mask.DependencyError) as caught:
         call(cube)
     message = str(caught.value)
