@@ -2,21 +2,31 @@
 """Set up a virtual environment and run xs2mask's main job or its tests.
 
     python3 dev.py demo     # mask the shipped Sentinel-2 scene with the default model
-    python3 dev.py test     # lint and run the test suite
+    python3 dev.py test     # lint, run the test suite, check the wheel and build the docs
 
 Needs only Python >= 3.10: the first run creates ``.venv`` and installs xs2mask
-with its optional models and test tools; later runs reuse it (reinstalling
-only when ``pyproject.toml`` changes). Extra arguments go to the command
-(``python3 dev.py test -k chunk``, ``python3 dev.py demo --tta 7``).
+with its optional models, torch, the test tools and the docs tools; later runs
+reuse it (reinstalling only when ``pyproject.toml`` changes). Extra arguments go
+to the command (``python3 dev.py test -k chunk``, ``python3 dev.py demo --tta 7``);
+``test`` with arguments runs only lint and pytest.
+
+``test`` without arguments first also does what a user's install does: it builds the
+wheel, installs it with no extras (so without torch) into a fresh virtual
+environment, runs ``xs2mask demo`` there with the network cut off, and builds
+the docs site (``site/``) with every warning an error.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
 import venv
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -24,10 +34,13 @@ VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 STAMP = VENV / ".xs2mask-installed"
 CONSTRAINTS = ROOT / ".ci" / "constraints.txt"
+PIP = ["-m", "pip", "install", "--disable-pip-version-check", "-q"]
+# Files the wheel must carry: the demo scene and the shipped models' weights.
+PACKAGE_DATA = ("src/xs2mask/data", "src/xs2mask/models/weights")
 
 
-def _python() -> Path:
-    return BIN / ("python.exe" if os.name == "nt" else "python")
+def _python(bin_dir: Path = BIN) -> Path:
+    return bin_dir / ("python.exe" if os.name == "nt" else "python")
 
 
 def ensure_environment() -> None:
@@ -37,10 +50,68 @@ def ensure_environment() -> None:
     if not _python().exists():
         print(f"creating {VENV}", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
-    pip = [str(_python()), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
-    print("installing xs2mask[all,test] (first run only; torch is large)", flush=True)
-    subprocess.run([*pip, "-c", str(CONSTRAINTS), "-e", f"{ROOT}[all,test]"], check=True)
+    print("installing xs2mask[all,test,docs] (first run only; torch is large)", flush=True)
+    subprocess.run([str(_python()), *PIP, "-c", str(CONSTRAINTS), "-e", f"{ROOT}[all,test,docs]"], check=True)
     STAMP.write_text(wanted)
+
+
+def _step(name: str, started: float, ok: bool) -> bool:
+    print(f"{name}: {'ok' if ok else 'FAILED'} in {time.perf_counter() - started:.0f} s", flush=True)
+    return ok
+
+
+def _offline(command: list[str]) -> list[str]:
+    """``command`` without network access where Linux lets an unprivileged user cut it off."""
+    unshare = shutil.which("unshare")
+    if unshare and subprocess.call([unshare, "-rn", "true"], stderr=subprocess.DEVNULL) == 0:
+        return [unshare, "-rn", *command]
+    print("(unshare -rn is not available here: the demo runs with the network on)", flush=True)
+    return command
+
+
+def check_wheel() -> bool:
+    """Build the wheel, install it without extras into a fresh venv and run ``xs2mask demo`` offline."""
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="xs2mask-wheel-") as tmp:
+        work = Path(tmp)
+        build = [str(_python()), "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(work), str(ROOT)]
+        subprocess.run(build, check=True)
+        (wheel,) = work.glob("xs2mask-*.whl")
+        inside = set(zipfile.ZipFile(wheel).namelist())
+        shipped = {
+            p.relative_to(ROOT / "src").as_posix()
+            for folder in PACKAGE_DATA
+            for p in (ROOT / folder).iterdir()
+            if p.is_file() and p.suffix != ".pyc"
+        }
+        if not shipped <= inside:
+            print(f"the wheel lacks {sorted(shipped - inside)}: list them in [tool.setuptools.package-data]")
+            return _step("wheel", started, False)
+        env_dir = work / "venv"
+        venv.EnvBuilder(with_pip=True).create(env_dir)
+        bin_dir = env_dir / BIN.name
+        # --no-compile: this environment is thrown away, its byte-code would never be reused
+        subprocess.run([str(_python(bin_dir)), *PIP, "--no-compile", str(wheel)], check=True)
+        torch_check = "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)"
+        if subprocess.call([str(_python(bin_dir)), "-c", torch_check]) != 0:
+            print("installing the wheel without extras pulled in torch: keep torch in the [torch] extra")
+            return _step("wheel", started, False)
+        demo = work / "demo"
+        demo.mkdir()
+        # A fresh home and model folder: nothing cached by earlier runs can stand in for the wheel's files.
+        env = {**os.environ, "HOME": str(demo), "XS2MASK_MODEL_DIR": str(demo / "models")}
+        code = subprocess.call(_offline([str(bin_dir / "xs2mask"), "demo"]), cwd=demo, env=env)
+        ok = code == 0 and (demo / "xs2mask-demo" / "demo_mask.tif").is_file()
+        return _step(f"wheel {wheel.name} -> fresh venv without torch -> xs2mask demo offline", started, ok)
+
+
+def build_docs() -> bool:
+    """Build the docs site into ``site/``, every warning (broken link, bad docstring) an error."""
+    started = time.perf_counter()
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}  # mkdocs-material's banner about MkDocs 2
+    # Not --quiet: it drops the warnings before --strict can count them, and the build passes.
+    code = subprocess.call([str(BIN / "mkdocs"), "build", "--strict"], cwd=ROOT, env=env)
+    return _step("docs (mkdocs build --strict)", started, code == 0)
 
 
 def main(argv: list[str]) -> int:
@@ -51,9 +122,13 @@ def main(argv: list[str]) -> int:
     command, rest = argv[0], argv[1:]
     if command == "demo":
         return subprocess.call([str(BIN / "xs2mask"), "demo", *rest])
-    lint = subprocess.call([str(BIN / "ruff"), "check", "src", "tests", "benchmarks", "dev.py"], cwd=ROOT)
+    lint = subprocess.call(
+        [str(BIN / "ruff"), "check", "src", "tests", "benchmarks", "docs", "dev.py"], cwd=ROOT
+    )
+    # Before pytest, so that its summary stays the last line a CI log shows.
+    packaged = True if rest else all([check_wheel(), build_docs()])
     tests = subprocess.call([str(_python()), "-m", "pytest", *rest], cwd=ROOT)
-    return lint or tests
+    return lint or tests or (0 if packaged else 1)
 
 
 if __name__ == "__main__":

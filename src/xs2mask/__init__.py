@@ -21,6 +21,7 @@ from .analysis import apply_mask, clear_fraction, composite
 from .evaluation import ClassScores, Scores, combine, evaluate
 from .exceptions import (
     BandError,
+    DependencyError,
     DeviceError,
     InputError,
     ModelNotFoundError,
@@ -36,6 +37,7 @@ from .store import open_masks, to_zarr
 __all__ = [
     "BandError",
     "ClassScores",
+    "DependencyError",
     "DeviceError",
     "InputError",
     "ModelNotFoundError",

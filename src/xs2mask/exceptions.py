@@ -30,6 +30,10 @@ class WeightsError(XS2MaskError, OSError):
     """A weights file is missing, unreadable or fails its checksum."""
 
 
+class DependencyError(XS2MaskError, ImportError):
+    """An optional package the chosen model or task needs is not installed; the message names the extra."""
+
+
 class DeviceError(XS2MaskError, RuntimeError):
     """The requested device or precision is not available."""
 

@@ -13,6 +13,7 @@ the same for every task, so each model is loaded once per worker.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
 from collections import Counter
@@ -22,7 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..exceptions import DeviceError, WeightsError
+from ..exceptions import DependencyError, DeviceError, WeightsError
 from .spec import ModelSpec
 
 
@@ -57,6 +58,35 @@ class _Function:
         return self.run(batch)
 
 
+#: the modules a backend imports beyond xs2mask's own dependencies, and the extra that installs them
+_OPTIONAL: dict[str, tuple[tuple[str, ...], str]] = {
+    "torch": (("torch", "safetensors", "segmentation_models_pytorch"), "torch"),
+    "lightgbm": (("lightgbm",), "s2cloudless"),
+}
+_CPU_TORCH = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
+
+
+def require_backend(backend: str, purpose: str) -> None:
+    """Raise :class:`DependencyError` naming the pip extra when ``backend``'s modules are not installed.
+
+    Checked before anything is built or loaded, so a missing package is one clear error rather
+    than an ``ImportError`` from a Dask worker. Nothing is imported: the check only looks.
+
+    Examples
+    --------
+    >>> require_backend("onnx", "model 'xs2mask-4b'")  # onnxruntime is always installed
+    """
+    modules, extra = _OPTIONAL.get(backend, ((), ""))
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if not missing:
+        return
+    hint = f" (CPU-only machines: first {_CPU_TORCH}, a far smaller download)" if backend == "torch" else ""
+    raise DependencyError(
+        f"{purpose} needs the {backend} backend, but {', '.join(missing)} "
+        f"{'is' if len(missing) == 1 else 'are'} not installed: pip install 'xs2mask[{extra}]'{hint}"
+    )
+
+
 _cache: dict[tuple[ModelSpec, Runtime], Predictor] = {}
 _load_counts: Counter[str] = Counter()
 _cache_lock = threading.Lock()
@@ -77,6 +107,7 @@ def load(spec: ModelSpec, runtime: Runtime = Runtime()) -> Predictor:
     key = (spec, runtime)
     with _cache_lock:
         if key not in _cache:
+            require_backend(spec.backend, f"model {spec.name!r}")
             loader = _load_members if spec.members else _LOADERS[spec.backend]
             _cache[key] = loader(spec, runtime)
             _load_counts[spec.name] += 1
@@ -125,9 +156,13 @@ def resolve_device(device: str, specs: tuple[ModelSpec, ...]) -> str:
 
     Raises
     ------
+    DependencyError
+        If a model's backend is not installed (e.g. torch for the ``-torch`` models).
     DeviceError
         If the device is unknown or not present on this machine.
     """
+    for spec in specs:
+        require_backend(spec.backend, f"model {spec.name!r}")
     backends = {s.backend for s in specs}
     wanted = device.split(":")[0]
     if wanted not in {"auto", "cpu", "cuda", "mps"}:

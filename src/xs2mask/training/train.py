@@ -241,6 +241,9 @@ def train(config: TrainConfig, *, log=print) -> Path:
     --------
     >>> run = train(TrainConfig.from_toml("configs/xs2mask-4b.toml"))  # doctest: +SKIP
     """
+    from ..models.backends import require_backend
+
+    require_backend("torch", "training")
     import torch
 
     from . import pseudo, sources
