@@ -433,6 +433,23 @@ def test_nodata_slab_is_recorded_then_retried(tmp_path):
     assert [s.key for s in retry.todo()] == [first.key]
 
 
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_s3_store_is_interrupted_resumed_and_appended(s3_server, monkeypatch, zarr_format):
+    url, options = s3_server.url(f"append{zarr_format}.zarr"), s3_server.storage_options
+    write = {"storage_options": options, "block": 32, "zarr_format": zarr_format}
+    with monkeypatch.context() as m:
+        m.setattr(store, "_step", Steps(stop_at=4))  # among the first slab writes
+        with pytest.raises(KeyboardInterrupt):
+            store.to_zarr(tiny(1), url, batch=2, **write)
+    store.to_zarr(tiny(1), url, **write)
+    store.to_zarr(tiny(3), url, mode="a", **write)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plain = xr.open_zarr(url, storage_options=options)
+    np.testing.assert_array_equal(plain.mask.values, tiny(3).mask.values)
+    assert plain.attrs["xs2mask_status"] == "complete"
+
+
 # --------------------------------------------------------------------------- refusals, layout
 
 

@@ -480,10 +480,15 @@ class MaskStore:
     ) -> None:
         """Refuse a store written otherwise, naming every difference (stored vs new)."""
         problems = []
-        old = attrs.get(PROVENANCE_ATTR, {})
-        for key in sorted(set(old) | set(record)):
-            if old.get(key) != record.get(key):
-                problems.append(f"{key}: stored {old.get(key)!r}, new {record.get(key)!r}")
+        old = attrs.get(PROVENANCE_ATTR)
+        if old is None:
+            problems.append(f"it has no {PROVENANCE_ATTR} record (written by an older xs2mask)")
+        else:
+            problems.extend(
+                f"{key}: stored {old.get(key)!r}, new {record.get(key)!r}"
+                for key in sorted(set(old) | set(record))
+                if old.get(key) != record.get(key)
+            )
         stored_layout = attrs.get(LAYOUT_ATTR, {})
         if stored_layout.get("variables") != layout["variables"]:
             problems.append(
