@@ -450,6 +450,19 @@ def test_s3_store_is_interrupted_resumed_and_appended(s3_server, monkeypatch, za
     assert plain.attrs["xs2mask_status"] == "complete"
 
 
+@pytest.mark.parametrize(("zarr_format", "chunk"), [(3, "mask/c/1/0/1"), (2, "mask/1.0.1")])
+def test_damaged_chunk_is_a_store_error_naming_it(tmp_path, zarr_format, chunk):
+    path = tmp_path / "m.zarr"
+    store.to_zarr(tiny(2), str(path), block=32, zarr_format=zarr_format)
+    (path / chunk).write_bytes(b"not a compressed chunk")
+    masks = xs2mask.open_masks(str(path))
+    np.testing.assert_array_equal(masks.mask.isel(time=0).values, tiny(1).mask.values[0])
+    with pytest.raises(
+        StoreError, match=rf"chunk {chunk} \(date 2020-05-04T00:00:00\).*damaged.*--overwrite"
+    ):
+        masks.mask.load()
+
+
 # --------------------------------------------------------------------------- refusals, layout
 
 

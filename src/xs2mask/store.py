@@ -840,7 +840,16 @@ def open_masks(
     kwargs.setdefault("consolidated", _is_consolidated(store, storage_options, group.metadata.zarr_format))
     # Stores written before the mask lost its _FillValue: keep those uint8 too.
     kwargs.setdefault("mask_and_scale", not _masked_by_xarray(group))
-    return xr.open_zarr(store, storage_options=storage_options, decode_coords="all", **kwargs)
+    ds = xr.open_zarr(store, storage_options=storage_options, decode_coords="all", **kwargs)
+    for name, var in ds.data_vars.items():
+        raw = group[name]
+        # Variables read as stored (the mask): read through a wrapper that names a damaged chunk.
+        if var.chunks and var.dtype == raw.dtype and "scale_factor" not in raw.attrs:
+            import dask.array as da
+
+            checked = _CheckedArray(raw, store, name, ds["time"].values if "time" in var.dims else None)
+            ds[name] = var.copy(data=da.from_array(checked, chunks=var.chunks, asarray=False, lock=False))
+    return ds
 
 
 # --------------------------------------------------------------------------- helpers
@@ -1126,6 +1135,33 @@ def _region_part(part: xr.Dataset | xr.DataArray, template: xr.Dataset) -> xr.Da
             # A region write encodes with the stored scale_factor: hand it the values it decodes to.
             part[name] = part[name].astype(np.float64) * scale
     return part
+
+
+class _CheckedArray:
+    """A Zarr array whose unreadable chunks raise a :class:`StoreError` naming the chunk and the fix,
+    instead of a codec's bare error (e.g. ``Zstd decompression error``)."""
+
+    def __init__(self, array: Any, store: str, name: str, times: np.ndarray | None) -> None:
+        self.array, self.store, self.name, self.times = array, store, name, times
+        self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
+
+    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
+        try:
+            return self.array[key]
+        except Exception as err:
+            index = [
+                k.start // c if isinstance(k, slice) and k.start else 0
+                # The file is the shard when there are shards.
+                for k, c in zip(key, self.array.shards or self.array.chunks, strict=True)
+            ]
+            sep = "/" if self.array.metadata.zarr_format == 3 else "."
+            chunk = f"{self.name}/{'c/' if sep == '/' else ''}{sep.join(map(str, index))}"
+            date = f" (date {_time_key(self.times[index[0]])})" if self.times is not None else ""
+            raise StoreError(
+                f"{self.store}: the chunk {chunk}{date} cannot be read ({type(err).__name__}: {err}): "
+                "the file is damaged (a disk or transfer fault). Restore the store from a copy, or write it "
+                "anew with the same job and mode='w' (--overwrite)."
+            ) from err
 
 
 @contextmanager
