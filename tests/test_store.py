@@ -342,10 +342,15 @@ def test_incomplete_dates_the_job_does_not_cover_are_refused(tmp_path, monkeypat
         m.setattr(store, "_step", Steps(stop_at=7))  # the append is committed, no slab written
         with pytest.raises(KeyboardInterrupt):
             store.to_zarr(tiny(2), str(path), block=32, mode="a")
+    before = snapshot(path)
     with pytest.raises(
         StoreError, match=r"incomplete: 1 of its dates \(2020-05-04T00:00:00\).*Rerun that job"
     ):
         store.to_zarr(tiny(1), str(path), block=32)
+    later = tiny(3).isel(time=[0, 2])  # a later date, but the interrupted one is still missing
+    with pytest.raises(StoreError, match=r"incomplete: 1 of its dates"):
+        store.to_zarr(later, str(path), block=32, mode="a")
+    assert snapshot(path) == before
     store.to_zarr(tiny(2), str(path), block=32, mode="a")
     assert xs2mask.open_masks(str(path)).sizes["time"] == 2
 

@@ -439,11 +439,7 @@ class MaskStore:
                 "so earlier dates cannot be appended: write them to another store, or rewrite this one "
                 "with all its dates (mode='w' / --overwrite)."
             )
-        if new:
-            self._append(np.asarray(new), len(times), stored["time"].attrs, stored["time"].encoding)
-            times = np.concatenate([times, np.asarray(new, times.dtype)])
         self._store_times = times
-        self._positions = {_time_key(t): i for i, t in enumerate(times)}
         wanted = {_time_key(t) for t in self.template["time"].values}
         errors = list(attrs.get(READ_ERRORS_ATTR) or [])
         # Slabs written as no-data after read errors are done, but worth another try when asked for.
@@ -458,6 +454,10 @@ class MaskStore:
                 "interrupted, and this job does not cover them. Rerun that job first (the same "
                 "command), or replace the store with mode='w' (--overwrite)."
             )
+        if new:
+            self._append(np.asarray(new), len(times), stored["time"].attrs, stored["time"].encoding)
+            self._store_times = np.concatenate([times, np.asarray(new, times.dtype)])
+        self._positions = {_time_key(t): i for i, t in enumerate(self._store_times)}
         self._todo = [s for s in self.slabs if s.key not in self._done]
         if self._todo:
             self._unconsolidate()
