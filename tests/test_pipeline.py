@@ -102,6 +102,9 @@ def test_append_new_dates_then_nothing_left_to_do(tmp_path, stac_pc, expected):
     assert main([*_args(stac_pc, out), "--append"]) == 0
     masks = xs2mask.open_masks(str(out))
     np.testing.assert_array_equal(masks.mask.values, expected.mask.values)
+    # The items and radiometry decisions of both runs are kept.
+    assert set(json.loads(masks.attrs["xs2mask_items"])) == set(stac_pc.groups["timeseries"])
+    assert sorted(json.loads(masks.attrs["xs2mask_radiometry"])) == ["2020-06-03", "2020-06-13", "2020-06-23"]
 
 
 def test_signing_happens_per_day_and_again_when_old(tmp_path, stac_pc, monkeypatch):

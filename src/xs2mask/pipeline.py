@@ -196,7 +196,22 @@ def run(
         if len(batch) >= size:
             _flush(writer, batch, by_day, findings, job.on_read_error)
     _flush(writer, batch, by_day, findings, job.on_read_error)
-    writer.complete()
+    # An append adds its items and radiometry decisions to those of the dates already stored.
+    stored = writer.stored_attrs
+    writer.complete(
+        {
+            "xs2mask_items": json.dumps(
+                sorted(set(json.loads(stored.get("xs2mask_items", "[]"))) | {i.id for i in items})
+            ),
+            "xs2mask_radiometry": json.dumps(
+                {
+                    **json.loads(stored.get("xs2mask_radiometry", "{}")),
+                    **json.loads(full.attrs["xs2mask_radiometry"]),
+                },
+                sort_keys=True,
+            ),
+        }
+    )
     masks = zstore.open_masks(job.out, storage_options=job.storage_options or None)
     pixels = sum((s.y.stop - s.y.start) * (s.x.stop - s.x.start) for s in todo)
     return Outcome(job.out, writer.dates, len(todo), len(writer.slabs), pixels, masks)

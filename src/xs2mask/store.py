@@ -270,6 +270,7 @@ class MaskStore:
         self._errors: list[dict[str, Any]] = []
         self._todo: list[Slab] = []
         self._store_times: np.ndarray = template["time"].values
+        self.stored_attrs: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ opening
 
@@ -366,6 +367,7 @@ class MaskStore:
                 f"Pass zarr_format={stored_format} (--zarr-format {stored_format}) or another path."
             )
         self.zarr_format = stored_format
+        self.stored_attrs = attrs
         self._resume(attrs, mode, layout, record)
         return self
 
@@ -615,18 +617,22 @@ class MaskStore:
         self._errors.append({"slab": slab.key, **_jsonable(dict(record))})
         self._record([slab.key])
 
-    def complete(self) -> None:
-        """Mark the store complete and consolidate its metadata, once every slab of every date is written."""
+    def complete(self, attrs: Mapping[str, Any] | None = None) -> None:
+        """Mark the store complete and consolidate its metadata, once every slab of every date is written.
+
+        ``attrs`` are group attributes written in the same update as the status,
+        e.g. the list of input items merged over appends (:attr:`stored_attrs`
+        holds the ones found at :meth:`open`).
+        """
         missing = [k for k in self._all_keys() if k not in self._done]
         if missing:
             raise StoreError(
                 f"{self.path} cannot be completed: {len(missing)} slab(s) are not written yet "
                 f"(first: {missing[0]}). Write every slab of todo() first."
             )
-        attrs = self._attrs()
-        if attrs.get(STATUS_ATTR) != "complete":
+        if self._attrs().get(STATUS_ATTR) != "complete":
             _step("complete")
-            self._set_attrs({STATUS_ATTR: "complete", CONSOLIDATED_ATTR: self.consolidated})
+            self._set_attrs({**(attrs or {}), STATUS_ATTR: "complete", CONSOLIDATED_ATTR: self.consolidated})
         if self.consolidated and not self._is_consolidated():
             import zarr
 
