@@ -165,6 +165,7 @@ def test_probabilities_decode_to_fractions(tmp_path):
     plain = xr.open_zarr(str(path))
     assert plain.probability.dtype.kind == "f" and plain.mask.dtype == np.uint8
     np.testing.assert_allclose(plain.probability.values, ds.probability.values / 255, atol=1e-6)
+    np.testing.assert_array_equal(plain.class_name.values, ds.class_name.values)  # written with the template
 
 
 def test_gdal_reads_the_store_with_its_crs(tmp_path):

@@ -406,6 +406,10 @@ class MaskStore:
             LAYOUT_ATTR: dict(layout),
             PROVENANCE_ATTR: dict(record),
         }
+        for var in ds.variables.values():
+            if not set(var.dims) & {"time", "y", "x"}:
+                # No slab writes these (e.g. `class_name`): the template must hold their values.
+                var.load()
         _step("template")
         # mode="w": what is there is an empty group or an unfinished template of ours.
         ds.to_zarr(self.path, mode="w", compute=False, encoding=dict(encoding), **self._kw)
