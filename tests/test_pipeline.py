@@ -50,12 +50,13 @@ def test_cli_writes_the_same_masks_as_predict_in_memory(tmp_path, stac_pc, expec
     out = tmp_path / "june.zarr"
     assert main(_args(stac_pc, out)) == 0
     assert "wrote" in capsys.readouterr().out
+    assert xs2mask.open_masks(str(out)).attrs["xs2mask_provenance"]["harmonize"] == "auto"
     masks = xs2mask.open_masks(str(out))
     assert masks.sizes["time"] == 3
     np.testing.assert_array_equal(masks.mask.values, expected.mask.values)
     np.testing.assert_array_equal(masks.time.values, expected.time.values)
     assert masks.mask.rio.crs.to_epsg() == 32736
-    assert masks.mask.attrs["flag_meanings"] == "clear thick_cloud thin_cloud cloud_shadow"
+    assert masks.mask.attrs["flag_meanings"] == "clear thick_cloud thin_cloud cloud_shadow no_data"
     assert masks.attrs["xs2mask_model"] == MODEL
     assert masks.attrs["xs2mask_stac_url"] == stac_pc.url
     assert set(json.loads(masks.attrs["xs2mask_items"])) == set(stac_pc.groups["timeseries"])
@@ -101,6 +102,9 @@ def test_append_new_dates_then_nothing_left_to_do(tmp_path, stac_pc, expected):
     assert main([*_args(stac_pc, out), "--append"]) == 0
     masks = xs2mask.open_masks(str(out))
     np.testing.assert_array_equal(masks.mask.values, expected.mask.values)
+    # The items and radiometry decisions of both runs are kept.
+    assert set(json.loads(masks.attrs["xs2mask_items"])) == set(stac_pc.groups["timeseries"])
+    assert sorted(json.loads(masks.attrs["xs2mask_radiometry"])) == ["2020-06-03", "2020-06-13", "2020-06-23"]
 
 
 def test_signing_happens_per_day_and_again_when_old(tmp_path, stac_pc, monkeypatch):
@@ -180,8 +184,42 @@ def test_existing_store_of_another_area_is_refused(tmp_path, stac_pc, capsys):
     w, s, e, n = stac_pc.bbox
     smaller = (w, s, (w + e) / 2, n)
     assert main([*_args(stac_pc, out, datetime="2020-06-03", bbox=smaller), "--append"]) == 2
-    assert "incompatible layout" in capsys.readouterr().err
+    assert "holds masks made otherwise" in capsys.readouterr().err
     assert sorted(p.read_bytes() for p in out.rglob("*") if p.is_file()) == before
+
+
+def test_rerun_with_other_options_is_refused_and_a_rerun_with_nothing_to_do_says_so(
+    tmp_path, stac_pc, capsys
+):
+    out = tmp_path / "options.zarr"
+    assert main(_args(stac_pc, out, datetime="2020-06-03")) == 0
+    capsys.readouterr()
+    before = sorted(p.read_bytes() for p in out.rglob("*") if p.is_file())
+    assert main(_args(stac_pc, out, datetime="2020-06-03")) == 0
+    assert f"nothing to do: {out} already holds these 1 dates, complete" in capsys.readouterr().out
+    for extra, named in [
+        (["--tta", "2"], "tta: stored 0, new 2"),
+        (["--harmonize", "false"], "harmonize: stored 'auto', new False"),
+        (["--resolution", "20"], "processing_resolution: stored 'input', new 20"),
+    ]:
+        assert main([*_args(stac_pc, out, datetime="2020-06-03"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert named in err and "--overwrite" in err, err
+    # A later date with other options is refused as well: an append never mixes models or options.
+    assert main([*_args(stac_pc, out), "--append", "--tta", "2"]) == 2
+    assert "tta: stored 0, new 2" in capsys.readouterr().err
+    assert sorted(p.read_bytes() for p in out.rglob("*") if p.is_file()) == before
+
+
+def test_append_of_an_area_shifted_by_70_m_is_refused(tmp_path, stac_pc, capsys):
+    out = tmp_path / "shift.zarr"
+    assert main(_args(stac_pc, out, datetime="2020-06-03")) == 0
+    w, s, e, n = stac_pc.bbox
+    shift = 70 / 111_320  # degrees of latitude
+    assert main([*_args(stac_pc, out, bbox=(w, s + shift, e, n + shift)), "--append"]) == 2
+    err = capsys.readouterr().err
+    assert "holds masks made otherwise: y coordinates" in err, err
+    assert xs2mask.open_masks(str(out)).sizes["time"] == 1
 
 
 def test_killed_cli_job_resumes_to_identical_masks(tmp_path, stac_pc, expected):

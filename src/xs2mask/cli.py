@@ -146,7 +146,7 @@ def _mask_scene(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from contextlib import ExitStack
 
-    from .pipeline import Job, mask_stac
+    from .pipeline import Job, run
 
     job = Job(
         stac_url=args.stac_url,
@@ -176,12 +176,18 @@ def _predict(args: argparse.Namespace) -> int:
         client = _client(args, stack)
         if client is not None:
             print(f"dask: {client.dashboard_link}  ({sum(client.nthreads().values())} threads)")
-        masks = mask_stac(job, progress=_progress_bar(args.quiet))
+        outcome = run(job, progress=_progress_bar(args.quiet))
     seconds = time.perf_counter() - start
-    n_px = masks.sizes["time"] * masks.sizes["y"] * masks.sizes["x"]
+    masks = outcome.masks
+    if not outcome.written:
+        print(f"nothing to do: {job.out} already holds these {outcome.dates} dates, complete")
+        return 0
+    # The rate counts what this run wrote, not what an earlier run left in the store.
+    n_px = outcome.pixels
     print(
-        f"wrote {job.out}: {masks.sizes['time']} dates x {masks.sizes['y']} x {masks.sizes['x']} px "
-        f"with {masks.attrs['xs2mask_model']} in {seconds:.1f} s ({n_px / seconds / 1e6:.2f} Mpx/s)"
+        f"wrote {job.out}: {outcome.written} of {outcome.slabs} slabs; the store holds {outcome.dates} "
+        f"dates x {masks.sizes['y']} x {masks.sizes['x']} px, masked with {masks.attrs['xs2mask_model']}, "
+        f"in {seconds:.1f} s ({n_px / seconds / 1e6:.2f} Mpx/s)"
     )
     return 0
 

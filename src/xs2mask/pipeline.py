@@ -1,12 +1,15 @@
 """The end-to-end job: STAC search -> lazy reflectance cube -> masks -> Zarr, slab by slab.
 
-:func:`mask_stac` is what ``xs2mask predict`` runs. It searches once, builds the
-whole output grid lazily (nothing is read) and writes the Zarr template; then
+:func:`run` is what ``xs2mask predict`` runs (:func:`mask_stac` returns its
+masks). It searches once, builds the whole output grid lazily (nothing is read)
+and opens the store with :class:`xs2mask.store.MaskStore` (which checks an
+existing store's provenance, grid and dates); then
 each day's items are reloaded with freshly signed URLs (again when a day takes
 longer than the signatures last) into one lazy cube, and each slab (one day x
 one spatial block) is a slice of it: predicted, written and recorded, so a slab's
 graph is built in the same time whatever the area. A rerun of an interrupted job
-writes only the missing slabs (see :mod:`xs2mask.store`).
+writes only the missing slabs (see :mod:`xs2mask.store`). The loop is plain code
+here: the store never calls back into the job.
 
 Reads are retried (:mod:`xs2mask.reading`); a slab whose reads still fail stops
 the job with :class:`~xs2mask.exceptions.ReadError`, or, with
@@ -26,6 +29,7 @@ import numpy as np
 import xarray as xr
 
 from .exceptions import InputError, ReadError, ReadWarning, StacError
+from .redaction import redact_url
 
 # Planetary Computer signatures last about 45 minutes: a day's cube older than this is re-signed.
 _RESIGN_AFTER_S = 30 * 60
@@ -76,6 +80,23 @@ def mask_stac(
     sign: bool | Callable[[Any], Any] | None = None,
     progress: Callable[[Iterator[Any], int], Iterator[Any]] | None = None,
 ) -> xr.Dataset:
+    """Mask every Sentinel-2 scene a STAC search finds and write the masks to Zarr: :func:`run`'s masks.
+
+    Examples
+    --------
+    >>> job = Job("https://earth-search.aws.element84.com/v1", ("sentinel-2-l2a",),
+    ...           (13.3, 52.4, 13.5, 52.6), "2024-06-01/2024-06-30", "berlin.zarr", max_cloud=60)
+    >>> masks = mask_stac(job)  # doctest: +SKIP
+    """
+    return run(job, sign=sign, progress=progress).masks
+
+
+def run(
+    job: Job,
+    *,
+    sign: bool | Callable[[Any], Any] | None = None,
+    progress: Callable[[Iterator[Any], int], Iterator[Any]] | None = None,
+) -> Outcome:
     """Mask every Sentinel-2 scene a STAC search finds and write the masks to Zarr.
 
     Parameters
@@ -89,14 +110,22 @@ def mask_stac(
 
     Returns
     -------
-    xarray.Dataset
-        The written store, opened lazily (:func:`xs2mask.store.open_masks`).
+    Outcome
+        The store, its dates, how many slabs were written now (0: nothing to do)
+        and the masks, opened lazily (:func:`xs2mask.store.open_masks`).
+
+    Raises
+    ------
+    StoreError
+        The store holds masks made otherwise (model, weights, options, grid),
+        or dates that cannot be appended.
 
     Examples
     --------
     >>> job = Job("https://earth-search.aws.element84.com/v1", ("sentinel-2-l2a",),
     ...           (13.3, 52.4, 13.5, 52.6), "2024-06-01/2024-06-30", "berlin.zarr", max_cloud=60)
-    >>> masks = mask_stac(job)  # doctest: +SKIP
+    >>> run(job).written  # doctest: +SKIP
+    120
     """
     from . import store as zstore
     from .inference import predict
@@ -109,7 +138,7 @@ def mask_stac(
     items = _below_cloud(items, job.max_cloud)
     if not items:
         raise StacError(
-            f"no items in {', '.join(job.collections)} at {job.stac_url} for bbox {list(job.bbox)} and "
+            f"no items in {', '.join(job.collections)} at {redact_url(job.stac_url)} for bbox {list(job.bbox)} and "
             f"dates {job.datetime}"
             + (f" with cloud cover below {job.max_cloud} % ({found} above it)" if found else "")
             + ". Nothing was written. Widen the bbox or the dates, or raise --max-cloud."
@@ -130,66 +159,128 @@ def mask_stac(
         "device": job.device,
         "compile": job.compile,
     }
+    # The very days of `full`'s time axis, each with the items it mosaics (duplicates dropped).
+    by_day = group_days(items)
+    used = [item for members in by_day.values() for item in members]
     template = predict(full, **options)
     template.attrs.update(
         {
-            "xs2mask_stac_url": job.stac_url,
+            # Credentials in the URL (user:password@, tokens) are never stored.
+            "xs2mask_stac_url": redact_url(job.stac_url),
             "xs2mask_collections": ",".join(job.collections),
-            "xs2mask_items": json.dumps(sorted(i.id for i in items)),
+            "xs2mask_items": json.dumps(sorted(i.id for i in used)),
             "xs2mask_radiometry": full.attrs["xs2mask_radiometry"],
         }
     )
-    # The very days of `full`'s time axis, in its order, each with the items it mosaics.
-    by_day = group_days(items)
-    days = list(by_day)
-    findings: dict[str, float] = {}
-    inputs: dict[str, xr.DataArray] = {}
-
-    day: dict[int, tuple[float, xr.DataArray, xr.Dataset]] = {}
-
-    def build(slab):
-        built = day.get(slab.time)
-        if built is None or time.monotonic() - built[0] > _RESIGN_AFTER_S:
-            # Signed here, just before the day's slabs run: signatures expire after ~45 minutes.
-            cube = load(resign(by_day[days[slab.time]], sign), **grid, **common)
-            day.clear()  # slabs come day by day: one day's graph is kept, not the job's
-            day[slab.time] = built = (time.monotonic(), cube, predict(cube, **options))
-        _, cube, masks = built
-        inputs[slab.key] = cube.isel(y=slab.y, x=slab.x)
-        masks = masks.isel(y=slab.y, x=slab.x)
-        return masks.assign_coords(time=template["time"].values[[slab.time]])
-
-    def check(slab, part):
-        from .radiometry import negative_fraction
-
-        def record(fraction):
-            _check_slab(findings, days[slab.time], by_day[days[slab.time]], float(np.max(fraction)))
-
-        # Computed in the same pass as the masks, so the pixels are read once.
-        return negative_fraction(inputs.pop(slab.key)), record
-
-    def on_read_error(slab, err: Exception) -> dict[str, Any]:
-        # Only reads may become no-data, and never a file that is not there (HTTP 404).
-        if not isinstance(err, ReadError) or err.permanent:
-            raise err
-        warnings.warn(f"slab {slab.key} written as no-data: {err}", ReadWarning, stacklevel=2)
-        return {"item": err.item, "asset": err.asset, "href": err.href, "error": err.reason}
-
-    zstore.to_zarr(
-        template,
+    writer = zstore.MaskStore.open(
         job.out,
+        template,
         mode=job.mode,
+        # Beside the model's own provenance: how reflectance was made from the DNs.
+        provenance={"harmonize": job.harmonize, "resolution": job.resolution},
         storage_options=job.storage_options or None,
         zarr_format=job.zarr_format,
         block=job.block,
-        batch=job.batch,
-        build=build,
-        check=check,
-        progress=progress,
-        # Only when asked: a hook makes a failed batch rerun slab by slab to find the culprit.
-        on_read_error=on_read_error if job.on_read_error == "nodata" else None,
     )
-    return zstore.open_masks(job.out, storage_options=job.storage_options or None)
+    todo = writer.todo()
+    findings: dict[str, float] = {}
+    batch: list[_Pending] = []
+    size = job.batch or writer.batch
+    loaded: tuple[float, np.datetime64, xr.DataArray, xr.Dataset] | None = None
+    for slab in todo if progress is None else progress(iter(todo), len(todo)):
+        day = np.datetime64(slab.date, "D")
+        if loaded is None or loaded[1] != day or time.monotonic() - loaded[0] > _RESIGN_AFTER_S:
+            # Signed here, just before the day's slabs run: signatures expire after ~45 minutes.
+            # One day's graph is kept at a time (slabs come day by day), never the job's.
+            cube = load(resign(by_day[day], sign), **grid, **common)
+            loaded = (time.monotonic(), day, cube, predict(cube, **options))
+        _, _, cube, masks = loaded
+        part = masks.isel(y=slab.y, x=slab.x).assign_coords(time=[slab.date])
+        batch.append(_Pending(slab, part, cube.isel(y=slab.y, x=slab.x)))
+        if len(batch) >= size:
+            _flush(writer, batch, by_day, findings, job.on_read_error)
+    _flush(writer, batch, by_day, findings, job.on_read_error)
+    # An append adds its items and radiometry decisions to those of the dates already stored.
+    stored = writer.stored_attrs
+    writer.complete(
+        {
+            "xs2mask_items": json.dumps(
+                sorted(set(json.loads(stored.get("xs2mask_items", "[]"))) | {i.id for i in used})
+            ),
+            "xs2mask_radiometry": json.dumps(
+                {
+                    **json.loads(stored.get("xs2mask_radiometry", "{}")),
+                    **json.loads(full.attrs["xs2mask_radiometry"]),
+                },
+                sort_keys=True,
+            ),
+        }
+    )
+    masks = zstore.open_masks(job.out, storage_options=job.storage_options or None)
+    pixels = sum((s.y.stop - s.y.start) * (s.x.stop - s.x.start) for s in todo)
+    return Outcome(job.out, writer.dates, len(todo), len(writer.slabs), pixels, masks)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a job did: the store and its dates, the slabs (and pixels) written now out of the job's
+    slabs, and the masks."""
+
+    store: str
+    dates: int
+    written: int
+    slabs: int
+    pixels: int
+    masks: xr.Dataset
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A slab's lazy masks and the lazy inputs they are computed from (for the radiometry check)."""
+
+    slab: Any
+    masks: xr.Dataset
+    inputs: xr.DataArray
+
+
+def _flush(
+    writer: Any, batch: list[_Pending], by_day: dict, findings: dict[str, float], on_read_error: str
+) -> None:
+    """Write a batch in one pass with its radiometry checks; with ``on_read_error="nodata"``, a
+    failing batch is redone slab by slab (region writes are idempotent) so only failing slabs
+    become no-data."""
+    from .radiometry import negative_fraction
+
+    if not batch:
+        return
+    try:
+        fractions = writer.write(
+            [(p.slab, p.masks) for p in batch], [negative_fraction(p.inputs) for p in batch]
+        )
+        outcomes = list(zip(batch, fractions, strict=True))
+    except Exception:
+        if on_read_error != "nodata":
+            raise
+        outcomes = []
+        for pending in batch:
+            try:
+                fraction = writer.write([(pending.slab, pending.masks)], [negative_fraction(pending.inputs)])[
+                    0
+                ]
+            except Exception as err:
+                # Only reads may become no-data, and never a file that is not there (HTTP 404).
+                if not isinstance(err, ReadError) or err.permanent:
+                    raise
+                key = pending.slab.key
+                warnings.warn(f"slab {key} written as no-data: {err}", ReadWarning, stacklevel=3)
+                record = {"item": err.item, "asset": err.asset, "href": err.href, "error": err.reason}
+                writer.write_nodata(pending.slab, record)
+                continue
+            outcomes.append((pending, fraction))
+    for pending, fraction in outcomes:
+        day = np.datetime64(pending.slab.date, "D")
+        _check_slab(findings, day, by_day[day], float(np.max(fraction)))
+    batch.clear()
 
 
 def _below_cloud(items: Sequence[Any], max_cloud: float | None) -> list:

@@ -1,36 +1,58 @@
-"""Zarr output that loses nothing: template first, slab-by-slab region writes, resume and append.
+"""Zarr output that mixes nothing and loses nothing: a one-way writer of mask cubes.
 
-A mask cube is written in three steps, so that a job killed at any moment can be
-rerun and ends with exactly the bytes an uninterrupted run writes:
+:class:`MaskStore` owns every write to a store; the job that computes the masks
+(:mod:`xs2mask.pipeline`, :func:`to_zarr`) only hands it slabs. A store goes
+through these states, each entered by one write, so that a process killed at any
+moment leaves a store that the same command completes, with the bytes an
+uninterrupted run writes:
 
-1. **Template.** The store's metadata, coordinates and CRS are written first
-   (``to_zarr(compute=False)``), with Zarr chunks equal to the Dask chunks
-   (whole shards with ``shards=``) and stale encodings from the input cleared.
-   The group is marked ``xs2mask_status = "incomplete"``.
-2. **Slabs.** Each slab (one time step x one spatial block of whole chunks) is
-   computed and written with ``region=``; only then is its key added to the
-   group attribute ``xs2mask_done``. Slabs are independent graphs, so a big job
-   never builds one giant graph, and a slab can rebuild its inputs (e.g. re-sign
-   expiring URLs) just before it runs.
-3. **Completion.** When every slab is recorded, the status becomes
-   ``"complete"`` and, where asked, the metadata are consolidated. A store whose
-   status is not ``"complete"`` is refused by :func:`open_masks` unless the
-   caller asks for partial data, so it never looks complete when it isn't.
+1. **Template.** Metadata, coordinates and CRS are written first
+   (``to_zarr(compute=False)``) under ``xs2mask_status = "creating"``; a store
+   found in that state holds no pixels yet and is written again from scratch.
+   Zarr chunks equal the Dask chunks (whole shards with ``shards=``). Then the
+   status becomes ``"incomplete"``.
+2. **Append** (``mode="a"``, dates later than the store's last). The intent is
+   recorded first (``xs2mask_appending``), then every array along ``time`` is
+   resized and the new times written, then the intent is cleared. A store found
+   with an intent is rolled back to its dates before it, then the job goes on.
+3. **Slabs.** Each slab (one date x one spatial block of whole chunks) is written
+   with ``region=``; only then is its key added to ``xs2mask_done``.
+4. **Completion.** When every slab of every date is recorded, the status becomes
+   ``"complete"`` and the metadata are consolidated. Any later change first drops
+   the consolidated metadata, so they never describe a store that is being written.
 
-A slab whose inputs cannot be read can, if the caller says so, be written as
-no-data (255) and listed in the group attribute ``xs2mask_read_errors``;
+What decides the pixels (models and their weights' sha256, TTA, processing
+resolution, patch size and overlap, the caller's own entries such as the
+harmonisation mode) is recorded in ``xs2mask_provenance``; variables, dtypes,
+chunks, CRS and grid in ``xs2mask_layout`` and the coordinates. A resume or an
+append that differs in any of them is refused, naming the stored and the new
+value. Times are unique and increasing: duplicated times are refused, and so
+are appended dates earlier than the store's last one (inserting them would mean
+rewriting every date after them).
+
+The store reads as plain CF with any reader: ``mask`` is uint8 with 255 listed
+as the flag ``no_data`` (no ``_FillValue``, which xarray would decode to float
+NaN); ``spatial_ref`` is a coordinate named by the ``coordinates`` and
+``grid_mapping`` attributes, and GDAL finds the CRS in ``_CRS``. Zarr's own
+fill value is 255 in format 3; format 2 surfaces it to xarray as ``_FillValue``,
+so there it is left unset and every chunk is written as no-data up front.
+
+A slab whose inputs cannot be read can be written as no-data with
+:meth:`MaskStore.write_nodata`, listed in ``xs2mask_read_errors``;
 :func:`open_masks` then warns, and a rerun retries those slabs.
-
-A rerun with the same layout skips the recorded slabs; ``mode="a"`` appends new
-dates along ``time``; an existing store with another layout is refused, never
-overwritten (only ``mode="w"`` replaces a store).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator, Mapping
+import os
+import signal
+import sys
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -38,29 +60,56 @@ import numpy as np
 import xarray as xr
 
 from .classes import NODATA
-from .exceptions import ReadWarning, StoreError
+from .exceptions import ReadWarning, StoreError, XS2MaskError
 
 STATUS_ATTR = "xs2mask_status"
 DONE_ATTR = "xs2mask_done"
 LAYOUT_ATTR = "xs2mask_layout"
+PROVENANCE_ATTR = "xs2mask_provenance"
 CONSOLIDATED_ATTR = "xs2mask_consolidated"
 READ_ERRORS_ATTR = "xs2mask_read_errors"
-_KEEP_ENCODING = ("_FillValue", "dtype", "grid_mapping", "units", "calendar")
+APPENDING_ATTR = "xs2mask_appending"
+# Set to n, the writer SIGKILLs its own process before its n-th write: how the tests prove crash safety.
+KILL_ENV = "XS2MASK_TEST_KILL_AT"
+# Exact for any acquisition time, and appendable without another choice of units.
+TIME_ENCODING = {
+    "units": "microseconds since 1970-01-01",
+    "calendar": "proleptic_gregorian",
+    "dtype": "int64",
+}
+# Grids must match to this fraction of a pixel, absolutely (northings near 1e7 m defeat relative tolerances).
+GRID_TOLERANCE = 1e-3
+_KEEP_ENCODING = ("dtype", "grid_mapping", "units", "calendar")
+_FIX = "Rerun with the same options, write to another path, or replace the store with mode='w' (--overwrite)."
+
+Mode = Literal["w-", "w", "a"]
+
+_steps = 0
+
+
+def _step(name: str) -> None:
+    """Called just before each write to a store; ``name`` says which (the tests record them)."""
+    global _steps
+    _steps += 1
+    if os.environ.get(KILL_ENV) == str(_steps):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass(frozen=True)
 class Slab:
-    """One unit of work: a time step and a block of whole Zarr chunks.
+    """One unit of work: a date and a block of whole Zarr chunks.
 
     Attributes
     ----------
-    time : position along ``time`` in the dataset being written.
+    time : position of the date in the dataset being written.
+    date : the time value itself.
     y, x : pixel slices of the block.
     key : stable name recorded when the slab is written (uses the time value,
         so that appending dates never changes the meaning of a key).
     """
 
     time: int
+    date: np.datetime64
     y: slice
     x: slice
     key: str
@@ -71,11 +120,12 @@ class Slab:
 
 
 def prepare(ds: xr.Dataset | xr.DataArray, *, chunks: Mapping[str, int] | None = None) -> xr.Dataset:
-    """Make a mask dataset writable to Zarr: one time step per chunk, regular chunks, clean metadata.
+    """Make a mask dataset writable to Zarr: sorted unique times, one per chunk, clean CF metadata.
 
     Drops coordinates Zarr cannot store (object dtype, e.g. stackstac's
-    ``proj:transform``) and attributes that are not plain values, and clears
-    inherited encodings except the fill value, dtype and grid mapping.
+    ``proj:transform``) and attributes that are not plain values, clears
+    inherited encodings, and refuses two time steps with the same time (one
+    would overwrite the other).
 
     Examples
     --------
@@ -94,6 +144,9 @@ def prepare(ds: xr.Dataset | xr.DataArray, *, chunks: Mapping[str, int] | None =
     missing = {"y", "x"} - set(ds.dims)
     if missing:
         raise StoreError(f"the dataset lacks spatial dims {sorted(missing)}; expected (time, y, x)")
+    _check_unique_times(ds["time"].values)
+    if not ds.indexes["time"].is_monotonic_increasing:
+        ds = ds.sortby("time")
     drop = [n for n, c in ds.coords.items() if c.dtype == object and n not in ds.dims]
     # A shallow copy gives fresh Variable objects: the caller's attrs and encodings stay untouched.
     ds = ds.drop_vars(drop).copy()
@@ -105,10 +158,29 @@ def prepare(ds: xr.Dataset | xr.DataArray, *, chunks: Mapping[str, int] | None =
         kept = {k: v for k, v in var.encoding.items() if k in _KEEP_ENCODING}
         var.encoding.clear()
         var.encoding.update(kept)
+    ds["time"].encoding.update(TIME_ENCODING)
     if "mask" in ds and ds["mask"].dtype == np.uint8:
-        ds["mask"].encoding["_FillValue"] = NODATA
-        # _FillValue already says it; xarray refuses to append when both are present.
-        ds["mask"].attrs.pop("missing_value", None)
+        attrs = ds["mask"].attrs
+        for cf_missing in ("_FillValue", "missing_value", "valid_range"):
+            attrs.pop(cf_missing, None)
+        if "flag_values" in attrs and NODATA not in attrs["flag_values"]:
+            attrs["flag_values"] = [*attrs["flag_values"], NODATA]
+            attrs["flag_meanings"] = f"{attrs.get('flag_meanings', '')} no_data".strip()
+    if "probability" in ds and ds["probability"].dtype == np.uint8:
+        ds["probability"].attrs["scale_factor"] = ds["probability"].attrs.pop(
+            "scale_factor_to_probability", 1 / 255
+        )
+    for var in ds.data_vars.values():
+        # Named explicitly: xarray leaves a grid-mapping variable out of `coordinates`, and a
+        # plain reader then loses the CRS.
+        coords = [c for c, v in ds.coords.items() if c not in ds.dims and set(v.dims) <= set(var.dims)]
+        if coords:
+            var.encoding["coordinates"] = " ".join(sorted(coords))
+        if "spatial_ref" in ds.coords:
+            var.encoding["grid_mapping"] = "spatial_ref"
+            wkt = ds["spatial_ref"].attrs.get("crs_wkt")
+            if wkt:
+                var.attrs["_CRS"] = {"wkt": wkt}  # where GDAL's Zarr driver reads a CRS
     return ds
 
 
@@ -122,83 +194,575 @@ def slabs(ds: xr.Dataset, block: int | None = None) -> list[Slab]:
     >>> [s.key for s in slabs(prepare(t, chunks={"y": 2, "x": 3}), block=2)][:3]
     ['2024-01-01T00:00:00/y0/x0', '2024-01-01T00:00:00/y0/x1', '2024-01-01T00:00:00/y1/x0']
     """
-    cy, cx = _first_chunk(ds, "y"), _first_chunk(ds, "x")
-    by = _block(block, cy)
-    bx = _block(block, cx)
-    out = []
-    for t, value in enumerate(ds["time"].values):
-        for i, y0 in enumerate(range(0, ds.sizes["y"], by)):
-            for j, x0 in enumerate(range(0, ds.sizes["x"], bx)):
-                key = f"{_time_key(value)}/y{i}/x{j}"
-                out.append(Slab(t, slice(y0, min(y0 + by, ds.sizes["y"])), slice(x0, x0 + bx), key))
-    return [Slab(s.time, s.y, slice(s.x.start, min(s.x.stop, ds.sizes["x"])), s.key) for s in out]
+    by = _block(block, _first_chunk(ds, "y"))
+    bx = _block(block, _first_chunk(ds, "x"))
+    ny, nx = ds.sizes["y"], ds.sizes["x"]
+    return [
+        Slab(
+            t,
+            value,
+            slice(y0, min(y0 + by, ny)),
+            slice(x0, min(x0 + bx, nx)),
+            f"{_time_key(value)}/y{i}/x{j}",
+        )
+        for t, value in enumerate(ds["time"].values)
+        for i, y0 in enumerate(range(0, ny, by))
+        for j, x0 in enumerate(range(0, nx, bx))
+    ]
+
+
+def provenance_of(ds: xr.Dataset | xr.DataArray) -> dict[str, Any]:
+    """What decides the pixels of masks made by :func:`xs2mask.predict`, read from their attributes.
+
+    Model names with the sha256 of their weights, patch size, overlap, TTA,
+    processing resolution and precision. :class:`MaskStore` records it and
+    refuses to mix masks whose provenance differs.
+
+    Examples
+    --------
+    >>> import xs2mask
+    >>> ds = xs2mask.predict(xs2mask.data.demo_scene(), model="ukis-csmask-4b-l2a")
+    >>> provenance_of(ds)["tta"]
+    0
+    """
+    attrs = ds.attrs
+    keys = ("model", "patch_size", "overlap", "tta", "processing_resolution", "dtype")
+    out = {key: attrs[f"xs2mask_{key}"] for key in keys if f"xs2mask_{key}" in attrs}
+    if "model" in out:
+        out["weights_sha256"] = {name: _weights_sha256(name) for name in str(out["model"]).split(",")}
+    return out
+
+
+class MaskStore:
+    """The one writer of a mask store: create or resume, append, write slabs, complete.
+
+    Use :meth:`open`, then write what :meth:`todo` lists with :meth:`write` (or
+    :meth:`write_nodata`), then call :meth:`complete`. The store never calls
+    back into the job: how the slabs are computed is the caller's business.
+
+    Examples
+    --------
+    >>> import xs2mask
+    >>> cube = xs2mask.data.demo_scene(chunks=256).expand_dims(time=[np.datetime64("2020-04-29")])
+    >>> masks = cube.s2mask.predict()
+    >>> writer = MaskStore.open("masks.zarr", masks)  # doctest: +SKIP
+    >>> for slab in writer.todo():  # doctest: +SKIP
+    ...     writer.write([(slab, writer.template.isel(slab.isel))])
+    >>> writer.complete()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        path: str,
+        template: xr.Dataset,
+        *,
+        storage_options: dict[str, Any] | None,
+        zarr_format: int,
+        consolidated: bool,
+        block: int,
+    ) -> None:
+        self.path, self.template = path, template
+        self.storage_options, self.zarr_format = storage_options, zarr_format
+        self.consolidated, self.block = consolidated, block
+        self.slabs = slabs(template, block)
+        self._positions: dict[str, int] = {}
+        self._done: set[str] = set()
+        self._errors: list[dict[str, Any]] = []
+        self._todo: list[Slab] = []
+        self._store_times: np.ndarray = template["time"].values
+        self.stored_attrs: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(
+        cls,
+        path: str,
+        template: xr.Dataset | xr.DataArray,
+        *,
+        mode: Mode = "w-",
+        provenance: Mapping[str, Any] | None = None,
+        storage_options: dict[str, Any] | None = None,
+        zarr_format: int | None = None,
+        consolidated: bool = True,
+        chunks: Mapping[str, int] | None = None,
+        shards: Mapping[str, int] | None = None,
+        block: int | None = None,
+    ) -> MaskStore:
+        """Create the store, or check an existing one against ``template`` and resume or append.
+
+        Parameters
+        ----------
+        path
+            Local path or fsspec URL (``s3://bucket/masks.zarr``).
+        template
+            The (lazy) masks to write, with a ``time`` dim: its metadata, grid and
+            dates define the store; its pixels are never computed here.
+        mode
+            ``"w-"``: create; an existing store with the same provenance, layout
+            and dates is resumed (or left as is when complete). ``"a"``: also
+            append the dates not in the store, all later than its last date.
+            ``"w"``: replace whatever is at ``path``.
+        provenance
+            Entries recorded and compared beside :func:`provenance_of` the
+            template, e.g. ``{"harmonize": "auto"}``.
+        storage_options
+            fsspec options for object storage (credentials, ``endpoint_url``).
+        zarr_format
+            2 or 3 (default: zarr-python's default, 3 with zarr>=3).
+        consolidated
+            Consolidate the metadata once the store is complete.
+        chunks, shards
+            Zarr chunk sizes for ``y``/``x`` (default: the template's Dask chunks)
+            and Zarr v3 shard sizes (multiples of ``chunks``); Dask chunks are
+            then whole shards, so no two tasks write one shard.
+        block
+            Slab size in pixels (rounded to whole chunks; default about 4096).
+
+        Raises
+        ------
+        StoreError
+            The store was written otherwise (provenance, layout, grid, CRS), is
+            not an xs2mask store, or the dates cannot be appended.
+        """
+        if mode not in ("w-", "w", "a"):
+            raise StoreError(f"mode must be 'w-', 'w' or 'a', got {mode!r}")
+        if zarr_format not in (None, 2, 3):
+            raise StoreError(f"zarr_format must be 2 or 3, got {zarr_format!r}")
+        sizes = dict(chunks or {})
+        if shards:
+            if zarr_format == 2:
+                raise StoreError("shards need Zarr format 3; pass zarr_format=3 or drop shards=")
+            for dim, size in shards.items():
+                inner = sizes.get(dim) or _first_chunk(prepare(template), dim)
+                if size % inner:
+                    raise StoreError(
+                        f"shard size {size} along {dim} is not a multiple of the chunk size {inner}"
+                    )
+                sizes.setdefault(dim, inner)
+        ds = prepare(template, chunks=shards or sizes)
+        asked_format, zarr_format = zarr_format, zarr_format or _default_format()
+        encoding = _encoding(ds, sizes if shards else None, shards, zarr_format)
+        layout = _layout(ds, encoding, block)
+        record = _jsonable({**provenance_of(ds), **(provenance or {})})
+        self = cls(
+            path,
+            ds,
+            storage_options=storage_options,
+            zarr_format=zarr_format,
+            consolidated=consolidated,
+            block=layout["block"],
+        )
+        if mode == "w" and _exists(path, storage_options):
+            _step("remove")
+            _remove(path, storage_options)
+        attrs = self._existing()
+        if attrs is None or attrs.get(STATUS_ATTR) == "creating":
+            self._create(encoding, layout, record)
+            return self
+        stored_format = _open_group(path, storage_options).metadata.zarr_format
+        if asked_format is not None and stored_format != asked_format:
+            raise StoreError(
+                f"{path} is a Zarr format {stored_format} store, not format {asked_format}. "
+                f"Pass zarr_format={stored_format} (--zarr-format {stored_format}) or another path."
+            )
+        self.zarr_format = stored_format
+        self.stored_attrs = attrs
+        self._resume(attrs, mode, layout, record)
+        return self
+
+    def _existing(self) -> dict[str, Any] | None:
+        """The group attributes of an xs2mask store at the path; None when there is nothing to keep."""
+        if not _exists(self.path, self.storage_options):
+            return None
+        try:
+            group = _open_group(self.path, self.storage_options)
+        except StoreError:
+            raise StoreError(
+                f"{self.path} exists and is not a Zarr store; refusing to overwrite it. "
+                "Choose another path, or mode='w' to replace it."
+            ) from None
+        attrs = dict(group.attrs)
+        if STATUS_ATTR not in attrs:
+            if not attrs and not list(group.keys()):
+                return None  # an empty group: a kill came before the template's attributes
+            raise StoreError(
+                f"{self.path} exists and was not written by xs2mask; refusing to touch it. "
+                "Choose another path, or mode='w' to replace it."
+            )
+        return attrs
+
+    def _create(
+        self, encoding: Mapping[str, Any], layout: Mapping[str, Any], record: Mapping[str, Any]
+    ) -> None:
+        ds = self.template.copy()
+        ds.attrs = {
+            **ds.attrs,
+            STATUS_ATTR: "creating",
+            DONE_ATTR: [],
+            READ_ERRORS_ATTR: [],
+            APPENDING_ATTR: None,
+            CONSOLIDATED_ATTR: False,
+            LAYOUT_ATTR: dict(layout),
+            PROVENANCE_ATTR: dict(record),
+        }
+        for var in ds.variables.values():
+            if not set(var.dims) & {"time", "y", "x"}:
+                # No slab writes these (e.g. `class_name`): the template must hold their values.
+                var.load()
+        _step("template")
+        # mode="w": what is there is an empty group or an unfinished template of ours.
+        ds.to_zarr(self.path, mode="w", compute=False, encoding=dict(encoding), **self._kw)
+        self._prefill(0)
+        _step("status")
+        self._set_attrs({STATUS_ATTR: "incomplete"})
+        self._positions = {_time_key(t): i for i, t in enumerate(ds["time"].values)}
+        self._todo = list(self.slabs)
+
+    def _resume(
+        self, attrs: dict[str, Any], mode: Mode, layout: Mapping[str, Any], record: Mapping[str, Any]
+    ) -> None:
+        if attrs.get(APPENDING_ATTR):
+            self._roll_back(attrs[APPENDING_ATTR]["from"])
+        stored = xr.open_zarr(
+            self.path, storage_options=self.storage_options, consolidated=False, mask_and_scale=False
+        )
+        self._check(attrs, stored, layout, record)
+        times = stored["time"].values
+        keys = [_time_key(t) for t in times]
+        new = [t for t in self.template["time"].values if _time_key(t) not in set(keys)]
+        if new and mode != "a":
+            raise StoreError(
+                f"{self.path} already holds masks for other dates: {len(new)} of the dates to write "
+                f"({_time_key(new[0])}{', ...' if len(new) > 1 else ''}) are not in it. Pass mode='a' "
+                "(--append) to append them, write to another path, or mode='w' (--overwrite) to replace it."
+            )
+        if new and len(times) and new[0] <= times[-1]:
+            early = [_time_key(t) for t in new if t <= times[-1]]
+            raise StoreError(
+                f"{self.path} ends at {keys[-1]}; the new date(s) {', '.join(early[:3])}"
+                f"{', ...' if len(early) > 3 else ''} are earlier. Appending keeps the time axis in order, "
+                "so earlier dates cannot be appended: write them to another store, or rewrite this one "
+                "with all its dates (mode='w' / --overwrite)."
+            )
+        self._store_times = times
+        wanted = {_time_key(t) for t in self.template["time"].values}
+        errors = list(attrs.get(READ_ERRORS_ATTR) or [])
+        # Slabs written as no-data after read errors are done, but worth another try when asked for.
+        retry = {e.get("slab") for e in errors if str(e.get("slab")).split("/")[0] in wanted}
+        self._errors = [e for e in errors if e.get("slab") not in retry]
+        self._done = set(attrs.get(DONE_ATTR, [])) - retry
+        unwritten = sorted({k.split("/")[0] for k in self._all_keys() if k not in self._done} - wanted)
+        if unwritten:
+            raise StoreError(
+                f"{self.path} is incomplete: {len(unwritten)} of its dates ({', '.join(unwritten[:3])}"
+                f"{', ...' if len(unwritten) > 3 else ''}) were being written by a job that was "
+                "interrupted, and this job does not cover them. Rerun that job first (the same "
+                "command), or replace the store with mode='w' (--overwrite)."
+            )
+        if new:
+            self._append(np.asarray(new), len(times), stored["time"].attrs, stored["time"].encoding)
+            self._store_times = np.concatenate([times, np.asarray(new, times.dtype)])
+        self._positions = {_time_key(t): i for i, t in enumerate(self._store_times)}
+        self._todo = [s for s in self.slabs if s.key not in self._done]
+        if self._todo:
+            self._unconsolidate()
+            _step("start")
+            self._set_attrs(
+                {
+                    STATUS_ATTR: "incomplete",
+                    CONSOLIDATED_ATTR: False,
+                    DONE_ATTR: sorted(self._done),
+                    READ_ERRORS_ATTR: self._errors,
+                }
+            )
+
+    def _check(
+        self,
+        attrs: Mapping[str, Any],
+        stored: xr.Dataset,
+        layout: Mapping[str, Any],
+        record: Mapping[str, Any],
+    ) -> None:
+        """Refuse a store written otherwise, naming every difference (stored vs new)."""
+        problems = []
+        old = attrs.get(PROVENANCE_ATTR)
+        if old is None:
+            problems.append(f"it has no {PROVENANCE_ATTR} record (written by an older xs2mask)")
+        else:
+            problems.extend(
+                f"{key}: stored {old.get(key)!r}, new {record.get(key)!r}"
+                for key in sorted(set(old) | set(record))
+                if old.get(key) != record.get(key)
+            )
+        stored_layout = attrs.get(LAYOUT_ATTR, {})
+        if stored_layout.get("variables") != layout["variables"]:
+            problems.append(
+                f"variables/dtypes/chunks differ: stored {stored_layout.get('variables')}, "
+                f"new {layout['variables']}"
+            )
+        if stored_layout.get("block") != layout["block"]:
+            problems.append(f"slab size: stored {stored_layout.get('block')}, new {layout['block']}")
+        for dim in ("y", "x"):
+            problems.extend(_grid_problems(dim, stored[dim].values, self.template[dim].values))
+        crs_old, crs_new = _crs_wkt(stored), _crs_wkt(self.template)
+        if not _same_crs(crs_old, crs_new):
+            problems.append(f"CRS: stored {_crs_name(crs_old)}, new {_crs_name(crs_new)}")
+        if problems:
+            raise StoreError(f"{self.path} holds masks made otherwise: {'; '.join(problems)}. {_FIX}")
+
+    def _append(
+        self, new: np.ndarray, start: int, time_attrs: Mapping[str, Any], time_encoding: Mapping[str, Any]
+    ) -> None:
+        """Grow every array along ``time`` by the new dates; an interrupted append is rolled back."""
+        from xarray.coding.times import encode_cf_datetime
+
+        self._unconsolidate()
+        _step("append intent")
+        self._set_attrs(
+            {
+                STATUS_ATTR: "incomplete",
+                CONSOLIDATED_ATTR: False,
+                APPENDING_ATTR: {"from": start, "dates": [_time_key(t) for t in new]},
+            }
+        )
+        group = _open_group(self.path, self.storage_options, mode="r+")
+        for name, array in sorted(_time_arrays(group).items()):
+            _step(f"append resize {name}")
+            array.resize((start + len(new), *array.shape[1:]))
+        units = time_attrs.get("units") or time_encoding.get("units")
+        calendar = time_attrs.get("calendar") or time_encoding.get("calendar")
+        values, _, _ = encode_cf_datetime(new, units, calendar, dtype=group["time"].dtype)
+        _step("append time")
+        group["time"][start:] = values
+        self._prefill(start)
+        _step("append commit")
+        self._set_attrs({APPENDING_ATTR: None})
+
+    def _roll_back(self, start: int) -> None:
+        group = _open_group(self.path, self.storage_options, mode="r+")
+        for name, array in sorted(_time_arrays(group).items()):
+            if array.shape[0] != start:
+                _step(f"roll back {name}")
+                array.resize((start, *array.shape[1:]))
+        _step("roll back commit")
+        self._set_attrs({APPENDING_ATTR: None})
+
+    def _prefill(self, start: int) -> None:
+        """Zarr v2 has no fill value here (xarray would decode it as NaN): write no-data up front."""
+        if self.zarr_format != 2:
+            return
+        group = _open_group(self.path, self.storage_options, mode="r+")
+        for name, var in self.template.data_vars.items():
+            if var.dtype == np.uint8 and name == "mask":
+                _step(f"prefill {name}")
+                group[name][start:] = NODATA
+
+    # ------------------------------------------------------------------ writing
+
+    def todo(self) -> list[Slab]:
+        """The slabs still to write, in order (date by date)."""
+        return list(self._todo)
+
+    @property
+    def batch(self) -> int:
+        """Slabs worth computing together: enough chunks to keep every core of the cluster busy."""
+        per_slab = math.ceil(min(self.block, self.template.sizes["y"]) / _first_chunk(self.template, "y")) * (
+            math.ceil(min(self.block, self.template.sizes["x"]) / _first_chunk(self.template, "x"))
+        )
+        return max(1, math.ceil(2 * _threads() / per_slab))
+
+    def write(
+        self, parts: Sequence[tuple[Slab, xr.Dataset | xr.DataArray]], also: Sequence[Any] = ()
+    ) -> list[Any]:
+        """Compute and write slabs in one pass, then record them as done.
+
+        Parameters
+        ----------
+        parts
+            ``(slab, masks)`` pairs; ``masks`` covers exactly the slab, on the
+            template's grid and date (checked), lazy or not.
+        also
+            Lazy values computed in the same pass (sharing the reads), e.g. a
+            radiometric check of the inputs.
+
+        Returns
+        -------
+        list
+            The computed ``also`` values.
+        """
+        import dask
+
+        for slab, part in parts:
+            self._check_part(slab, part)
+        keys = [slab.key for slab, _ in parts]
+        _step(f"write {' '.join(keys)}")
+        with _scaled_writes():
+            writes = [
+                _region_part(part, self.template).to_zarr(
+                    self.path, region=self._region(slab), mode="r+", compute=False, **self._kw
+                )
+                for slab, part in parts
+            ]
+            values = dask.compute(writes, list(also))[1]
+        self._record(keys)
+        return list(values)
+
+    def write_nodata(self, slab: Slab, record: Mapping[str, Any]) -> None:
+        """Write a slab as no-data (255, NaN for floats) and list ``record`` in ``xs2mask_read_errors``."""
+        part = _region_part(self.template.isel(slab.isel), self.template)
+        for name, var in part.data_vars.items():
+            # As predict marks no-data: 255 in the mask, 0 in uint8 probabilities, NaN in floats.
+            fill = NODATA if name == "mask" else 0 if self.template[name].dtype.kind in "iu" else np.nan
+            part[name] = var.copy(data=np.full(var.shape, fill, var.dtype))
+        _step(f"nodata {slab.key}")
+        with _scaled_writes():
+            part.to_zarr(self.path, region=self._region(slab), mode="r+", **self._kw)
+        self._errors.append({"slab": slab.key, **_jsonable(dict(record))})
+        self._record([slab.key])
+
+    def complete(self, attrs: Mapping[str, Any] | None = None) -> None:
+        """Mark the store complete and consolidate its metadata, once every slab of every date is written.
+
+        ``attrs`` are group attributes written in the same update as the status,
+        e.g. the list of input items merged over appends (:attr:`stored_attrs`
+        holds the ones found at :meth:`open`).
+        """
+        missing = [k for k in self._all_keys() if k not in self._done]
+        if missing:
+            raise StoreError(
+                f"{self.path} cannot be completed: {len(missing)} slab(s) are not written yet "
+                f"(first: {missing[0]}). Write every slab of todo() first."
+            )
+        if self._attrs().get(STATUS_ATTR) != "complete":
+            _step("complete")
+            self._set_attrs({**(attrs or {}), STATUS_ATTR: "complete", CONSOLIDATED_ATTR: self.consolidated})
+        if self.consolidated and not self._is_consolidated():
+            import zarr
+
+            _step("consolidate")
+            with warnings.catch_warnings():
+                # zarr-python warns that v3 consolidated metadata are not in the spec yet; xarray reads them.
+                warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+                zarr.consolidate_metadata(
+                    _mapper(self.path, self.storage_options), zarr_format=self.zarr_format
+                )
+
+    @property
+    def dates(self) -> int:
+        """Number of dates in the store."""
+        return len(self._store_times)
+
+    # ------------------------------------------------------------------ internals
+
+    @property
+    def _kw(self) -> dict[str, Any]:
+        return {
+            "storage_options": self.storage_options,
+            "zarr_format": self.zarr_format,
+            "consolidated": False,
+        }
+
+    def _all_keys(self) -> list[str]:
+        """Slab keys of every date in the store (those of this template and any earlier ones)."""
+        ny, nx = self.template.sizes["y"], self.template.sizes["x"]
+        by = _block(self.block, _first_chunk(self.template, "y"))
+        bx = _block(self.block, _first_chunk(self.template, "x"))
+        return [
+            f"{_time_key(t)}/y{i}/x{j}"
+            for t in self._store_times
+            for i in range(math.ceil(ny / by))
+            for j in range(math.ceil(nx / bx))
+        ]
+
+    def _region(self, slab: Slab) -> dict[str, slice]:
+        position = self._positions[_time_key(slab.date)]
+        return {"time": slice(position, position + 1), "y": slab.y, "x": slab.x}
+
+    def _check_part(self, slab: Slab, part: xr.Dataset | xr.DataArray) -> None:
+        """Refuse masks that do not cover exactly the slab's date and pixels: they would land elsewhere."""
+        expected = self.template.isel(slab.isel)
+        if "time" in part.coords and not np.array_equal(part["time"].values, expected["time"].values):
+            given = ", ".join(_time_key(t) for t in part["time"].values)
+            raise StoreError(
+                f"slab {slab.key}: the masks are for {given}, not for {_time_key(slab.date)}. "
+                "Pass the masks of the slab's date (template.isel(slab.isel))."
+            )
+        for dim in ("y", "x"):
+            size = part.sizes.get(dim)
+            problems = (
+                _grid_problems(dim, expected[dim].values, part[dim].values) if dim in part.coords else []
+            )
+            if size != expected.sizes[dim] or problems:
+                raise StoreError(
+                    f"slab {slab.key}: the masks do not cover the slab's {dim} pixels "
+                    f"({'; '.join(problems) or f'{size} pixels, expected {expected.sizes[dim]}'}). "
+                    "Pass the masks of exactly the slab (template.isel(slab.isel))."
+                )
+
+    def _record(self, keys: Sequence[str]) -> None:
+        self._done.update(keys)
+        _step(f"record {' '.join(keys)}")
+        attrs: dict[str, Any] = {DONE_ATTR: sorted(self._done)}
+        if self._errors:
+            attrs[READ_ERRORS_ATTR] = self._errors
+        self._set_attrs(attrs)
+
+    def _attrs(self) -> dict[str, Any]:
+        return dict(_open_group(self.path, self.storage_options).attrs)
+
+    def _set_attrs(self, values: Mapping[str, Any]) -> None:
+        # Written from the group's own metadata: in format 3 this also drops consolidated metadata.
+        _open_group(self.path, self.storage_options, mode="r+").attrs.update(dict(values))
+
+    def _is_consolidated(self) -> bool:
+        return _is_consolidated(self.path, self.storage_options, self.zarr_format)
+
+    def _unconsolidate(self) -> None:
+        """Stale consolidated metadata would show readers a finished store: drop them before any change."""
+        if self.zarr_format == 2 and _fs_exists(self.path, self.storage_options, ".zmetadata"):
+            import fsspec
+
+            _step("unconsolidate")
+            fs, root = fsspec.core.url_to_fs(str(self.path), **(self.storage_options or {}))
+            fs.rm(f"{root.rstrip('/')}/.zmetadata")
+        # Format 3 keeps them in zarr.json, which the next attribute update rewrites without them.
 
 
 def to_zarr(
     ds: xr.Dataset | xr.DataArray,
     store: str,
     *,
-    mode: Literal["w-", "w", "a"] = "w-",
+    mode: Mode = "w-",
     append_dim: str = "time",
     storage_options: dict[str, Any] | None = None,
     zarr_format: int | None = None,
-    consolidated: bool | None = None,
+    consolidated: bool = True,
     chunks: Mapping[str, int] | None = None,
     shards: Mapping[str, int] | None = None,
     block: int | None = None,
-    build: Callable[[Slab], xr.Dataset] | None = None,
     progress: Callable[[Iterator[Slab], int], Iterator[Slab]] | None = None,
     batch: int | None = None,
-    check: Callable[[Slab, xr.Dataset], tuple[Any, Callable[[Any], None]]] | None = None,
-    on_read_error: Callable[[Slab, Exception], dict[str, Any]] | None = None,
 ) -> str:
-    """Write a mask cube to Zarr slab by slab, resuming and appending safely.
+    """Write a (lazy) mask cube to Zarr slab by slab; a rerun resumes, ``mode="a"`` appends dates.
+
+    A thin loop over :class:`MaskStore`: see :meth:`MaskStore.open` for
+    ``mode``, ``storage_options``, ``zarr_format``, ``consolidated``,
+    ``chunks``, ``shards`` and ``block``.
 
     Parameters
     ----------
     ds
         Output of :func:`xs2mask.predict` with a ``time`` dim (lazy or not).
     store
-        Local path or fsspec URL (``s3://bucket/masks.zarr``).
-    mode
-        ``"w-"`` create; an existing incomplete store with the same layout is
-        resumed, a complete one with the same dates is left as is, anything else
-        is refused. ``"a"`` appends the dates not yet in the store along
-        ``append_dim`` (dates already there are resumed or skipped). ``"w"``
-        replaces whatever is at ``store``.
+        Local path or fsspec URL.
     append_dim
         Only ``"time"`` is supported: masks grow by dates.
-    storage_options
-        fsspec options for object storage (credentials, ``endpoint_url``).
-    zarr_format
-        2 or 3 (default: zarr-python's default, 3 with zarr>=3).
-    consolidated
-        Consolidate metadata when the store is complete. Default: True for Zarr
-        v2 and False for v3, whose spec has no consolidated metadata yet.
-    chunks
-        Zarr chunk sizes for ``y``/``x`` (default: the Dask chunks of ``ds``).
-    shards
-        Zarr v3 shard sizes for ``y``/``x`` (multiples of ``chunks``); Dask
-        chunks are then whole shards, so no two tasks write one shard.
-    block
-        Slab size in pixels (rounded to whole chunks; default about 4096).
-    build
-        Optional callable returning the dataset for one slab; the pipeline uses
-        it to rebuild inputs (and re-sign URLs) per slab. Default: ``ds.isel``.
     progress
         Optional wrapper of the slab iterator, e.g. a progress bar.
     batch
         Slabs computed together (default: enough to keep every core busy). A
         killed job redoes at most one batch.
-    check
-        Optional ``(slab, part) -> (lazy_value, callback)``: the lazy value is
-        computed in the same pass as the slab's write (sharing its reads) and
-        handed to the callback, e.g. a radiometric sanity check of the inputs.
-    on_read_error
-        Optional ``(slab, error) -> record`` called when a slab fails: raise to
-        stop the job, or return a JSON-able record; the slab is then written as
-        no-data and the record appended to the group attribute
-        ``xs2mask_read_errors``. A rerun retries those slabs.
 
     Returns
     -------
@@ -214,91 +778,29 @@ def to_zarr(
     """
     if append_dim != "time":
         raise StoreError(f"append_dim must be 'time' (masks grow by dates), got {append_dim!r}")
-    if mode not in ("w-", "w", "a"):
-        raise StoreError(f"mode must be 'w-', 'w' or 'a', got {mode!r}")
-    if zarr_format not in (None, 2, 3):
-        raise StoreError(f"zarr_format must be 2 or 3, got {zarr_format!r}")
-    sizes = dict(chunks or {})
-    if shards:
-        if zarr_format == 2:
-            raise StoreError("shards need Zarr format 3; pass zarr_format=3 or drop shards=")
-        for dim, size in shards.items():
-            inner = sizes.get(dim) or _first_chunk(prepare(ds), dim)
-            if size % inner:
-                raise StoreError(f"shard size {size} along {dim} is not a multiple of the chunk size {inner}")
-            sizes.setdefault(dim, inner)
-    ds = prepare(ds, chunks=shards or sizes)
-    zarr_format = zarr_format or _default_format()
-    consolidated = (zarr_format == 2) if consolidated is None else consolidated
-    encoding = _encoding(ds, sizes if shards else None, shards, zarr_format)
-    layout = _layout(ds, encoding, block)
-    kw = {"storage_options": storage_options, "zarr_format": zarr_format, "consolidated": False}
-
-    if mode == "w" and _exists(store, storage_options):
-        _remove(store, storage_options)
-    existing = _open_existing(store, storage_options)
-    if existing is None:
-        ds.to_zarr(store, mode="w-", compute=False, encoding=encoding, **kw)
-        _set_attrs(store, storage_options, {STATUS_ATTR: "incomplete", DONE_ATTR: [], LAYOUT_ATTR: layout})
-    else:
-        group_attrs, stored = existing
-        _check_layout(store, group_attrs, stored, ds, layout)
-        new_times = ~np.isin(ds["time"].values, stored["time"].values)
-        if new_times.any():
-            if mode != "a":
-                raise StoreError(
-                    f"{store} already holds masks for other dates: {int(new_times.sum())} of the "
-                    "dates to write are not in it. Pass mode='a' to append them, another path, "
-                    "or mode='w' to replace the store."
-                )
-            appended = ds.isel(time=np.flatnonzero(new_times))
-            _set_attrs(store, storage_options, {STATUS_ATTR: "incomplete"})
-            appended.to_zarr(store, append_dim="time", compute=False, **kw)
-            # Appending rewrites the group attributes from `ds`: put back the progress record.
-            _set_attrs(store, storage_options, {**group_attrs, STATUS_ATTR: "incomplete"})
-    offsets = _time_positions(store, storage_options, ds)
-    attrs = _read_attrs(store, storage_options)
-    # Slabs written as no-data after read errors are done, but worth another try.
-    failed = {r.get("slab") for r in attrs.get(READ_ERRORS_ATTR, [])}
-    done = set(attrs.get(DONE_ATTR, [])) - failed
-    todo = [s for s in slabs(ds, layout["block"]) if s.key not in done]
-    if todo:
-        _set_attrs(
-            store,
-            storage_options,
-            {
-                STATUS_ATTR: "incomplete",
-                CONSOLIDATED_ATTR: False,
-                READ_ERRORS_ATTR: [],
-                DONE_ATTR: sorted(done),
-            },
-        )
-    flush = _Flush(ds, store, kw, done, on_read_error)
-    # Chunks in one real slab (an area smaller than the block has fewer): batch enough slabs to
-    # give every core of the cluster work.
-    per_slab = math.ceil(min(layout["block"], ds.sizes["y"]) / _first_chunk(ds, "y")) * math.ceil(
-        min(layout["block"], ds.sizes["x"]) / _first_chunk(ds, "x")
+    writer = MaskStore.open(
+        store,
+        ds,
+        mode=mode,
+        storage_options=storage_options,
+        zarr_format=zarr_format,
+        consolidated=consolidated,
+        chunks=chunks,
+        shards=shards,
+        block=block,
     )
-    batch = batch or max(1, math.ceil(2 * _threads() / per_slab))
-    iterator: Iterator[Slab] = iter(todo)
-    if progress is not None:
-        iterator = progress(iterator, len(todo))
-    pending: list[_Pending] = []
+    todo = writer.todo()
+    iterator: Iterator[Slab] = iter(todo) if progress is None else progress(iter(todo), len(todo))
+    size = batch or writer.batch
+    pending: list[Slab] = []
     for slab in iterator:
-        built = build(slab) if build is not None else ds.isel(slab.isel)
-        part = _region_part(built, ds)
-        position = offsets[slab.time]
-        region = {"time": slice(position, position + 1), "y": slab.y, "x": slab.x}
-        write = part.to_zarr(store, region=region, mode="r+", compute=False, **kw)
-        pending.append(_Pending(slab, region, write, check(slab, built) if check is not None else None))
-        if len(pending) >= batch:
-            flush(pending)
-    flush(pending)
-    _set_attrs(store, storage_options, {STATUS_ATTR: "complete", CONSOLIDATED_ATTR: consolidated})
-    if consolidated:
-        import zarr
-
-        zarr.consolidate_metadata(_mapper(store, storage_options), zarr_format=zarr_format)
+        pending.append(slab)
+        if len(pending) >= size:
+            writer.write([(s, writer.template.isel(s.isel)) for s in pending])
+            pending.clear()
+    if pending:
+        writer.write([(s, writer.template.isel(s.isel)) for s in pending])
+    writer.complete()
     return store
 
 
@@ -309,11 +811,12 @@ def open_masks(
     allow_incomplete: bool = False,
     **kwargs: Any,
 ) -> xr.Dataset:
-    """Open a mask cube written by :func:`to_zarr`, keeping ``mask`` as uint8 with 255 = no-data.
+    """Open a mask cube written by :func:`to_zarr`, refusing one that is not complete.
 
-    Raises :class:`~xs2mask.exceptions.StoreError` when the store is still being
-    written or was interrupted (rerun the job to finish it), unless
-    ``allow_incomplete=True``; unwritten parts then read as 255.
+    ``mask`` is uint8 with 255 = no-data, with its CRS; probabilities stored as
+    uint8 decode to 0-1 floats. Raises :class:`~xs2mask.exceptions.StoreError`
+    when the store is still being written or was interrupted (rerun the job to
+    finish it), unless ``allow_incomplete=True``; unwritten parts then read as 255.
 
     Examples
     --------
@@ -321,7 +824,8 @@ def open_masks(
     >>> masks.mask.rio.crs  # doctest: +SKIP
     CRS.from_epsg(32736)
     """
-    attrs = _read_attrs(store, storage_options)
+    group = _open_group(store, storage_options)
+    attrs = dict(group.attrs)
     status = attrs.get(STATUS_ATTR)
     if status is None:
         raise StoreError(f"{store} is not an xs2mask mask store (no {STATUS_ATTR} attribute)")
@@ -335,8 +839,6 @@ def open_masks(
 
     errors = attrs.get(READ_ERRORS_ATTR) or []
     if errors:
-        import warnings
-
         listed = "; ".join(f"{e.get('slab')}: {e.get('item')} {e.get('asset')}" for e in errors[:5])
         warnings.warn(
             f"{store}: {len(errors)} slab(s) are no-data (255) because their inputs could not be read "
@@ -345,18 +847,104 @@ def open_masks(
             ReadWarning,
             stacklevel=2,
         )
-    kwargs.setdefault("consolidated", bool(attrs.get(CONSOLIDATED_ATTR, False)))
-    ds = xr.open_zarr(
-        store,
-        storage_options=storage_options,
-        mask_and_scale=False,
-        decode_coords="all",
-        **kwargs,
-    )
+    kwargs.setdefault("consolidated", _is_consolidated(store, storage_options, group.metadata.zarr_format))
+    # Stores written before the mask lost its _FillValue: keep those uint8 too.
+    kwargs.setdefault("mask_and_scale", not _masked_by_xarray(group))
+    ds = xr.open_zarr(store, storage_options=storage_options, decode_coords="all", **kwargs)
+    for name, var in ds.data_vars.items():
+        raw = group[name]
+        # Variables read as stored (the mask): read through a wrapper that names a damaged chunk.
+        if var.chunks and var.dtype == raw.dtype and "scale_factor" not in raw.attrs:
+            import dask.array as da
+
+            checked = _CheckedArray(raw, store, name, ds["time"].values if "time" in var.dims else None)
+            ds[name] = var.copy(data=da.from_array(checked, chunks=var.chunks, asarray=False, lock=False))
     return ds
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _check_unique_times(values: np.ndarray) -> None:
+    counts = Counter(_time_key(v) for v in values)
+    duplicated = sorted(k for k, n in counts.items() if n > 1)
+    if duplicated:
+        raise StoreError(
+            f"{len(duplicated)} time value(s) occur more than once ({', '.join(duplicated[:3])}"
+            f"{', ...' if len(duplicated) > 3 else ''}; times count to the second): one date would be "
+            "written over the other. Merge the scenes of one time into one (a day mosaic, as "
+            "xs2mask.stac.load makes) or drop the extra ones (ds.drop_duplicates('time')), then write again."
+        )
+
+
+def _grid_problems(dim: str, stored: np.ndarray, new: np.ndarray) -> list[str]:
+    """How two pixel-centre coordinates differ, with an absolute tolerance of a fraction of a pixel."""
+    if stored.shape != new.shape:
+        return [f"{dim}: stored {stored.size} pixels, new {new.size} (another area or resolution)"]
+    if not stored.size:
+        return []
+    pixel = abs(float(stored[1] - stored[0])) if stored.size > 1 else 1.0
+    worst = float(np.max(np.abs(stored.astype(float) - new.astype(float))))
+    if worst > GRID_TOLERANCE * pixel:
+        return [
+            f"{dim} coordinates: stored from {float(stored[0])}, new from {float(new[0])}, "
+            f"off by up to {worst:g} (another area or grid; tolerance {GRID_TOLERANCE * pixel:g})"
+        ]
+    return []
+
+
+def _crs_wkt(ds: xr.Dataset) -> str | None:
+    ref = ds.get("spatial_ref")
+    return None if ref is None else ref.attrs.get("crs_wkt") or ref.attrs.get("spatial_ref")
+
+
+def _same_crs(a: str | None, b: str | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    if a == b:
+        return True
+    from pyproj import CRS
+
+    return CRS.from_wkt(a) == CRS.from_wkt(b)
+
+
+def _crs_name(wkt: str | None) -> str:
+    if wkt is None:
+        return "none"
+    from pyproj import CRS
+
+    crs = CRS.from_wkt(wkt)
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else crs.name
+
+
+def _weights_sha256(name: str) -> str | None:
+    """sha256 of a model's weights (of its members' for an ensemble), published or recorded at download."""
+    from . import models
+    from .models import hub
+
+    try:
+        spec = models.get(name)
+    except XS2MaskError:
+        return None  # not a registered model (masks made elsewhere): its name is all we know
+    digests = []
+    for member in spec.members or (spec,):
+        weights = member.weights
+        if weights is None:
+            continue
+        digest = weights.sha256
+        if digest is None:
+            try:
+                digest = hub.expected_sha256(weights.path(member.name), None)
+            except XS2MaskError:
+                digest = None
+        digests.append(digest or "unknown")
+    return ",".join(digests) or None
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` as it reads back from the store's JSON (tuples become lists, numpy values plain)."""
+    return json.loads(json.dumps(value, default=lambda v: v.item() if isinstance(v, np.generic) else str(v)))
 
 
 def _plain_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
@@ -425,11 +1013,13 @@ def _encoding(
     encoding: dict[str, dict[str, Any]] = {}
     for name, var in ds.data_vars.items():
         dask_chunks = tuple(c[0] for c in var.chunks) if var.chunks else var.shape
-        enc: dict[str, Any] = {**var.encoding, "chunks": dask_chunks}
-        if zarr_format == 3 and "_FillValue" in enc:
-            # Zarr v3 keeps its own fill value beside CF's _FillValue: both must say no-data,
-            # so chunks not yet written read as 255, never as "clear".
-            enc["fill_value"] = enc["_FillValue"]
+        # `coordinates` stays in the variable's encoding, where xarray's CF encoder reads it.
+        enc: dict[str, Any] = {k: v for k, v in var.encoding.items() if k != "coordinates"}
+        enc["chunks"] = dask_chunks
+        if var.dtype == np.uint8 and name == "mask" and zarr_format == 3:
+            # Zarr's own fill value, not CF's _FillValue: chunks not yet written read as no-data,
+            # and xarray keeps the mask uint8. Format 2 would surface it as _FillValue.
+            enc["fill_value"] = NODATA
         if shards:
             enc["shards"] = dask_chunks
             enc["chunks"] = tuple(
@@ -441,7 +1031,7 @@ def _encoding(
 
 
 def _layout(ds: xr.Dataset, encoding: Mapping[str, Mapping[str, Any]], block: int | None) -> dict[str, Any]:
-    """What must match for a store to be resumed or appended to."""
+    """What must match, beside provenance and grid, for a store to be resumed or appended to."""
     cy = _first_chunk(ds, "y")
     return {
         "variables": {
@@ -465,14 +1055,11 @@ def _mapper(store: str, storage_options: dict[str, Any] | None):
 
 
 def _open_group(store: str, storage_options: dict[str, Any] | None, mode: str = "r"):
+    """The group itself, never its consolidated metadata (which are stale while a store is written)."""
     import zarr
 
-    return zarr.open_group(_mapper(store, storage_options), mode=mode)
-
-
-def _read_attrs(store: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
     try:
-        return dict(_open_group(store, storage_options).attrs)
+        return zarr.open_group(_mapper(store, storage_options), mode=mode, use_consolidated=False)
     except (FileNotFoundError, KeyError, ValueError) as err:
         raise StoreError(f"cannot open {store} as a Zarr group: {err}") from err
     except Exception as err:  # zarr raises its own GroupNotFoundError
@@ -481,8 +1068,23 @@ def _read_attrs(store: str, storage_options: dict[str, Any] | None) -> dict[str,
         raise
 
 
-def _set_attrs(store: str, storage_options: dict[str, Any] | None, values: Mapping[str, Any]) -> None:
-    _open_group(store, storage_options, mode="r+").attrs.update(dict(values))
+def _masked_by_xarray(group) -> bool:
+    """Whether xarray would decode ``mask`` to float (stores written before it lost its _FillValue)."""
+    if "mask" not in group:
+        return False
+    array = group["mask"]
+    v2_fill = group.metadata.zarr_format == 2 and array.fill_value is not None
+    return v2_fill or "_FillValue" in array.attrs
+
+
+def _time_arrays(group) -> dict[str, Any]:
+    """The arrays of a group whose first dimension is ``time``."""
+    out = {}
+    for name, array in group.arrays():
+        dims = getattr(array.metadata, "dimension_names", None) or array.attrs.get("_ARRAY_DIMENSIONS") or ()
+        if dims and dims[0] == "time":
+            out[name] = array
+    return out
 
 
 def _exists(store: str, storage_options: dict[str, Any] | None) -> bool:
@@ -495,6 +1097,26 @@ def _exists(store: str, storage_options: dict[str, Any] | None) -> bool:
     return fs.exists(path)
 
 
+def _fs_exists(store: str, storage_options: dict[str, Any] | None, key: str) -> bool:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(str(store), **(storage_options or {}))
+    return fs.exists(f"{path.rstrip('/')}/{key}")
+
+
+def _is_consolidated(store: str, storage_options: dict[str, Any] | None, zarr_format: int) -> bool:
+    if zarr_format == 2:
+        return _fs_exists(store, storage_options, ".zmetadata")
+    return bool(json.loads(_read_key(store, storage_options, "zarr.json")).get("consolidated_metadata"))
+
+
+def _read_key(store: str, storage_options: dict[str, Any] | None, key: str) -> bytes:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(str(store), **(storage_options or {}))
+    return fs.cat_file(f"{path.rstrip('/')}/{key}")
+
+
 def _remove(store: str, storage_options: dict[str, Any] | None) -> None:
     import fsspec
 
@@ -502,154 +1124,72 @@ def _remove(store: str, storage_options: dict[str, Any] | None) -> None:
     fs.rm(path, recursive=True)
 
 
-def _open_existing(
-    store: str, storage_options: dict[str, Any] | None
-) -> tuple[dict[str, Any], xr.Dataset] | None:
-    if not _exists(store, storage_options):
-        return None
-    try:
-        attrs = _read_attrs(store, storage_options)
-    except StoreError:
-        raise StoreError(
-            f"{store} exists and is not a Zarr store; refusing to overwrite it. "
-            "Choose another path, or mode='w' to replace it."
-        ) from None
-    if STATUS_ATTR not in attrs:
-        raise StoreError(
-            f"{store} exists and was not written by xs2mask; refusing to touch it. "
-            "Choose another path, or mode='w' to replace it."
-        )
-    stored = xr.open_zarr(store, storage_options=storage_options, consolidated=False, mask_and_scale=False)
-    return attrs, stored
-
-
-def _check_layout(
-    store: str, attrs: Mapping[str, Any], stored: xr.Dataset, ds: xr.Dataset, layout: Mapping[str, Any]
-) -> None:
-    fix = "Choose another path, or mode='w' to replace it."
-    old = attrs.get(LAYOUT_ATTR, {})
-    problems = []
-    if old.get("variables") != layout["variables"]:
-        problems.append(
-            f"variables/dtypes/chunks differ: stored {old.get('variables')}, new {layout['variables']}"
-        )
-    if old.get("block") != layout["block"]:
-        problems.append(f"slab size differs: stored {old.get('block')}, new {layout['block']}")
-    for dim in ("y", "x"):
-        a, b = stored[dim].values, ds[dim].values
-        if a.shape != b.shape or not np.allclose(a, b):
-            problems.append(f"the {dim} coordinates differ (another area or resolution)")
-    crs_old = stored.get("spatial_ref")
-    crs_new = ds.get("spatial_ref")
-    if (crs_old is None) != (crs_new is None) or (
-        crs_old is not None and crs_old.attrs.get("crs_wkt") != crs_new.attrs.get("crs_wkt")
-    ):
-        problems.append("the CRS differs")
-    if problems:
-        raise StoreError(f"{store} exists with an incompatible layout: {'; '.join(problems)}. {fix}")
-
-
-def _time_positions(store: str, storage_options: dict[str, Any] | None, ds: xr.Dataset) -> list[int]:
-    stored = xr.open_zarr(store, storage_options=storage_options, consolidated=False)["time"].values
-    index = {v: i for i, v in enumerate(stored)}
-    return [index[v] for v in ds["time"].values]
-
-
-def _region_part(part: xr.Dataset, ds: xr.Dataset) -> xr.Dataset:
-    """Keep only what a region write may touch: variables sharing a dim with the region."""
-    part = prepare(part, chunks={"y": _first_chunk(ds, "y"), "x": _first_chunk(ds, "x")}).copy()
+def _region_part(part: xr.Dataset | xr.DataArray, template: xr.Dataset) -> xr.Dataset:
+    """Only what a region write may touch: the template's variables along the region's dims, no index."""
+    if isinstance(part, xr.DataArray):
+        part = part.to_dataset(name=part.name or "mask")
+    drop = [
+        n
+        for n, v in part.variables.items()
+        if n not in template.variables or n in template.dims or not set(v.dims) & {"time", "y", "x"}
+    ]
+    part = part.drop_vars(drop)
+    part = part.chunk({d: _first_chunk(template, d) if d in ("y", "x") else -1 for d in part.dims}).copy()
     for var in part.variables.values():
-        # The template holds the attributes; repeating CF ones here trips xarray's encoder.
+        # The template holds the attributes and encodings; repeating CF ones here trips xarray's encoder.
         var.attrs = {}
-        var.encoding.pop("_FillValue", None)
-    return part.drop_vars([n for n, v in part.variables.items() if not set(v.dims) & {"time", "y", "x"}])
-
-
-class _Flush:
-    """Run a batch of slab writes, then record them: a slab is marked done only once written.
-
-    When a batch fails and the caller handles read errors, its slabs are redone one
-    by one (region writes are idempotent) so that only the failing ones become no-data.
-    """
-
-    def __init__(
-        self,
-        ds: xr.Dataset,
-        store: str,
-        kw: dict[str, Any],
-        done: set[str],
-        on_read_error: Callable[[Slab, Exception], dict[str, Any]] | None,
-    ) -> None:
-        self.ds, self.store, self.kw = ds, store, kw
-        self.done, self.on_read_error = done, on_read_error
-        self.errors: list[dict[str, Any]] = []
-
-    def __call__(self, pending: list[_Pending]) -> None:
-        if not pending:
-            return
-        try:
-            outcomes: list[tuple[bool, Any]] = [(True, v) for v in _compute(pending)]
-        except Exception:
-            if self.on_read_error is None:
-                raise
-            outcomes = []
-            for entry in pending:
-                try:
-                    outcomes.append((True, _compute([entry])[0]))
-                except Exception as err:  # whatever failed, the caller's hook decides
-                    outcomes.append((False, err))
-        for entry, (ok, value) in zip(pending, outcomes, strict=True):
-            if not ok:
-                record = {"slab": entry.slab.key, **self.on_read_error(entry.slab, value)}
-                part = _nodata_part(self.ds, entry.slab)
-                part.to_zarr(self.store, region=entry.region, mode="r+", **self.kw)
-                self.errors.append(record)
-        self.done.update(entry.slab.key for entry in pending)
-        attrs: dict[str, Any] = {DONE_ATTR: sorted(self.done)}
-        if self.errors:
-            attrs[READ_ERRORS_ATTR] = self.errors
-        _set_attrs(self.store, self.kw["storage_options"], attrs)
-        for entry, (ok, value) in zip(pending, outcomes, strict=True):
-            if ok and entry.check is not None:
-                entry.check[1](value)
-        pending.clear()
-
-
-@dataclass(frozen=True)
-class _Pending:
-    """A slab built but not yet computed: its region, lazy write and optional check."""
-
-    slab: Slab
-    region: dict[str, slice]
-    write: Any
-    check: tuple[Any, Callable[[Any], None]] | None
-
-
-def _compute(pending: list[_Pending]) -> list[Any]:
-    """The checks' values per slab (None without a check), writing the slabs on the way."""
-    import dask
-
-    lazies = [p.check[0] for p in pending if p.check is not None]
-    values = iter(dask.compute([p.write for p in pending], lazies)[1])
-    return [next(values) if p.check is not None else None for p in pending]
-
-
-def _nodata_part(ds: xr.Dataset, slab: Slab) -> xr.Dataset:
-    """The slab's region of ``ds`` filled with no-data: 255 for uint8, NaN for floats."""
-    part = _region_part(ds.isel(slab.isel), ds)
-    for name, var in part.data_vars.items():
-        fill = NODATA if var.dtype == np.uint8 else np.nan
-        part[name] = var.copy(data=np.full(var.shape, fill, var.dtype))
+        var.encoding.clear()
+    for name in part.data_vars:
+        scale = template[name].attrs.get("scale_factor")
+        if scale is not None and part[name].dtype.kind in "iu":
+            # A region write encodes with the stored scale_factor: hand it the values it decodes to.
+            part[name] = part[name].astype(np.float64) * scale
     return part
+
+
+class _CheckedArray:
+    """A Zarr array whose unreadable chunks raise a :class:`StoreError` naming the chunk and the fix,
+    instead of a codec's bare error (e.g. ``Zstd decompression error``)."""
+
+    def __init__(self, array: Any, store: str, name: str, times: np.ndarray | None) -> None:
+        self.array, self.store, self.name, self.times = array, store, name, times
+        self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
+
+    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
+        try:
+            return self.array[key]
+        except Exception as err:
+            index = [
+                k.start // c if isinstance(k, slice) and k.start else 0
+                # The file is the shard when there are shards.
+                for k, c in zip(key, self.array.shards or self.array.chunks, strict=True)
+            ]
+            sep = "/" if self.array.metadata.zarr_format == 3 else "."
+            chunk = f"{self.name}/{'c/' if sep == '/' else ''}{sep.join(map(str, index))}"
+            date = f" (date {_time_key(self.times[index[0]])})" if self.times is not None else ""
+            raise StoreError(
+                f"{self.store}: the chunk {chunk}{date} cannot be read ({type(err).__name__}: {err}): "
+                "the file is damaged (a disk or transfer fault). Restore the store from a copy, or write it "
+                "anew with the same job and mode='w' (--overwrite)."
+            ) from err
+
+
+@contextmanager
+def _scaled_writes() -> Iterator[None]:
+    """Scaled probabilities are floats rounded back to uint8, NaN-free by construction: xarray's
+    warning about NaNs without a _FillValue does not apply."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "saving variable .* without any _FillValue")
+        yield
 
 
 def _threads() -> int:
     """Cores of the Dask cluster in use (the default client's, else this machine's)."""
+    if "distributed" not in sys.modules:  # no client without it; importing it costs half a second
+        return os.cpu_count() or 1
     try:
         from distributed import default_client
 
         return max(1, sum(default_client().nthreads().values()))
     except (ImportError, ValueError):
-        import os
-
         return os.cpu_count() or 1
