@@ -70,8 +70,17 @@ class Job:
     compile: bool = False
 
     def __post_init__(self) -> None:
+        from .checks import check_bbox, check_datetime
+
+        # A Job is checked when it is made, before any request: bbox and dates as the CLI checks them.
+        object.__setattr__(self, "bbox", check_bbox(self.bbox))
+        object.__setattr__(self, "datetime", check_datetime(self.datetime))
         if self.on_read_error not in ("raise", "nodata"):
             raise InputError(f"on_read_error must be 'raise' or 'nodata', got {self.on_read_error!r}")
+        if self.mode not in ("w-", "w", "a"):
+            raise InputError(
+                f"mode must be 'w-' (create or resume), 'a' (append) or 'w' (replace), got {self.mode!r}"
+            )
 
 
 def mask_stac(
@@ -138,8 +147,8 @@ def run(
     items = _below_cloud(items, job.max_cloud)
     if not items:
         raise StacError(
-            f"no items in {', '.join(job.collections)} at {redact_url(job.stac_url)} for bbox {list(job.bbox)} and "
-            f"dates {job.datetime}"
+            f"no items in {', '.join(job.collections)} at {redact_url(job.stac_url)} for bbox "
+            f"{list(job.bbox)} and dates {job.datetime}"
             + (f" with cloud cover below {job.max_cloud} % ({found} above it)" if found else "")
             + ". Nothing was written. Widen the bbox or the dates, or raise --max-cloud."
         )
