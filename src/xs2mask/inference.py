@@ -525,7 +525,9 @@ def _grid_step(da: xr.DataArray, dim: str) -> float | None:
     if not ((steps > 0).all() or (steps < 0).all()):
         raise InputError(f"the {dim} coordinate is not monotonic: its values go up and down. {fix}")
     size = np.abs(steps)
-    if size.max() - size.min() > 1e-3 * size.min():
+    # float32 map coordinates (9.7e6 m) are only good to a metre: allow their rounding
+    rounding = 2 * float(np.spacing(np.abs(coord.values).max())) if coord.dtype.kind == "f" else 0.0
+    if size.max() - size.min() > max(1e-3 * size.min(), rounding):
         raise InputError(
             f"the {dim} coordinate is not a regular grid: its steps range from {size.min():g} to "
             f"{size.max():g}. {fix}"
@@ -756,7 +758,8 @@ def _reflectance(scene: np.ndarray, plan: Plan) -> np.ndarray:
         dn += np.float32(plan.offset)
         dn /= np.float32(_DN_SCALE)
         return dn
-    return scene.astype(np.float32, copy=False)
+    with np.errstate(over="ignore"):  # float64 beyond float32 becomes inf: impossible, screened next
+        return scene.astype(np.float32, copy=False)
 
 
 # Reflectance Sentinel-2 can record: L1C and L2A store reflectance x 10000 (QUANTIFICATION_VALUE) in
