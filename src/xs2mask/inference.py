@@ -116,10 +116,11 @@ def predict(
         (reflectance = (DN + offset) / 10000), band by band in a Dataset. Extra bands
         are ignored. A pixel is no-data (255) where any band the model reads is NaN or
         DN 0, or every band is 0.0, or a value cannot come from Sentinel-2 (+-inf, or
-        reflectance outside ``REFLECTANCE_RANGE`` = [-0.5, 3.5]: DN are 15-bit,
-        at most 3.28 even with an offset); the model sees the no-data fill there,
-        so such a pixel changes the mask of no other pixel beyond the model's
-        usual response to missing data nearby.
+        reflectance outside ``REFLECTANCE_RANGE`` = [-0.5, 3.5]: DN have 15 bits,
+        at most 3.28 even with an offset). The model never sees such a value: a pixel
+        with some bands measured gets its valid neighbours' mean, so the classes
+        around it stay as they were (probabilities move by 0.02 at most, measured);
+        a pixel with none gets the no-data fill.
     model
         A registered name (``xs2mask.models.available()``), a :class:`ModelSpec`,
         ``"default"`` (the best installed model the bands allow), or a list of
@@ -801,11 +802,13 @@ def _fill_spoiled(refl: np.ndarray, nodata: np.ndarray, spoiled: np.ndarray) -> 
     """Give each spoiled pixel the mean of its valid 8 neighbours, band by band.
 
     Returns the filled copy of ``refl`` and the pixels the model must not see (the no-data fill,
-    the normalised mean, goes there): the no-data pixels less the filled ones. On the demo scene
-    one +inf given the no-data fill changes 54 to 540 pixels' classes up to 326 pixels away (the
-    models' receptive field spans the patch); given its neighbours' mean it changes 0 or 1. A filled
-    pixel stays no-data (255) in the mask. Chunking does not change the fill: patches never read the
-    outer 3 pixels of a block's halo, so every pixel they read has its neighbours in the block.
+    the normalised mean, goes there): the no-data pixels less the filled ones. A filled pixel stays
+    no-data (255) in the mask; the fill only keeps its neighbours' context. On the demo scene one
+    +inf given the no-data fill changes the class of 54 to 540 other pixels, up to 326 pixels away
+    (the models' receptive field spans the patch); given its neighbours' mean, of 0 or 1 (no
+    probability elsewhere moves by more than 0.02; benchmarks/bad_pixel.py). Chunking does not
+    change the fill: patches never read the outer 3 pixels of a block's halo, so every pixel they
+    read has its neighbours in the block.
     """
     ys, xs = np.nonzero(spoiled)
     h, w = spoiled.shape
