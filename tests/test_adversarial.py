@@ -660,13 +660,15 @@ def test_bad_pixels_stay_inside_the_patches_that_read_them(pixels, values, bands
     pixels=st.lists(st.tuples(st.integers(0, 127), st.integers(0, 159)), min_size=1, max_size=5, unique=True),
     chunk_y=st.integers(16, 128),
     chunk_x=st.integers(16, 160),
+    resolution=st.sampled_from([None, 20]),
 )
-def test_bad_pixels_do_not_depend_on_the_chunking(pixels, chunk_y, chunk_x):
+def test_bad_pixels_do_not_depend_on_the_chunking(pixels, chunk_y, chunk_x, resolution):
     cube = _spoil(_refl(), pixels, np.inf, band=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # InputWarning, and the rechunking warning of small chunks
-        expected = _mask(cube, patch_size=64)
-        got = _mask(cube.chunk({"y": chunk_y, "x": chunk_x}), patch_size=64)
+        expected = _mask(cube, patch_size=64, processing_resolution=resolution)
+        lazy = cube.chunk({"y": chunk_y, "x": chunk_x})
+        got = _mask(lazy, patch_size=64, processing_resolution=resolution)
     np.testing.assert_array_equal(got, expected)
 
 

@@ -216,7 +216,10 @@ def predict(
 
     device = resolve_device(device, specs)
     runtime = Runtime(
-        device=device, dtype=resolve_dtype(dtype, device, specs), threads=options.threads, compile=compile
+        device=device,
+        dtype=resolve_dtype(dtype, device, specs),
+        threads=options.threads,
+        compile=bool(compile),
     )
     processing_resolution = options.processing_resolution
     if processing_resolution is None:
@@ -508,7 +511,7 @@ def _grid_step(da: xr.DataArray, dim: str) -> float | None:
     if not (np.issubdtype(coord.dtype, np.integer) or np.issubdtype(coord.dtype, np.floating)):
         raise InputError(
             f"the {dim} coordinate is {coord.dtype}, not numbers: the resolution cannot be known. "
-            f"Assign map coordinates in metres (rioxarray does), or leave processing_resolution unset."
+            "Assign map coordinates in metres (rioxarray does), or leave processing_resolution unset."
         )
     values = coord.values.astype(np.float64)
     steps = np.diff(values)
@@ -805,8 +808,9 @@ def _fill_spoiled(refl: np.ndarray, nodata: np.ndarray, spoiled: np.ndarray) -> 
     the normalised mean, goes there): the no-data pixels less the filled ones. A filled pixel stays
     no-data (255) in the mask; the fill only keeps its neighbours' context. On the demo scene one
     +inf given the no-data fill changes the class of 54 to 540 other pixels, up to 326 pixels away
-    (the models' receptive field spans the patch); given its neighbours' mean, of 0 or 1 (no
-    probability elsewhere moves by more than 0.02; benchmarks/bad_pixel.py). Chunking does not
+    (the models' receptive field spans the patch); given its neighbours' mean, of 0 or 1
+    (benchmarks/bad_pixel.py). Over 250 random bad pixels of the demo scene no probability elsewhere
+    moved by more than 0.02, and 0.5-0.9 other pixels per bad one changed class: near ties. Chunking does not
     change the fill: patches never read the outer 3 pixels of a block's halo, so every pixel they
     read has its neighbours in the block.
     """
@@ -840,9 +844,9 @@ def _warn_impossible(counts: np.ndarray, pixels: int, plan: Plan) -> None:
     )
     warnings.warn(
         f"{int(counts.sum())} value(s) in {pixels} pixel(s) cannot come from Sentinel-2 ({per_band}): "
-        f"{what}. Those pixels are no-data (255) in the mask; the pixels around them are masked "
-        "as if they were missing. Check the input's scale and offset, or set such values to NaN "
-        "(no-data) beforehand to silence this.",
+        f"{what}. Those pixels are no-data (255) in the mask; the model read their neighbours' mean "
+        "there, so the pixels around them keep their classes. Check the input's scale and offset, "
+        "or set such values to NaN (no-data) beforehand to silence this.",
         InputWarning,
         stacklevel=2,
     )
