@@ -19,6 +19,10 @@ class InputError(XS2MaskError, ValueError):
     """The input array has the wrong dims, dtype, scale or chunking."""
 
 
+class OptionError(XS2MaskError, ValueError):
+    """An option of a call has the wrong type or is out of range (checked before any work)."""
+
+
 class ModelNotFoundError(XS2MaskError, KeyError):
     """No model of that name is registered or installed."""
 
@@ -48,6 +52,10 @@ class StoreError(XS2MaskError, ValueError):
 
 class RadiometryWarning(UserWarning):
     """Pixel values contradict an item's radiometric metadata (e.g. a wrong offset flag)."""
+
+
+class InputWarning(UserWarning):
+    """Some input values cannot come from Sentinel-2 (e.g. +-inf, 3e38): those pixels became no-data."""
 
 
 class ReadError(XS2MaskError, RuntimeError):

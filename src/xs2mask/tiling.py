@@ -10,9 +10,12 @@ blend their patches.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
+
+from .exceptions import OptionError
 
 ALIGN = 32  # U-Net encoders downsample 5 times
 
@@ -75,12 +78,33 @@ def axis_grid(n: int, patch: int, overlap: int, *, fixed: bool) -> AxisGrid:
     return AxisGrid(n=n, patch=patch, overlap=overlap)
 
 
-def check_patch(patch: int, overlap: int) -> None:
-    """Validate user-supplied patch size and overlap."""
-    if patch < ALIGN or patch % ALIGN:
-        raise ValueError(f"patch_size must be a positive multiple of {ALIGN}, got {patch}")
-    if not 0 <= overlap <= patch // 2:
-        raise ValueError(f"overlap must be between 0 and patch_size/2 ({patch // 2}), got {overlap}")
+def check_patch(patch: object, overlap: object) -> tuple[int, int]:
+    """Validate a user-supplied patch size and overlap; return them as ints.
+
+    Numpy integers count as integers; ``True`` and ``64.0`` do not.
+
+    Examples
+    --------
+    >>> check_patch(np.int64(256), 32)
+    (256, 32)
+    """
+    if not _is_integer(patch) or patch < ALIGN or patch % ALIGN:  # type: ignore[operator]
+        raise OptionError(
+            f"patch_size must be a positive multiple of {ALIGN}, got {patch!r}: the U-Nets halve a "
+            f"patch 5 times. Pass e.g. patch_size=256, or None for the model's own."
+        )
+    limit = int(patch) // 2  # type: ignore[call-overload]
+    if not _is_integer(overlap) or not 0 <= overlap <= limit:  # type: ignore[operator]
+        raise OptionError(
+            f"overlap must be between 0 and patch_size/2 ({limit}), got {overlap!r}: an integer "
+            "number of processing pixels. Pass e.g. overlap=32, or None for the model's own."
+        )
+    return int(patch), int(overlap)  # type: ignore[call-overload]
+
+
+def _is_integer(value: object) -> bool:
+    """Python or numpy integer; bool is not a number of pixels."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 # The 8 symmetries of the square used for test-time augmentation; identity first.
