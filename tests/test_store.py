@@ -548,3 +548,50 @@ def test_bad_arguments(tmp_path):
 
 if __name__ == "__main__":
     run_job(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+
+
+_AS_ANOTHER_USER = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_store import tiny
+from xs2mask import store
+from xs2mask.exceptions import StoreError
+try:
+    store.to_zarr(tiny(), sys.argv[1], block=32)
+except StoreError as err:
+    print("StoreError:", err)
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root to run a child as 'nobody'"
+)
+@pytest.mark.parametrize("case", ["read-only-folder", "read-only-store"])
+def test_a_store_the_user_may_not_write_is_a_store_error(case):
+    """Run as an ordinary user ('nobody'): root may write anywhere, so only then can permissions fail."""
+    import tempfile
+
+    top = Path(tempfile.mkdtemp(prefix="xs2mask-perm-"))
+    try:
+        top.chmod(0o755)
+        path = top / "masks.zarr"
+        if case == "read-only-store":
+            # An interrupted store (no slab written) that belongs to someone else.
+            writer = store.MaskStore.open(str(path), tiny(), block=32)
+            assert writer.todo()
+            subprocess.run(["chmod", "-R", "a-w,a+rX", str(path)], check=True)
+        top.chmod(0o555)
+        script = _AS_ANOTHER_USER.format(tests=str(Path(__file__).parent))
+        result = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+             sys.executable, "-c", script, str(path)],
+            capture_output=True, text=True, timeout=300,
+            env={**os.environ, "HOME": str(top), "MPLCONFIGDIR": str(top)},
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("StoreError: cannot write the mask store"), result.stdout
+        assert str(path) in result.stdout and "Permission denied" in result.stdout
+        assert "Traceback" not in result.stderr
+    finally:
+        subprocess.run(["chmod", "-R", "u+w", str(top)], check=True)
+        shutil.rmtree(top)

@@ -44,6 +44,8 @@ A slab whose inputs cannot be read can be written as no-data with
 
 from __future__ import annotations
 
+import errno
+import functools
 import json
 import math
 import os
@@ -233,6 +235,26 @@ def provenance_of(ds: xr.Dataset | xr.DataArray) -> dict[str, Any]:
     return out
 
 
+def _permission_faults(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A store the user may not write (read-only folder, file system or bucket) is a StoreError."""
+
+    @functools.wraps(method)
+    def guarded(first: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(first, *args, **kwargs)
+        except OSError as err:
+            if not isinstance(err, PermissionError) and err.errno != errno.EROFS:
+                raise
+            path = first.path if isinstance(first, MaskStore) else kwargs.get("path", args[0] if args else "")
+            where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+            raise StoreError(
+                f"cannot write the mask store {path}{where}: {err.strerror or err}. Make it writable "
+                "(permissions, a read-only file system or bucket), or write to another path (--out)."
+            ) from None
+
+    return guarded
+
+
 class MaskStore:
     """The one writer of a mask store: create or resume, append, write slabs, complete.
 
@@ -275,6 +297,7 @@ class MaskStore:
     # ------------------------------------------------------------------ opening
 
     @classmethod
+    @_permission_faults
     def open(
         cls,
         path: str,
@@ -572,6 +595,7 @@ class MaskStore:
         )
         return max(1, math.ceil(2 * _threads() / per_slab))
 
+    @_permission_faults
     def write(
         self, parts: Sequence[tuple[Slab, xr.Dataset | xr.DataArray]], also: Sequence[Any] = ()
     ) -> list[Any]:
@@ -608,6 +632,7 @@ class MaskStore:
         self._record(keys)
         return list(values)
 
+    @_permission_faults
     def write_nodata(self, slab: Slab, record: Mapping[str, Any]) -> None:
         """Write a slab as no-data (255, NaN for floats) and list ``record`` in ``xs2mask_read_errors``."""
         part = _region_part(self.template.isel(slab.isel), self.template)
@@ -621,6 +646,7 @@ class MaskStore:
         self._errors.append({"slab": slab.key, **_jsonable(dict(record))})
         self._record([slab.key])
 
+    @_permission_faults
     def complete(self, attrs: Mapping[str, Any] | None = None) -> None:
         """Mark the store complete and consolidate its metadata, once every slab of every date is written.
 
