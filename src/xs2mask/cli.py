@@ -422,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-cloud", type=_number(float, 0, 100), default=None, help="skip items above this cloud cover %%"
     )
     pred.add_argument(
-        "--chunks", type=_positive_int, default=1024, help="chunk size in pixels (default 1024)"
+        "--chunks", type=_positive_int, default=2048, help="chunk size in pixels (default 2048)"
     )
     pred.add_argument("--harmonize", choices=("auto", "true", "false"), default="auto")
     pred.add_argument("--workers", type=_count, default=0, help="start a local Dask cluster of N workers")

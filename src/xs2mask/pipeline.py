@@ -55,7 +55,8 @@ class Job:
     resolution: float = 10.0
     processing_resolution: float | None = None
     max_cloud: float | None = None
-    chunks: int = 1024
+    # 2048: patches that straddle chunks run once per chunk, so bigger chunks repeat fewer of them.
+    chunks: int = 2048
     harmonize: bool | str = "auto"
     tta: int = 0
     device: str = "auto"

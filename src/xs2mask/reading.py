@@ -26,6 +26,7 @@ the signed href): a read never returns pixels it did not get.
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -106,13 +107,28 @@ class RetryingEnv(LayeredEnv):
 
 
 class RetryingReader(AutoParallelRioReader):
-    """stackstac's reader, retrying transient failures and raising :class:`ReadError` after them."""
+    """stackstac's reader, retrying transient failures and raising :class:`ReadError` after them.
+
+    A file already on the output grid (same CRS and pixel size, shifted by whole
+    pixels: the tiles of one UTM zone on a snapped grid) is read as stored, its
+    window clipped to the file, instead of through the GDAL warper that stackstac
+    sets up for any file whose extent differs from the output's: the same pixels
+    (nearest resampling of an aligned grid is the identity) at a fraction of the
+    cost. Other files (another zone, another pixel size) go through the warper.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._local = threading.local()  # per thread, a rasterio dataset is not thread-safe
+        self._opened: list[Any] = []
+        self._opened_lock = threading.Lock()
 
     def read(self, window: Any, **kwargs: Any) -> np.ndarray:
         attempt = 0
         while True:
             try:
-                return super().read(window, **kwargs)
+                direct = None if kwargs else self._read_aligned(window)
+                return direct if direct is not None else super().read(window, **kwargs)
             except Exception as err:  # rasterio, GDAL and stackstac raise many types
                 reason = describe(err)
             # Out of the except block, so that the ReadError carries no chain holding the signed href.
@@ -130,6 +146,70 @@ class RetryingReader(AutoParallelRioReader):
             self.close()  # the next attempt reopens the file, uncached
             if isinstance(env, RetryingEnv):
                 self.gdal_env = env.uncached(self.url)
+
+    def _read_aligned(self, window: Any) -> np.ndarray | None:
+        """The window read as stored when the file lies on the output grid; None when it does not."""
+        import rasterio
+        from rasterio.windows import Window
+
+        ds = getattr(self._local, "ds", None)
+        if ds is None:
+            with self.gdal_env.open:
+                ds = rasterio.open(self.url, sharing=False)
+            with self._opened_lock:
+                self._opened.append(ds)
+            self._local.ds = ds
+            self._local.shift = _grid_shift(ds, self.spec)
+        shift = self._local.shift
+        if shift is None:
+            return None
+        rows, cols = ((round(a), round(b)) for a, b in window.toranges())
+        out = np.full((rows[1] - rows[0], cols[1] - cols[0]), self.fill_value, self.dtype)
+        r0, r1 = max(rows[0] + shift[0], 0), min(rows[1] + shift[0], ds.height)
+        c0, c1 = max(cols[0] + shift[1], 0), min(cols[1] + shift[1], ds.width)
+        if r0 >= r1 or c0 >= c1:
+            return out
+        with self.gdal_env.read:
+            data = ds.read(1, window=Window(c0, r0, c1 - c0, r1 - r0))
+        part = out[
+            r0 - rows[0] - shift[0] : r1 - rows[0] - shift[0],
+            c0 - cols[0] - shift[1] : c1 - cols[0] - shift[1],
+        ]
+        np.copyto(part, data, casting="unsafe", where=data != ds.nodata)
+        scale, offset = self.scale_offset
+        if scale != 1 or offset != 0:
+            valid = data != ds.nodata
+            part[valid] = part[valid] * scale + offset
+        return out
+
+    def close(self) -> None:
+        super().close()
+        with self._opened_lock:
+            opened, self._opened = self._opened, []
+            self._local = threading.local()
+        for ds in opened:
+            ds.close()
+
+
+def _grid_shift(ds: Any, spec: Any) -> tuple[int, int] | None:
+    """(rows, columns) from the output grid's origin to the file's, when both are one grid.
+
+    One grid: the same CRS and pixel size, no rotation, origins whole pixels apart; and a
+    single band whose only mask is its nodata value (what stackstac's masked read would use).
+    """
+    from rasterio.enums import MaskFlags
+
+    out, src = spec.transform, ds.transform
+    if ds.count != 1 or ds.nodata is None or ds.mask_flag_enums != ([MaskFlags.nodata],):
+        return None
+    if ds.crs is None or ds.crs.to_epsg() != spec.epsg:
+        return None
+    if (src.a, src.b, src.d, src.e) != (out.a, out.b, out.d, out.e):
+        return None
+    cols, rows = (out.c - src.c) / src.a, (out.f - src.f) / src.e
+    if abs(cols - round(cols)) > 1e-6 or abs(rows - round(rows)) > 1e-6:
+        return None
+    return round(rows), round(cols)
 
 
 def _vsi(href: str) -> str:

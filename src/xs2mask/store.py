@@ -593,7 +593,8 @@ class MaskStore:
         per_slab = math.ceil(min(self.block, self.template.sizes["y"]) / _first_chunk(self.template, "y")) * (
             math.ceil(min(self.block, self.template.sizes["x"]) / _first_chunk(self.template, "x"))
         )
-        return max(1, math.ceil(2 * _threads() / per_slab))
+        # Four chunks per core: a batch's last chunks leave cores idle, the more chunks the less.
+        return max(1, math.ceil(4 * _threads() / per_slab))
 
     @_permission_faults
     def write(
