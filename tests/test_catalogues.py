@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
@@ -295,3 +296,30 @@ def test_expected_days_is_an_independent_oracle(provider, catalogues):
     corner = cat.expected_days(cat.bbox_of(0, cat.size - 64, 64, 64), cat.datetime)
     assert cat.scene("swath_edge").solar_day not in corner
     assert cat.expected_days(cat.bbox_of(-200, -200, 64, 64), cat.datetime) == frozenset()
+
+
+def test_the_python_job_shows_progress_and_logs_unless_told_not_to(catalogues, tmp_path, capsys, caplog):
+    served = catalogues["pc"]
+    bbox = served.bbox_of(200, 100, 64, 64)
+    with caplog.at_level(logging.INFO, logger="xs2mask"):
+        mask_stac(_job(served, bbox, served.datetime, tmp_path / "a.zarr"))
+    err = capsys.readouterr().err
+    assert "masking" in err and "slab" in err  # tqdm's bar, on stderr
+    logged = [r.getMessage() for r in caplog.records if r.name == "xs2mask"]
+    assert any("solar days" in m for m in logged) and any("complete" in m for m in logged)
+    mask_stac(_job(served, bbox, served.datetime, tmp_path / "b.zarr"), progress=False)
+    assert "masking" not in capsys.readouterr().err
+
+
+def test_a_mosaic_with_a_reprojected_tile_is_the_same_for_any_chunking(tmp_path):
+    """GDAL approximates a reprojection piecewise unless told not to: stackstac's reader gives 2,494
+    other pixels on this 1024 px day with chunks of 256 than with 1024, the job's default chunks."""
+    cat = build_catalogue("pc", tmp_path, size=1024)
+    day = _day(cat.scene("mosaic_other_zone"))
+    bbox = cat.bbox_of(8, 8, 1008, 1008)
+    with serve(cat) as served:
+        items = stac.search(
+            served.url, collections=list(served.collections), bbox=bbox, datetime=f"{day}/{day}"
+        )
+        cubes = [stac.load(items, bounds_latlon=bbox, model=MODEL, chunks=c).values for c in (256, 1024)]
+    np.testing.assert_array_equal(cubes[0], cubes[1])

@@ -21,7 +21,16 @@ def band_file(tmp_path_factory):
     with rasterio.open(xs2mask.data.demo_path()) as src:
         data, profile = src.read(3), src.profile
     data[:40, :] = 0  # a swath edge: no data
-    profile.update(count=1, nodata=0, tiled=True, blockxsize=128, blockysize=128, compress="deflate")
+    profile.update(
+        count=1,
+        nodata=0,
+        width=2048,
+        height=2048,
+        tiled=True,
+        blockxsize=128,
+        blockysize=128,
+        compress="deflate",
+    )
     path = tmp_path_factory.mktemp("reading") / "B04.tif"
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data, 1)

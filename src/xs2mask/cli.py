@@ -176,7 +176,7 @@ def _predict(args: argparse.Namespace) -> int:
         client = _client(args, stack)
         if client is not None:
             print(f"dask: {client.dashboard_link}  ({sum(client.nthreads().values())} threads)")
-        outcome = run(job, progress=_progress_bar(args.quiet))
+        outcome = run(job, progress=not args.quiet)
     seconds = time.perf_counter() - start
     masks = outcome.masks
     if not outcome.written:
@@ -345,17 +345,6 @@ def _client(args: argparse.Namespace, stack):
     # oversubscribing them.
     cluster = stack.enter_context(LocalCluster(n_workers=args.workers, threads_per_worker=1))
     return stack.enter_context(Client(cluster))
-
-
-def _progress_bar(quiet: bool):
-    if quiet:
-        return None
-    from tqdm.auto import tqdm
-
-    def wrap(iterator, total):
-        return tqdm(iterator, total=total, unit="slab", desc="masking")
-
-    return wrap
 
 
 def _train(args: argparse.Namespace) -> int:

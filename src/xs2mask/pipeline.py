@@ -19,17 +19,23 @@ the job with :class:`~xs2mask.exceptions.ReadError`, or, with
 from __future__ import annotations
 
 import json
+import logging
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
 
 from .exceptions import InputError, ReadError, ReadWarning, StacError
 from .redaction import redact_url
+
+if TYPE_CHECKING:
+    from .store import Progress
+
+log = logging.getLogger("xs2mask")
 
 # Planetary Computer signatures last about 45 minutes: a day's cube older than this is re-signed.
 _RESIGN_AFTER_S = 30 * 60
@@ -88,7 +94,7 @@ def mask_stac(
     job: Job,
     *,
     sign: bool | Callable[[Any], Any] | None = None,
-    progress: Callable[[Iterator[Any], int], Iterator[Any]] | None = None,
+    progress: Progress = True,
 ) -> xr.Dataset:
     """Mask every Sentinel-2 scene a STAC search finds and write the masks to Zarr: :func:`run`'s masks.
 
@@ -105,7 +111,7 @@ def run(
     job: Job,
     *,
     sign: bool | Callable[[Any], Any] | None = None,
-    progress: Callable[[Iterator[Any], int], Iterator[Any]] | None = None,
+    progress: Progress = True,
 ) -> Outcome:
     """Mask every Sentinel-2 scene a STAC search finds and write the masks to Zarr.
 
@@ -116,7 +122,8 @@ def run(
     sign
         How to sign hrefs (see :func:`xs2mask.stac.search`); applied per slab.
     progress
-        Optional wrapper of the slab iterator (e.g. a progress bar).
+        ``True`` (default): a ``tqdm.auto`` bar of the slabs (a widget in Jupyter);
+        ``False``: none; or a wrapper ``(iterator, total) -> iterator`` of your own.
 
     Returns
     -------
@@ -172,6 +179,10 @@ def run(
     # The very days of `full`'s time axis, each with the items it mosaics (duplicates dropped).
     by_day = group_days(items)
     used = [item for members in by_day.values() for item in members]
+    log.info(
+        "%d items (%d after --max-cloud, %d kept of reprocessed duplicates) in %d solar days, %s px",
+        found, len(items), len(used), len(by_day), "x".join(map(str, full.shape[-2:])),
+    )  # fmt: skip
     template = predict(full, **options)
     template.attrs.update(
         {
@@ -193,17 +204,26 @@ def run(
         block=job.block,
     )
     todo = writer.todo()
+    log.info(
+        "%s: %d of %d slabs to write, %d dates in the store",
+        job.out,
+        len(todo),
+        len(writer.slabs),
+        writer.dates,
+    )
+    started = time.monotonic()
     findings: dict[str, float] = {}
     batch: list[_Pending] = []
     size = job.batch or writer.batch
     loaded: tuple[float, np.datetime64, xr.DataArray, xr.Dataset] | None = None
-    for slab in todo if progress is None else progress(iter(todo), len(todo)):
+    for slab in zstore.with_progress(todo, progress):
         day = np.datetime64(slab.date, "D")
         if loaded is None or loaded[1] != day or time.monotonic() - loaded[0] > _RESIGN_AFTER_S:
             # Signed here, just before the day's slabs run: signatures expire after ~45 minutes.
             # One day's graph is kept at a time (slabs come day by day), never the job's.
             cube = load(resign(by_day[day], sign), **grid, **common)
             loaded = (time.monotonic(), day, cube, predict(cube, **options))
+            log.debug("%s: %s", day, ", ".join(i.id for i in by_day[day]))
         _, _, cube, masks = loaded
         part = masks.isel(y=slab.y, x=slab.x).assign_coords(time=[slab.date])
         batch.append(_Pending(slab, part, cube.isel(y=slab.y, x=slab.x)))
@@ -226,6 +246,7 @@ def run(
             ),
         }
     )
+    log.info("%s complete: %d slabs written in %.1f s", job.out, len(todo), time.monotonic() - started)
     masks = zstore.open_masks(job.out, storage_options=job.storage_options or None)
     pixels = sum((s.y.stop - s.y.start) * (s.x.stop - s.x.start) for s in todo)
     return Outcome(job.out, writer.dates, len(todo), len(writer.slabs), pixels, masks)

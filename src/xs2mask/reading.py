@@ -127,8 +127,9 @@ class RetryingReader(AutoParallelRioReader):
         attempt = 0
         while True:
             try:
-                direct = None if kwargs else self._read_aligned(window)
-                return direct if direct is not None else super().read(window, **kwargs)
+                if kwargs:
+                    return super().read(window, **kwargs)
+                return self._read_own(window)
             except Exception as err:  # rasterio, GDAL and stackstac raise many types
                 reason = describe(err)
             # Out of the except block, so that the ReadError carries no chain holding the signed href.
@@ -147,22 +148,51 @@ class RetryingReader(AutoParallelRioReader):
             if isinstance(env, RetryingEnv):
                 self.gdal_env = env.uncached(self.url)
 
-    def _read_aligned(self, window: Any) -> np.ndarray | None:
-        """The window read as stored when the file lies on the output grid; None when it does not."""
+    def _read_own(self, window: Any) -> np.ndarray:
+        """The window on the output grid: as stored when the file lies on that grid, else warped."""
         import rasterio
-        from rasterio.windows import Window
+        from rasterio.vrt import WarpedVRT
 
         ds = getattr(self._local, "ds", None)
         if ds is None:
             with self.gdal_env.open:
                 ds = rasterio.open(self.url, sharing=False)
+            if ds.count != 1:
+                count = ds.count
+                ds.close()
+                raise RuntimeError(f"assets must have exactly one band, but this file has {count}")
+            shift = _grid_shift(ds, self.spec)
+            vrt = None
+            if shift is None:
+                with self.gdal_env.open_vrt:
+                    # GDAL's default tolerance (0.125 px) approximates the reprojection piecewise over
+                    # each window, so a pixel would depend on the chunking; at 1e-6 px it is exact for
+                    # nearest resampling (rasterio refuses 0).
+                    vrt = WarpedVRT(
+                        ds, sharing=False, resampling=self.resampling, add_alpha=ds.nodata is None,
+                        tolerance=1e-6, **self.spec.vrt_params,
+                    )  # fmt: skip
             with self._opened_lock:
-                self._opened.append(ds)
-            self._local.ds = ds
-            self._local.shift = _grid_shift(ds, self.spec)
-        shift = self._local.shift
-        if shift is None:
-            return None
+                self._opened.extend(d for d in (vrt, ds) if d is not None)
+            self._local.ds, self._local.shift, self._local.vrt = ds, shift, vrt
+        if self._local.vrt is not None:
+            return self._read_warped(self._local.vrt, window)
+        return self._read_aligned(ds, self._local.shift, window)
+
+    def _read_warped(self, vrt: Any, window: Any) -> np.ndarray:
+        with self.gdal_env.read:
+            result = vrt.read(window=window, out_dtype=self.dtype, masked=True)
+        # Without a nodata value the VRT's alpha band says which pixels the file covers.
+        data = np.ma.masked_array(result[0], mask=result[1] == 0) if result.shape[0] == 2 else result[0]
+        scale, offset = self.scale_offset
+        if scale != 1 or offset != 0:
+            data = data * scale + offset
+        return np.ma.filled(data, fill_value=self.fill_value).astype(self.dtype, copy=False)
+
+    def _read_aligned(self, ds: Any, shift: tuple[int, int], window: Any) -> np.ndarray:
+        """The window read as stored, clipped to the file: the file lies on the output grid."""
+        from rasterio.windows import Window
+
         rows, cols = ((round(a), round(b)) for a, b in window.toranges())
         out = np.full((rows[1] - rows[0], cols[1] - cols[0]), self.fill_value, self.dtype)
         r0, r1 = max(rows[0] + shift[0], 0), min(rows[1] + shift[0], ds.height)

@@ -235,6 +235,27 @@ def provenance_of(ds: xr.Dataset | xr.DataArray) -> dict[str, Any]:
     return out
 
 
+#: ``True``: a ``tqdm.auto`` progress bar; ``False`` (or None): none; or ``(iterator, total) -> iterator``.
+Progress = bool | Callable[[Iterator[Slab], int], Iterator[Slab]] | None
+
+
+def with_progress(todo: Sequence[Slab], progress: Progress) -> Iterator[Slab]:
+    """The slabs to write, behind a progress bar as ``progress`` asks (see :data:`Progress`).
+
+    Examples
+    --------
+    >>> list(with_progress([], True))
+    []
+    """
+    if progress is None or progress is False:
+        return iter(todo)
+    if progress is True:
+        from tqdm.auto import tqdm
+
+        return iter(tqdm(todo, total=len(todo), unit="slab", desc="masking", disable=not todo))
+    return progress(iter(todo), len(todo))
+
+
 def _permission_faults(method: Callable[..., Any]) -> Callable[..., Any]:
     """A store the user may not write (read-only folder, file system or bucket) is a StoreError."""
 
@@ -768,7 +789,7 @@ def to_zarr(
     chunks: Mapping[str, int] | None = None,
     shards: Mapping[str, int] | None = None,
     block: int | None = None,
-    progress: Callable[[Iterator[Slab], int], Iterator[Slab]] | None = None,
+    progress: Progress = True,
     batch: int | None = None,
 ) -> str:
     """Write a (lazy) mask cube to Zarr slab by slab; a rerun resumes, ``mode="a"`` appends dates.
@@ -786,7 +807,8 @@ def to_zarr(
     append_dim
         Only ``"time"`` is supported: masks grow by dates.
     progress
-        Optional wrapper of the slab iterator, e.g. a progress bar.
+        ``True`` (default): a ``tqdm.auto`` bar of the slabs (a widget in Jupyter);
+        ``False``: none; or a wrapper ``(iterator, total) -> iterator`` of your own.
     batch
         Slabs computed together (default: enough to keep every core busy). A
         killed job redoes at most one batch.
@@ -817,7 +839,7 @@ def to_zarr(
         block=block,
     )
     todo = writer.todo()
-    iterator: Iterator[Slab] = iter(todo) if progress is None else progress(iter(todo), len(todo))
+    iterator = with_progress(todo, progress)
     size = batch or writer.batch
     pending: list[Slab] = []
     for slab in iterator:
