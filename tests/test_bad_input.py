@@ -256,7 +256,13 @@ def test_float_dn_is_refused(demo):
         xs2mask.predict(dn_float, model=UKIS4)
 
 
-def test_float_dn_is_refused_at_compute_when_lazy(demo):
+def test_float_dn_is_refused_at_the_call_when_lazy(demo):
+    with pytest.raises(InputError, match="10000"):
+        xs2mask.predict(demo.astype(np.float32).chunk(), model=UKIS4)  # one chunk read, no model
+
+
+def test_float_dn_in_chunks_too_big_to_read_now_is_refused_at_compute(demo, monkeypatch):
+    monkeypatch.setattr(xs2mask.inference, "EAGER_CHECK_BYTES", 0)
     lazy = xs2mask.predict(demo.astype(np.float32).chunk(), model=UKIS4)  # lazy: no data read yet
     with pytest.raises(InputError, match="10000"):
         lazy.compute()

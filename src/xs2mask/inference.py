@@ -96,7 +96,7 @@ def predict(
     dtype: str = "auto",
     output: Literal["mask", "probability", "both"] = "mask",
     probability_dtype: Literal["uint8", "float16"] = "uint8",
-    offset: float = 0.0,
+    offset: float | xr.DataArray | Literal["auto"] = 0.0,
     threads: int = 0,
     model_dir: str | os.PathLike[str] | None = None,
     compile: bool = False,
@@ -111,9 +111,13 @@ def predict(
     obj
         ``DataArray`` with dims ``(band, y, x)`` or ``(time, band, y, x)`` whose
         ``band`` coordinate holds Sentinel-2 names (``B02``, ``B8A``) or STAC
-        common names (``blue``, ``nir08``); or a ``Dataset`` with one variable per
-        band. Float values are reflectance; integer values are DN
-        (reflectance = (DN + offset) / 10000), band by band in a Dataset. Extra bands
+        common names (``blue``, ``nir08``), or is numeric (1..N, as rioxarray reads a
+        GeoTIFF) with the names in ``attrs["long_name"]``; or a ``Dataset`` with one
+        variable per band (odc-stac). Only ``time``/``y``/``x``, ``spatial_ref``,
+        ``radiometric_offset`` and numeric per-date coordinates reach the output: a
+        loader's metadata coordinates (stackstac's ``proj:*``, ``eo:*``...) do not.
+        Float values are reflectance; integer values are DN (reflectance =
+        (DN + offset) / 10000), band by band in a Dataset. Extra bands
         are ignored. A pixel is no-data (255) where any band the model reads is NaN or
         DN 0, or every band is 0.0, or a value cannot come from Sentinel-2 (+-inf, or
         reflectance outside ``REFLECTANCE_RANGE`` = [-0.5, 3.5]: DN have 15 bits,
@@ -147,8 +151,12 @@ def predict(
     probability_dtype
         ``"uint8"`` (0-255) or ``"float16"`` (0-1) for the ``probability`` variable.
     offset
-        DN offset added before scaling integer input, e.g. -1000 for products of
-        processing baseline 04.00 and later; from -2000 to 2000.
+        DN offset added before scaling integer input, from -2000 to 2000: a number
+        (-1000 for products of processing baseline 04.00 and later, 0 before), one per
+        date as a ``DataArray`` along ``time`` (a cube that spans baseline 04.00), or
+        ``"auto"``: the ``radiometric_offset`` coordinate (reflectance, as
+        :func:`xs2mask.stac.load` writes it) times 10000 for integer input; float input
+        already holds it, so ``"auto"`` adds nothing there.
     threads
         CPU cores per block. 0: every core for numpy input; for Dask input the
         machine's cores divided among the blocks, since Dask runs blocks in parallel.
@@ -175,13 +183,17 @@ def predict(
         input is read. Numpy scalars count as numbers (``np.int64(2)``).
     InputError, BandError
         The input's dims, dtype, coordinates or CRS are unusable, or a float band
-        holds DN (median above 2): for Dask input when the result is computed.
+        holds DN (median above 2). The DN check runs at the call on a window of
+        the first date (for Dask input when the chunks holding it are at most
+        ``EAGER_CHECK_BYTES``: reading them is one chunk read per band) and again
+        on every block when the result is computed.
 
     Warns
     -----
     InputWarning
-        Counting the values that cannot come from Sentinel-2, per band. For Dask
-        input, when a block holding them is computed (once per such block).
+        The input has no CRS: the mask has none either. Counting the values that
+        cannot come from Sentinel-2, per band: for Dask input, when a block holding
+        them is computed (once per such block).
 
     Examples
     --------
@@ -212,7 +224,16 @@ def predict(
     needed = tuple(dict.fromkeys(b for s in specs for b in s.bands))
     da = da.sel(band=list(needed))
     integer_input = _check_dtype(da, offset)
+    if not integer_input:
+        _check_scale_now(da)
     crs = _input_crs(da)
+    if crs is None:
+        warnings.warn(
+            "the input has no CRS: the mask will have none either. Set the cube's CRS before predict "
+            "with cube.rio.write_crs('EPSG:32633') (your UTM zone; import rioxarray first)",
+            InputWarning,
+            stacklevel=2,
+        )
 
     device = resolve_device(device, specs)
     runtime = Runtime(
@@ -269,7 +290,7 @@ class _Options:
     batch_size: int | None
     tta: int
     processing_resolution: float | None
-    offset: float
+    offset: float | xr.DataArray | Literal["auto"]
     threads: int
 
 
@@ -334,17 +355,37 @@ def _check_options(
             lambda v: v > 0,
             "a positive number of metres, e.g. 20, or None",
         ),
-        offset=_real(
-            "offset",
-            offset,
-            lambda v: abs(v) <= _OFFSET_LIMIT,
-            f"a DN offset from {-_OFFSET_LIMIT:g} to {_OFFSET_LIMIT:g} (-1000 for processing baseline "
-            "04.00 and later, 0 before); reflectance offsets must be applied to float input beforehand",
-        ),
+        offset=_check_offset(offset),
         threads=_integer(
             "threads", threads, 0, _MAX_THREADS, what=f"an integer from 0 (every core) to {_MAX_THREADS}"
         ),
     )
+
+
+_OFFSET_WHAT = (
+    f"a DN offset from {-_OFFSET_LIMIT:g} to {_OFFSET_LIMIT:g} (-1000 for processing baseline 04.00 and "
+    "later, 0 before), a DataArray of such offsets along `time`, or 'auto'; reflectance offsets must be "
+    "applied to float input beforehand"
+)
+
+
+def _check_offset(offset: object) -> float | xr.DataArray | Literal["auto"]:
+    """A scalar DN offset, one per date (a 1-D ``time`` DataArray, read now: it is small), or "auto"."""
+    if isinstance(offset, str) and offset == "auto":
+        return "auto"
+    if not isinstance(offset, xr.DataArray):
+        return _real("offset", offset, lambda v: abs(v) <= _OFFSET_LIMIT, _OFFSET_WHAT)
+    if offset.dims != ("time",) or not np.issubdtype(offset.dtype, np.number):
+        raise OptionError(
+            f"offset as a DataArray must be numeric with the single dim `time`, got dims {offset.dims} "
+            f"and dtype {offset.dtype}: pass one DN offset per date, e.g. "
+            "xr.DataArray([0, -1000], dims='time', coords={'time': cube.time})"
+        )
+    values = np.asarray(offset.values, np.float64)
+    bad = ~(np.abs(values) <= _OFFSET_LIMIT)  # NaN is bad too
+    if bad.any():
+        raise OptionError(f"offset must be {_OFFSET_WHAT}, got {values[bad][:3].tolist()} among its values")
+    return offset.copy(data=values)
 
 
 def _integer(name: str, value: object, low: int, high: int | None = None, *, what: str = "") -> int:
@@ -368,16 +409,20 @@ def _real(name: str, value: object, within: Callable[[float], bool], what: str) 
 # --------------------------------------------------------------------------- input checks
 
 
-def _as_band_array(obj: xr.DataArray | xr.Dataset, offset: float) -> tuple[xr.DataArray, bool, float]:
+def _as_band_array(
+    obj: xr.DataArray | xr.Dataset, offset: float | xr.DataArray | Literal["auto"]
+) -> tuple[xr.DataArray, bool, float]:
     """Return ``(time, band, y, x)`` with ESA band names, whether a time dim was given, and the
-    DN offset still to apply (0 once a Dataset's integer bands were turned into reflectance)."""
-    if isinstance(obj, xr.Dataset):
-        obj, offset = _dataset_to_array(obj, offset)
-    if not isinstance(obj, xr.DataArray):
+    DN offset still to apply: 0 once integer bands became reflectance (a Dataset's integer bands
+    among float ones; DN whose dates have different offsets)."""
+    if not isinstance(obj, xr.DataArray | xr.Dataset):
         raise InputError(
             f"expected an xarray DataArray or Dataset, got {type(obj).__name__}; wrap numpy arrays "
             "with xr.DataArray(arr, dims=('band', 'y', 'x'), coords={'band': [...]})"
         )
+    offsets = _dn_offsets(obj, offset)
+    if isinstance(obj, xr.Dataset):
+        obj, offsets = _dataset_to_array(obj, offsets)
     dims = set(obj.dims)
     if dims not in ({"band", "y", "x"}, {"time", "band", "y", "x"}):
         raise InputError(
@@ -390,10 +435,15 @@ def _as_band_array(obj: xr.DataArray | xr.Dataset, offset: float) -> tuple[xr.Da
     obj = obj.transpose("time", "band", "y", "x")
     if any(obj.sizes[d] == 0 for d in obj.dims):
         raise InputError(f"input is empty: sizes {dict(obj.sizes)}")
+    if isinstance(offsets, xr.DataArray):
+        if not np.issubdtype(obj.dtype, np.integer):
+            raise InputError(_FLOAT_OFFSET)
+        obj, offsets = _to_reflectance(obj, offsets), 0.0
     if "band" not in obj.coords:
         raise BandError(
             "the band dim has no coordinate: add one with .assign_coords(band=['B02', 'B03', ...])"
         )
+    obj = _described_bands(obj)
     names = []
     for raw in obj["band"].values:
         if str(raw).lower() in _NON_SPECTRAL:
@@ -407,10 +457,77 @@ def _as_band_array(obj: xr.DataArray | xr.Dataset, offset: float) -> tuple[xr.Da
     keep = [i for i, n in enumerate(names) if n is not None]
     obj = obj.isel(band=keep)
     band_dependent = [c for c in obj.coords if "band" in obj[c].dims and c != "band"]
-    return obj.drop_vars(band_dependent).assign_coords(band=spectral), "time" in dims, offset
+    return obj.drop_vars(band_dependent).assign_coords(band=spectral), "time" in dims, offsets
 
 
-def _dataset_to_array(ds: xr.Dataset, offset: float) -> tuple[xr.DataArray, float]:
+def _dn_offsets(
+    obj: xr.DataArray | xr.Dataset, offset: float | xr.DataArray | Literal["auto"]
+) -> float | xr.DataArray:
+    """The DN offset of integer bands: a number, or one per date (positional along ``time``) when the
+    dates differ. "auto" reads ``radiometric_offset``; float input already holds it."""
+    variables = obj.data_vars.values() if isinstance(obj, xr.Dataset) else [obj]
+    if isinstance(offset, str):
+        if not any(np.issubdtype(v.dtype, np.integer) for v in variables):
+            return 0.0
+        if "radiometric_offset" not in obj.coords:
+            raise InputError(
+                "offset='auto' reads the `radiometric_offset` coordinate (one reflectance offset per date, "
+                "as xs2mask.stac.load writes it); this cube has none. Pass offset=-1000 (processing "
+                "baseline 04.00 and later), 0 (before), or one DN offset per date as a DataArray along time"
+            )
+        offset = obj.coords["radiometric_offset"] * _DN_SCALE
+    if not isinstance(offset, xr.DataArray):
+        return offset
+    if "time" not in obj.dims:
+        offset = offset.squeeze()  # a single date: one value
+    elif "time" in offset.coords and "time" in obj.coords:
+        missing = np.setdiff1d(obj["time"].values, offset["time"].values)
+        if missing.size:
+            raise InputError(
+                f"offset has no value for the dates {missing[:3].tolist()}: give one DN offset for "
+                "every date of the cube, e.g. xr.DataArray(values, dims='time', coords={'time': cube.time})"
+            )
+        offset = offset.sel(time=obj["time"].values)
+    if offset.ndim > 1 or offset.size != obj.sizes.get("time", 1):
+        raise InputError(
+            f"offset has {offset.size} values for {obj.sizes.get('time', 1)} date(s): give one DN offset "
+            "per date along `time`, or a number"
+        )
+    values = np.atleast_1d(np.asarray(offset.values, np.float64))
+    if np.isnan(values).any():
+        raise InputError(
+            "radiometric_offset is NaN on some dates (their items have different offsets, see "
+            "attrs['xs2mask_radiometry']): pass offset= with one DN offset per date as a DataArray along time"
+        )
+    if (values == values[0]).all():
+        return float(values[0])
+    return xr.DataArray(values.astype(np.float32), dims="time")
+
+
+def _to_reflectance(dn: xr.DataArray, offset: float | xr.DataArray) -> xr.DataArray:
+    """Integer DN as float32 reflectance, lazily; DN 0 (no-data) becomes NaN. The arithmetic is
+    :func:`_reflectance`'s, so a band gives the same values either way."""
+    # the per-date offsets are float32 already
+    add = offset if isinstance(offset, xr.DataArray) else np.float32(offset)
+    refl = (dn.astype(np.float32) + add) / np.float32(_DN_SCALE)
+    return refl.where(dn != 0)
+
+
+def _described_bands(obj: xr.DataArray) -> xr.DataArray:
+    """A numeric band coordinate (rioxarray's 1..N) renamed by the band descriptions in ``long_name``."""
+    if not np.issubdtype(obj["band"].dtype, np.number):
+        return obj
+    described = obj.attrs.get("long_name")
+    if isinstance(described, str):
+        described = (described,)  # rioxarray's description of a single band
+    if not isinstance(described, list | tuple) or len(described) != obj.sizes["band"]:
+        return obj
+    return obj.assign_coords(band=[str(d) for d in described])
+
+
+def _dataset_to_array(
+    ds: xr.Dataset, offset: float | xr.DataArray
+) -> tuple[xr.DataArray, float | xr.DataArray]:
     bands: dict[str, xr.DataArray] = {}
     for name, var in ds.data_vars.items():
         if str(name).lower() in _NON_SPECTRAL:
@@ -430,9 +547,7 @@ def _dataset_to_array(ds: xr.Dataset, offset: float) -> tuple[xr.DataArray, floa
         # Each band's dtype says its scale: integer DN, float reflectance. Concatenated as they
         # are, the DN would be promoted to float and read as reflectance.
         for name in integer:
-            dn = bands[name]
-            refl = (dn.astype(np.float32) + np.float32(offset)) / np.float32(_DN_SCALE)
-            bands[name] = refl.where(dn != 0)
+            bands[name] = _to_reflectance(bands[name], offset)
         offset = 0.0
     cube = xr.concat(list(bands.values()), dim="band", coords="minimal", compat="override")
     return cube.assign_coords(band=list(bands)), offset
@@ -467,11 +582,14 @@ def _check_dtype(da: xr.DataArray, offset: float) -> bool:
             f"input dtype {da.dtype} is not numeric: pass reflectance as float or DN as integers"
         )
     if offset and not integer:
-        raise InputError(
-            "offset= applies to integer DN; this input is float (taken as reflectance). "
-            "Apply the offset yourself, or pass the DN as integers."
-        )
+        raise InputError(_FLOAT_OFFSET)
     return integer
+
+
+_FLOAT_OFFSET = (
+    "offset= applies to integer DN; this input is float (taken as reflectance). "
+    "Apply the offset yourself, or pass the DN as integers."
+)
 
 
 def _input_crs(da: xr.DataArray):
@@ -705,8 +823,8 @@ def predict_block(
     )
     if block.shape[2:] != expected:
         raise RuntimeError(f"internal error: block shape {block.shape[2:]} != expected {expected}")
-    for t in range(block.shape[0]):  # every date, before any model runs: fail fast
-        _check_scale(block[t], plan)
+    for t in range(0 if plan.integer_input else block.shape[0]):  # every date, before any model runs
+        _check_scale(block[t], plan.bands)
     out = np.empty((block.shape[0], plan.n_out, core_y[1] - core_y[0], core_x[1] - core_x[0]), plan.out_dtype)
     impossible, pixels = np.zeros(len(plan.bands), np.int64), 0
     for t in range(block.shape[0]):
@@ -852,10 +970,11 @@ def _warn_impossible(counts: np.ndarray, pixels: int, plan: Plan) -> None:
     )
 
 
-def _check_scale(scene: np.ndarray, plan: Plan) -> None:
-    """Refuse a float band whose values are DN: read as reflectance, they are all "bright"."""
-    if plan.integer_input:
-        return  # integer bands are DN by definition; impossible values are screened per pixel
+def _check_scale(scene: np.ndarray, bands: Sequence[str]) -> None:
+    """Refuse a float band whose values are DN: read as reflectance, they are all "bright".
+
+    Integer bands are DN by definition: their impossible values are screened per pixel instead.
+    """
 
     def valid(values: np.ndarray) -> np.ndarray:
         # 0 and NaN are no-data, +-inf impossible: none of them tells the band's scale
@@ -863,7 +982,7 @@ def _check_scale(scene: np.ndarray, plan: Plan) -> None:
 
     # A strided sample of ~10^4 pixels per band is plenty for a median.
     step = max(1, math.isqrt(scene[0].size // 10_000))
-    for band, values in zip(plan.bands, scene, strict=True):
+    for band, values in zip(bands, scene, strict=True):
         sample = valid(values[::step, ::step])
         if sample.size == 0 and step > 1:
             sample = valid(values)  # a sparse band whose few valid pixels the sample missed
@@ -871,8 +990,46 @@ def _check_scale(scene: np.ndarray, plan: Plan) -> None:
         if median > _DN_MEDIAN:
             raise InputError(
                 f"band {band} is float but looks like DN, not reflectance (median {median:.0f}): "
-                "divide it by 10000 (after removing any baseline-04.00 offset), or pass the DN as integers"
+                "divide it by 10000 (after adding any baseline-04.00 offset: (cube - 1000) / 10000), or "
+                "pass the DN as integers (cube.fillna(0).astype('uint16')) with offset=-1000 for "
+                "baseline 04.00 and later"
             )
+
+
+# The DN check at the call reads the first date's chunks under a window of this many pixels a side at
+# the scene's centre (edges are often no-data), when those chunks hold at most EAGER_CHECK_BYTES.
+_EAGER_WINDOW = 256
+EAGER_CHECK_BYTES = 64 * 2**20
+
+
+def _check_scale_now(da: xr.DataArray) -> None:
+    """Refuse float DN at the call instead of deep in a Dask compute: the blocks check again, all of them.
+
+    Numpy input costs nothing to read. Dask input is read (one chunk per band of the first date
+    for a cube chunked by 2048 or less, the loaders' usual chunking) only when that is cheap; a
+    coarser cube is checked when its blocks are computed.
+    """
+    (y0, y1), (x0, x1) = (_centre(da.sizes[d], _EAGER_WINDOW) for d in ("y", "x"))
+    window = da.isel(time=0, y=slice(y0, y1), x=slice(x0, x1))
+    if _is_dask(da.data):
+        t_chunks, _, y_chunks, x_chunks = da.data.chunks
+        size = t_chunks[0] * da.sizes["band"] * da.dtype.itemsize
+        size *= _covering(y_chunks, y0, y1) * _covering(x_chunks, x0, x1)
+        if size > EAGER_CHECK_BYTES:
+            return
+    _check_scale(np.asarray(window.values), [str(b) for b in da["band"].values])
+
+
+def _centre(n: int, width: int) -> tuple[int, int]:
+    start = max(0, (n - width) // 2)
+    return start, min(n, start + width)
+
+
+def _covering(chunks: tuple[int, ...], start: int, stop: int) -> int:
+    """Pixels of the chunks that hold ``[start, stop)``: what reading that range costs."""
+    bounds = np.cumsum((0, *chunks))
+    held = zip(chunks, bounds[:-1], bounds[1:], strict=True)
+    return int(sum(c for c, lo, hi in held if lo < stop and hi > start))
 
 
 def _coarsen(refl: np.ndarray, nodata: np.ndarray, f: int) -> tuple[np.ndarray, np.ndarray]:
@@ -1087,7 +1244,8 @@ def _encode(probs: np.ndarray, nodata: np.ndarray, plan: Plan) -> np.ndarray:
 def _to_dataset(
     result, da: xr.DataArray, plan: Plan, processing_resolution: float | None, had_time: bool, crs
 ) -> xr.Dataset:
-    keep = {name: coord for name, coord in da.coords.items() if name != "band" and "band" not in coord.dims}
+    # Variables, not DataArrays: a DataArray would bring its own coordinates (every other one on `time`).
+    keep = {name: coord.variable for name, coord in da.coords.items() if _kept(name, coord)}
     names = [s.spec.name for s in plan.runs]
     attrs = {
         "xs2mask_version": __version__,
@@ -1123,6 +1281,18 @@ def _to_dataset(
     if not had_time:
         ds = ds.squeeze("time", drop=True)
     return _keep_crs(ds, crs)
+
+
+# The coordinates a mask keeps from its cube besides time/y/x: a loader's metadata (stackstac's ~40
+# `proj:*`, `eo:*`, `s2:*`, object or text arrays) describes the input, and Zarr stores text badly.
+_KEPT_COORDS = {"spatial_ref", "radiometric_offset"}
+
+
+def _kept(name: object, coord: xr.DataArray) -> bool:
+    """Whether the output keeps this input coordinate: its dims, the CRS, numeric per-date values."""
+    if name in ("time", "y", "x") or name in _KEPT_COORDS:
+        return True
+    return coord.dims == ("time",) and coord.dtype.kind in "biuf"
 
 
 def _keep_crs(ds: xr.Dataset, crs) -> xr.Dataset:

@@ -53,7 +53,7 @@ import signal
 import sys
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -121,11 +121,21 @@ class Slab:
         return {"time": [self.time], "y": self.y, "x": self.x}
 
 
+def _foreign(name: Hashable, coord: xr.DataArray, ds: xr.Dataset) -> bool:
+    """A loader's metadata coordinate: object dtype (Zarr cannot store it), or text per date or for
+    the whole cube (stackstac's ``title``, ``proj:code``: zarr 3 warns that it has no stable
+    encoding for them). Text along another dim (the mask's ``class_name``) stays."""
+    if name in ds.dims:
+        return False
+    return coord.dtype == object or (coord.dtype.kind in "US" and set(coord.dims) <= {"time", "y", "x"})
+
+
 def prepare(ds: xr.Dataset | xr.DataArray, *, chunks: Mapping[str, int] | None = None) -> xr.Dataset:
     """Make a mask dataset writable to Zarr: sorted unique times, one per chunk, clean CF metadata.
 
     Drops coordinates Zarr cannot store (object dtype, e.g. stackstac's
-    ``proj:transform``) and attributes that are not plain values, clears
+    ``proj:transform``) or stores without a stable encoding (text per date, e.g.
+    stackstac's ``title``), and attributes that are not plain values, clears
     inherited encodings, and refuses two time steps with the same time (one
     would overwrite the other).
 
@@ -149,7 +159,7 @@ def prepare(ds: xr.Dataset | xr.DataArray, *, chunks: Mapping[str, int] | None =
     _check_unique_times(ds["time"].values)
     if not ds.indexes["time"].is_monotonic_increasing:
         ds = ds.sortby("time")
-    drop = [n for n, c in ds.coords.items() if c.dtype == object and n not in ds.dims]
+    drop = [n for n, c in ds.coords.items() if _foreign(n, c, ds)]
     # A shallow copy gives fresh Variable objects: the caller's attrs and encodings stay untouched.
     ds = ds.drop_vars(drop).copy()
     ds.attrs = _plain_attrs(ds.attrs)
