@@ -224,3 +224,19 @@ def test_cube_without_crs_warns_and_is_masked(demo, reference: np.ndarray) -> No
         out = xs2mask.predict(bare)
     np.testing.assert_array_equal(out.mask.values, reference)
     assert "spatial_ref" not in out.coords
+
+
+def test_a_cube_from_stac_load_is_not_read_at_the_call(items) -> None:
+    """stac.load's cubes are reflectance by construction: the call reads nothing (the blocks still check)."""
+    import dask
+
+    from xs2mask import stac
+
+    cube = stac.load([items["baseline_0400"]], model="xs2mask-4b")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("predict read the cube at the call")
+
+    with dask.config.set(scheduler=refuse):
+        masks = xs2mask.predict(cube, model="xs2mask-4b")
+    assert masks.mask.chunks is not None

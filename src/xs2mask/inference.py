@@ -224,7 +224,9 @@ def predict(
     needed = tuple(dict.fromkeys(b for s in specs for b in s.bands))
     da = da.sel(band=list(needed))
     integer_input = _check_dtype(da, offset)
-    if not integer_input:
+    # A cube from xs2mask.stac.load is reflectance by construction: reading it here would only add a
+    # read per call (its blocks are still checked when computed).
+    if not integer_input and "xs2mask_radiometry" not in da.attrs:
         _check_scale_now(da)
     crs = _input_crs(da)
     if crs is None:
