@@ -309,17 +309,3 @@ def test_the_python_job_shows_progress_and_logs_unless_told_not_to(catalogues, t
     assert any("solar days" in m for m in logged) and any("complete" in m for m in logged)
     mask_stac(_job(served, bbox, served.datetime, tmp_path / "b.zarr"), progress=False)
     assert "masking" not in capsys.readouterr().err
-
-
-def test_a_mosaic_with_a_reprojected_tile_is_the_same_for_any_chunking(tmp_path):
-    """GDAL approximates a reprojection piecewise unless told not to: stackstac's reader gives 2,494
-    other pixels on this 1024 px day with chunks of 256 than with 1024, the job's default chunks."""
-    cat = build_catalogue("pc", tmp_path, size=1024)
-    day = _day(cat.scene("mosaic_other_zone"))
-    bbox = cat.bbox_of(8, 8, 1008, 1008)
-    with serve(cat) as served:
-        items = stac.search(
-            served.url, collections=list(served.collections), bbox=bbox, datetime=f"{day}/{day}"
-        )
-        cubes = [stac.load(items, bounds_latlon=bbox, model=MODEL, chunks=c).values for c in (256, 1024)]
-    np.testing.assert_array_equal(cubes[0], cubes[1])

@@ -165,12 +165,9 @@ class RetryingReader(AutoParallelRioReader):
             vrt = None
             if shift is None:
                 with self.gdal_env.open_vrt:
-                    # GDAL's default tolerance (0.125 px) approximates the reprojection piecewise over
-                    # each window, so a pixel would depend on the chunking; at 1e-6 px it is exact for
-                    # nearest resampling (rasterio refuses 0).
                     vrt = WarpedVRT(
                         ds, sharing=False, resampling=self.resampling, add_alpha=ds.nodata is None,
-                        tolerance=1e-6, **self.spec.vrt_params,
+                        **self.spec.vrt_params,
                     )  # fmt: skip
             with self._opened_lock:
                 self._opened.extend(d for d in (vrt, ds) if d is not None)

@@ -209,7 +209,7 @@ def load(
         items' footprints. Grids snap to multiples of ``resolution`` like
         Sentinel-2 tiles do, so neighbouring tiles share one grid.
     chunks
-        Dask chunk size in pixels along y and x (default 1024; one time step and all
+        Dask chunk size in pixels along y and x (default 2048; one time step and all
         bands per chunk).
     harmonize
         ``"auto"`` decides the baseline-04.00 offset per item from its metadata
@@ -239,7 +239,7 @@ def load(
     from .radiometry import item_radiometry
     from .reading import ReadPolicy, RetryingEnv, RetryingReader
 
-    chunks = chunks or 1024
+    chunks = chunks or 2048
     items = [_as_item(i) for i in items]
     if not items:
         raise StacError(
