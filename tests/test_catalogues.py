@@ -309,3 +309,14 @@ def test_the_python_job_shows_progress_and_logs_unless_told_not_to(catalogues, t
     assert any("solar days" in m for m in logged) and any("complete" in m for m in logged)
     mask_stac(_job(served, bbox, served.datetime, tmp_path / "b.zarr"), progress=False)
     assert "masking" not in capsys.readouterr().err
+
+
+def test_the_default_model_is_one_the_items_can_feed(catalogues, tmp_path):
+    """A four-band catalogue gets the best installed four-band model, never one needing B11 or L1C."""
+    from xs2mask.models import registry
+
+    served = catalogues["pc"]
+    job = Job(served.url, served.collections, tuple(served.bbox_of(200, 100, 64, 64)), served.datetime,
+              str(tmp_path / "default.zarr"))  # fmt: skip
+    masks = mask_stac(job, progress=False)
+    assert masks.attrs["xs2mask_model"] == registry.resolve_default(["B02", "B03", "B04", "B08"]).name

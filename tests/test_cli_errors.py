@@ -165,6 +165,9 @@ def test_library_advice_is_given_in_flags():
         "pass --bands without it, or --harmonize false, or --overwrite to replace, or --device cpu"
     )
     assert _in_cli_terms("pass allow_incomplete=True") == "pass allow_incomplete=True"
+    said_twice = "Pass mode='a' (--append) to append them, or mode='w' (--overwrite) to replace it."
+    assert _in_cli_terms(said_twice) == "Pass --append to append them, or --overwrite to replace it."
+    assert _in_cli_terms("pass zarr_format=3 (--zarr-format 3)") == "pass --zarr-format 3"
 
 
 @pytest.mark.parametrize(

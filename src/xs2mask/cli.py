@@ -299,6 +299,7 @@ def _check_train_args(args: argparse.Namespace) -> None:
 
 # Library messages name Python arguments; on the command line the same advice names the flags.
 _FLAGS = {
+    "model": "--model",
     "bands": "--bands",
     "offset": "--offset",
     "harmonize": "--harmonize",
@@ -314,6 +315,7 @@ _FLAGS = {
     "max_cloud": "--max-cloud",
     "chunks": "--chunks",
 }
+_SAID_TWICE = re.compile(r"(--[\w-]+(?: [\w.+-]+)?) \(\1\)")
 _PY_ARG = re.compile(r"\b([a-z_]+)=('?)([\w.+-]*)\2")
 
 
@@ -326,7 +328,8 @@ def _in_cli_terms(message: str) -> str:
             return match.group(0)
         return f"{_FLAGS[name]} {value.lower()}" if value else _FLAGS[name]
 
-    return _PY_ARG.sub(flag, message)
+    # Library messages often give both ("mode='a' (--append)"): say the flag once.
+    return _SAID_TWICE.sub(r"\1", _PY_ARG.sub(flag, message))
 
 
 def _one_line(err: BaseException) -> str:

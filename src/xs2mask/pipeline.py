@@ -146,7 +146,7 @@ def run(
     """
     from . import store as zstore
     from .inference import predict
-    from .stac import group_days, load, resign, search
+    from .stac import group_days, load, resign, resolve_model, search
 
     items = list(
         search(job.stac_url, collections=job.collections, bbox=job.bbox, datetime=job.datetime, sign=False)
@@ -167,10 +167,12 @@ def run(
         "read_retries": job.read_retries,
         "read_timeout": job.read_timeout,
     }
-    full = load(items, bounds_latlon=job.bbox, model=job.model, **common)
+    # One concrete model for the whole job: "default" decided once, from the bands every item has.
+    model = resolve_model(items, job.model)
+    full = load(items, bounds_latlon=job.bbox, model=model, **common)
     grid = {"epsg": full.rio.crs.to_epsg(), "bounds": _bounds(full), "bands": list(full["band"].values)}
     options = {
-        "model": job.model,
+        "model": model,
         "tta": job.tta,
         "processing_resolution": job.processing_resolution,
         "device": job.device,

@@ -248,7 +248,7 @@ def load(
         )
     if harmonize not in ("auto", True, False):
         raise InputError(f"harmonize must be 'auto', True or False, got {harmonize!r}")
-    wanted = _wanted_bands(bands, model)
+    wanted = _wanted_bands(bands, model, items)
     days = group_days(items)
     items = [item for members in days.values() for item in members]  # stacked in mosaic order
     epsg = epsg or _common_epsg(items)
@@ -502,13 +502,40 @@ def _as_item(item: Any):
     raise InputError(f"expected pystac Items or item dicts, got {type(item).__name__}")
 
 
-def _wanted_bands(bands: Sequence[str] | None, model: str) -> tuple[str, ...]:
+def resolve_model(items: Iterable[Any], model: str = "default") -> str:
+    """The model that masks these items: ``model`` itself, or for ``"default"`` the best installed
+    model whose bands every item has (L1C variants first when the items carry B10, as L1C does).
+
+    Examples
+    --------
+    >>> import pystac, datetime as dt
+    >>> item = pystac.Item("a", None, None, dt.datetime(2024, 1, 1), {})
+    >>> for band in ("B02", "B03", "B04", "B08"):
+    ...     item.add_asset(band, pystac.Asset(f"{band}.tif"))
+    >>> resolve_model([item], "xs2mask-4b")
+    'xs2mask-4b'
+    """
+    from .models import registry
+
+    if model != "default":
+        return model
+    found: set[str] | None = None
+    for item in map(_as_item, items):
+        bands = set()
+        for key in item.assets:
+            try:
+                bands.add(canonical_band(key))
+            except BandError:
+                continue
+        found = bands if found is None else found & bands
+    return registry.resolve_default(sorted(found or ())).name
+
+
+def _wanted_bands(bands: Sequence[str] | None, model: str, items: Sequence[Any]) -> tuple[str, ...]:
     if bands is None:
-        from .bands import BAND_NAMES
         from .models import registry
 
-        spec = registry.resolve_default(BAND_NAMES) if model == "default" else registry.get(model)
-        return tuple(spec.bands)
+        return tuple(registry.get(resolve_model(items, model)).bands)
     if isinstance(bands, str):
         bands = [bands]
     wanted = tuple(canonical_band(b) for b in bands)
@@ -532,7 +559,8 @@ def _asset_keys(item, wanted: Sequence[str]) -> dict[str, str]:
         if not candidates:
             raise BandError(
                 f"item {item.id} has no asset for band {band} (its assets: {', '.join(item.assets)}). "
-                "Choose a collection with that band (B10 is L1C only), or pass bands= without it."
+                "Choose a collection with that band (B10 is L1C only), or a model that does not need it "
+                "(model=; `xs2mask models` lists the bands of each)."
             )
         keys[band] = candidates[0]
     return keys
