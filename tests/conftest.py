@@ -123,3 +123,30 @@ def s3_server():
     pytest.importorskip("s3fs", reason="s3fs is not installed")
     with servers.moto_s3() as s3:
         yield s3
+
+
+@pytest.fixture(scope="module")
+def flaky(stac_pc):
+    """:class:`servers.FlakyFileServer` over the PC catalogue's COGs, one per test module."""
+    with servers.FlakyFileServer(stac_pc.folder) as server:
+        yield server
+
+
+@pytest.fixture
+def cog_server(flaky):
+    """The module's COG server, reset to behave (no faults, nothing missing, default stall)."""
+    flaky.kind, flaky.faults, flaky.only, flaky.stall_s = "503", 0, "", 3.0
+    flaky.missing.clear()
+    flaky.paths.clear()
+    return flaky
+
+
+@pytest.fixture
+def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private user cache (platformdirs reads XDG_CACHE_HOME), no model dir, online."""
+    from xs2mask.models import hub
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv(hub.MODEL_DIR_ENV, raising=False)
+    monkeypatch.delenv(hub.OFFLINE_ENV, raising=False)
+    return tmp_path / "xdg" / "xs2mask" / "models"

@@ -27,33 +27,18 @@ JUNE = "2020-06-01/2020-06-30"  # the 3-date time series of the PC catalogue
 FAST = {"read_retries": 2, "read_timeout": 2.0}
 
 
-@pytest.fixture(scope="module")
-def flaky(stac_pc):
-    with servers.FlakyFileServer(stac_pc.folder) as server:
-        yield server
-
-
-@pytest.fixture
-def server(flaky):
-    """The module's server, reset to behave at the start of each test."""
-    flaky.kind, flaky.faults, flaky.only = "503", 0, ""
-    flaky.missing.clear()
-    flaky.paths.clear()
-    return flaky
-
-
-def _over_http(item: dict, server: servers.FlakyFileServer, tag: str) -> dict:
-    """``item`` with its assets served by ``server``; ``tag`` makes the URLs new to GDAL's HTTP cache,
+def _over_http(item: dict, cog_server: servers.FlakyFileServer, tag: str) -> dict:
+    """``item`` with its assets served by ``cog_server``; ``tag`` makes the URLs new to GDAL's HTTP cache,
     which would otherwise answer from what an earlier test read."""
     item = copy.deepcopy(item)
     for asset in item["assets"].values():
-        asset["href"] = f"{server.href(asset['href'])}?{tag}"
+        asset["href"] = f"{cog_server.href(asset['href'])}?{tag}"
     return item
 
 
-def _path(item: dict, asset: str, server: servers.FlakyFileServer) -> str:
+def _path(item: dict, asset: str, cog_server: servers.FlakyFileServer) -> str:
     """The server path of a local asset (what ``missing`` holds)."""
-    return str(Path(item["assets"][asset]["href"]).resolve().relative_to(server.root))
+    return str(Path(item["assets"][asset]["href"]).resolve().relative_to(cog_server.root))
 
 
 def _read(item: dict, **kw) -> np.ndarray:
@@ -67,16 +52,16 @@ def expected(stac_pc) -> np.ndarray:
 
 
 @pytest.mark.parametrize("kind", ["503", "truncate", "stall"])
-def test_transient_faults_are_retried_to_the_same_pixels(stac_pc, server, expected, kind):
-    server.kind, server.faults = kind, 2
-    got = _read(_over_http(stac_pc.item("timeseries_0"), server, kind), **FAST)
-    assert server.faulty() == 2  # the faults were played, and the reads still came back whole
+def test_transient_faults_are_retried_to_the_same_pixels(stac_pc, cog_server, expected, kind):
+    cog_server.kind, cog_server.faults = kind, 2
+    got = _read(_over_http(stac_pc.item("timeseries_0"), cog_server, kind), **FAST)
+    assert cog_server.faulty() == 2  # the faults were played, and the reads still came back whole
     np.testing.assert_array_equal(got, expected)
 
 
-def test_persistent_fault_raises_read_error_naming_item_asset_and_fix(stac_pc, server):
-    item = _over_http(stac_pc.item("timeseries_0"), server, "persistent")
-    server.kind, server.faults, server.only = "503", -1, "B04"
+def test_persistent_fault_raises_read_error_naming_item_asset_and_fix(stac_pc, cog_server):
+    item = _over_http(stac_pc.item("timeseries_0"), cog_server, "persistent")
+    cog_server.kind, cog_server.faults, cog_server.only = "503", -1, "B04"
     start = time.perf_counter()
     with pytest.raises(ReadError) as info:
         _read(item, read_retries=1, read_timeout=2.0)
@@ -85,17 +70,17 @@ def test_persistent_fault_raises_read_error_naming_item_asset_and_fix(stac_pc, s
     assert err.href == item["assets"]["B04"]["href"]
     assert "on_read_error='nodata'" in str(err) and "--read-retries" in str(err)
     # Bounded: GDAL's own retries times ours, for the few windows of one small file.
-    assert 2 <= server.faulty() <= 40
+    assert 2 <= cog_server.faulty() <= 40
     assert time.perf_counter() - start < 60
 
 
-def test_missing_file_fails_at_once(stac_pc, server):
-    item = _over_http(stac_pc.item("timeseries_0"), server, "missing")
-    server.missing.add(_path(stac_pc.item("timeseries_0"), "B08", server))
+def test_missing_file_fails_at_once(stac_pc, cog_server):
+    item = _over_http(stac_pc.item("timeseries_0"), cog_server, "missing")
+    cog_server.missing.add(_path(stac_pc.item("timeseries_0"), "B08", cog_server))
     with pytest.raises(ReadError, match="no retry will help") as info:
         _read(item, read_retries=3, read_timeout=2.0)
     assert info.value.permanent and info.value.asset == "B08"
-    misses = [p for m, p, status in server.paths if status == 404]
+    misses = [p for m, p, status in cog_server.paths if status == 404]
     assert len(misses) <= 4  # GDAL may probe twice (HEAD, GET); we never retry a 404
 
 
@@ -129,13 +114,13 @@ def _job(stac_pc, url, out, **kw) -> Job:
     return Job(url, stac_pc.collections[:1], stac_pc.bbox, JUNE, str(out), model=MODEL, read_retries=1, **kw)
 
 
-def test_pipeline_nodata_on_read_error_is_recorded_then_retried(stac_pc, june_api, server, tmp_path):
+def test_pipeline_nodata_on_read_error_is_recorded_then_retried(stac_pc, june_api, cog_server, tmp_path):
     url = june_api
     bad = stac_pc.groups["timeseries"][1]
     # The undisturbed run: the same items, read from the local files through the fixture's own API.
     reference = mask_stac(_job(stac_pc, stac_pc.url, tmp_path / "ref.zarr"), sign=False).mask.values
 
-    server.kind, server.faults, server.only = "503", -1, f"{bad}"
+    cog_server.kind, cog_server.faults, cog_server.only = "503", -1, f"{bad}"
     out = tmp_path / "nodata.zarr"
     with pytest.warns(ReadWarning, match="written as no-data"):
         mask_stac(_job(stac_pc, url, out, on_read_error="nodata"), sign=False)
@@ -147,19 +132,19 @@ def test_pipeline_nodata_on_read_error_is_recorded_then_retried(stac_pc, june_ap
     assert np.all(masks.mask.values[1] == xs2mask.classes.NODATA)  # never silent garbage
     np.testing.assert_array_equal(masks.mask.values[[0, 2]], reference[[0, 2]])
 
-    server.faults = 0  # the host is back: a rerun retries the failed slab, and only that
-    server.paths.clear()
+    cog_server.faults = 0  # the host is back: a rerun retries the failed slab, and only that
+    cog_server.paths.clear()
     mask_stac(_job(stac_pc, url, out, on_read_error="nodata"), sign=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ReadWarning)
         healed = store.open_masks(str(out))
     assert healed.attrs["xs2mask_read_errors"] == []
     np.testing.assert_array_equal(healed.mask.values, reference)
-    assert all(bad in p for m, p, s in server.paths if m == "GET")
+    assert all(bad in p for m, p, s in cog_server.paths if m == "GET")
 
 
-def test_pipeline_missing_file_raises_even_with_nodata(stac_pc, june_api, server, tmp_path):
+def test_pipeline_missing_file_raises_even_with_nodata(stac_pc, june_api, cog_server, tmp_path):
     bad = next(i for i in stac_pc.items if i["id"] == stac_pc.groups["timeseries"][0])
-    server.missing.add(_path(bad, "B02", server))
+    cog_server.missing.add(_path(bad, "B02", cog_server))
     with pytest.raises(ReadError, match="no retry will help"):
         mask_stac(_job(stac_pc, june_api, tmp_path / "m.zarr", on_read_error="nodata"), sign=False)

@@ -71,13 +71,8 @@ def server() -> Iterator[tuple[str, dict[str, Answer], list[str]]]:
         httpd.server_close()
 
 
-@pytest.fixture(autouse=True)
-def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private user cache (platformdirs reads XDG_CACHE_HOME), no model dir, online."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    monkeypatch.delenv(hub.MODEL_DIR_ENV, raising=False)
-    monkeypatch.delenv(hub.OFFLINE_ENV, raising=False)
-    return tmp_path / "xdg" / "xs2mask" / "models"
+# Every test gets a private user cache, no model dir, online (conftest).
+pytestmark = pytest.mark.usefixtures("isolated_dirs")
 
 
 def _files(folder: Path) -> list[str]:

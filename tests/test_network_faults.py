@@ -413,25 +413,11 @@ def test_connection_refused_names_the_url_without_secrets(unreachable_url: str) 
 MODEL = "ukis-csmask-4b-l2a"
 
 
-@pytest.fixture(scope="module")
-def flaky(stac_pc):
-    with servers.FlakyFileServer(stac_pc.folder) as server:
-        yield server
-
-
-@pytest.fixture
-def server(flaky):
-    flaky.kind, flaky.faults, flaky.only, flaky.stall_s = "503", 0, "", 3.0
-    flaky.missing.clear()
-    flaky.paths.clear()
-    return flaky
-
-
-def _signed(item: dict, server: servers.FlakyFileServer, tag: str) -> dict:
-    """``item`` with its assets served by ``server`` under signed hrefs (``tag`` keeps GDAL's cache out)."""
+def _signed(item: dict, cog_server: servers.FlakyFileServer, tag: str) -> dict:
+    """``item``, its assets served by ``cog_server`` under signed hrefs (``tag`` keeps GDAL's cache out)."""
     item = copy.deepcopy(item)
     for asset in item["assets"].values():
-        asset["href"] = f"{server.href(asset['href'])}?{tag}&{QUERY}"
+        asset["href"] = f"{cog_server.href(asset['href'])}?{tag}&{QUERY}"
     return item
 
 
@@ -447,33 +433,35 @@ def _read_error(item: dict, **kw: Any) -> tuple[ReadError, float]:
     return err, time.monotonic() - start
 
 
-def test_read_error_of_a_failing_host_hides_the_signature(stac_pc, server) -> None:
-    server.kind, server.faults = "503", -1
-    err, _ = _read_error(_signed(stac_pc.item("timeseries_0"), server, "503"), read_retries=0, read_timeout=2)
+def test_read_error_of_a_failing_host_hides_the_signature(stac_pc, cog_server) -> None:
+    cog_server.kind, cog_server.faults = "503", -1
+    err, _ = _read_error(
+        _signed(stac_pc.item("timeseries_0"), cog_server, "503"), read_retries=0, read_timeout=2
+    )
     assert not err.permanent
 
 
-def test_read_error_of_a_missing_file_hides_the_signature(stac_pc, server) -> None:
+def test_read_error_of_a_missing_file_hides_the_signature(stac_pc, cog_server) -> None:
     item = stac_pc.item("timeseries_0")
-    server.missing.add(str(Path(item["assets"]["B08"]["href"]).resolve().relative_to(server.root)))
-    err, _ = _read_error(_signed(item, server, "404"), read_retries=2, read_timeout=2)
+    cog_server.missing.add(str(Path(item["assets"]["B08"]["href"]).resolve().relative_to(cog_server.root)))
+    err, _ = _read_error(_signed(item, cog_server, "404"), read_retries=2, read_timeout=2)
     assert err.permanent and err.asset == "B08"
 
 
-def test_cog_read_from_a_slow_loris_ends_at_the_read_timeout(stac_pc, server) -> None:
+def test_cog_read_from_a_slow_loris_ends_at_the_read_timeout(stac_pc, cog_server) -> None:
     """GDAL_HTTP_TIMEOUT is curl's CURLOPT_TIMEOUT: a limit on the whole answer, not on each read."""
-    server.kind, server.faults, server.stall_s = "drip", -1, 0.05
+    cog_server.kind, cog_server.faults, cog_server.stall_s = "drip", -1, 0.05
     err, elapsed = _read_error(
-        _signed(stac_pc.item("timeseries_0"), server, "drip"), read_retries=0, read_timeout=1
+        _signed(stac_pc.item("timeseries_0"), cog_server, "drip"), read_retries=0, read_timeout=1
     )
-    assert server.faulty() >= 1 and not err.permanent
+    assert cog_server.faulty() >= 1 and not err.permanent
     assert elapsed < 4  # files opened in parallel, one 1 s timeout each; the drip alone would last minutes
 
 
-def test_pipeline_records_and_warns_without_the_signature(stac_pc, flaky, server, tmp_path) -> None:
+def test_pipeline_records_and_warns_without_the_signature(stac_pc, flaky, cog_server, tmp_path) -> None:
     bad = stac_pc.groups["timeseries"][1]
     items = [_signed(i, flaky, "pipeline") for i in stac_pc.items if i["id"] == bad]
-    server.kind, server.faults, server.only = "503", -1, bad
+    cog_server.kind, cog_server.faults, cog_server.only = "503", -1, bad
     out = tmp_path / "m.zarr"
     with servers.serve_items(items, stac_pc.collection_docs) as url:
         job = Job(url, stac_pc.collections[:1], stac_pc.bbox, "2020-06-13", str(out), model=MODEL,
