@@ -12,7 +12,7 @@ import pytest
 
 from xs2mask.checks import check_bbox, check_datetime
 from xs2mask.cli import _in_cli_terms
-from xs2mask.exceptions import InputError
+from xs2mask.exceptions import InputError, OptionError
 
 GOOD = ["--bbox", "32.84", "-2.57", "32.89", "-2.52", "--datetime", "2024-06-01/2024-06-30"]
 
@@ -192,17 +192,17 @@ def test_bbox_across_the_antimeridian_is_allowed():
 
 
 @pytest.mark.parametrize(
-    "kwargs,match",
+    "kwargs,error,match",
     [
-        ({"datetime": "yesterday"}, "datetime 'yesterday'"),
-        ({"bbox": [32.84, -2.57, 32.89, 95]}, "north 95.0"),
-        ({"retries": -1}, "retries"),
-        ({"timeout": 0}, "timeout"),
+        ({"datetime": "yesterday"}, InputError, "datetime 'yesterday'"),
+        ({"bbox": [32.84, -2.57, 32.89, 95]}, InputError, "north 95.0"),
+        ({"retries": -1}, OptionError, "retries"),
+        ({"timeout": 0}, OptionError, "timeout"),
     ],
 )
-def test_search_checks_its_arguments_before_any_request(http_error_server, kwargs, match):
+def test_search_checks_its_arguments_before_any_request(http_error_server, kwargs, error, match):
     from xs2mask import stac
 
-    with pytest.raises(InputError, match=match):
+    with pytest.raises(error, match=match):
         stac.search(http_error_server.url, collections="sentinel-2-l2a", **kwargs)
     assert http_error_server.requests == 0

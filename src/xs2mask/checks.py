@@ -1,4 +1,4 @@
-"""Checks of user-given search options, shared by the Python API and the command line.
+"""Checks of user-given options, shared by the Python API and the command line.
 
 Each function returns the value in its canonical form or raises
 :class:`~xs2mask.exceptions.InputError` naming the value and the fix, so that a
@@ -8,10 +8,11 @@ typo fails at the call, before any network request or computation.
 from __future__ import annotations
 
 import math
+import numbers
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from .exceptions import InputError
+from .exceptions import InputError, OptionError
 
 # RFC 3339 as STAC APIs take it, also the year / year-month / date shorthands pystac-client expands.
 _INSTANT = re.compile(
@@ -94,3 +95,34 @@ def check_bbox(bbox: Sequence[float]) -> tuple[float, float, float, float]:
             "latitude (EPSG:4326), e.g. 32.84 -2.57 32.89 -2.52"
         )
     return values
+
+
+def check_integer(name: str, value: object, low: int, high: int | None = None, *, what: str = "") -> int:
+    """``value`` as an int within ``[low, high]``: numpy integers count; bool and 2.0 do not.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> check_integer("tta", np.int64(2), 0, 7)
+    2
+    """
+    integral = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if integral and value >= low and (high is None or value <= high):  # type: ignore[operator]
+        return int(value)  # type: ignore[call-overload]
+    what = what or f"an integer of at least {low}"
+    raise OptionError(f"{name} must be {what}, got {value!r}")
+
+
+def check_real(name: str, value: object, within: Callable[[float], bool], what: str) -> float:
+    """``value`` as a finite float for which ``within`` holds: numpy scalars count; bool does not.
+
+    Examples
+    --------
+    >>> check_real("timeout", 5, lambda v: v > 0, "a positive number of seconds")
+    5.0
+    """
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        number = float(value)
+        if math.isfinite(number) and within(number):
+            return number
+    raise OptionError(f"{name} must be {what}, got {value!r}")

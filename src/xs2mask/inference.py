@@ -9,7 +9,6 @@ each model once (:func:`xs2mask.models.load`).
 from __future__ import annotations
 
 import math
-import numbers
 import os
 import sys
 import warnings
@@ -24,6 +23,7 @@ import xarray as xr
 
 from . import __version__
 from .bands import canonical_band
+from .checks import check_integer, check_real
 from .classes import CLASS_NAMES, NODATA, mask_attrs
 from .exceptions import BandError, InputError, InputWarning, OptionError
 from .models import ModelSpec, Runtime, get, load, resolve_default
@@ -342,23 +342,23 @@ def _check_options(
         patch_size=None if patch_size is None else check_patch(patch_size, 0)[0],
         overlap=None
         if overlap is None
-        else _integer("overlap", overlap, 0, what="a non-negative integer (processing pixels)"),
+        else check_integer("overlap", overlap, 0, what="a non-negative integer (processing pixels)"),
         batch_size=None
         if batch_size is None
-        else _integer("batch_size", batch_size, 1, what="a positive integer (patches per model call)"),
-        tta=_integer(
+        else check_integer("batch_size", batch_size, 1, what="a positive integer (patches per model call)"),
+        tta=check_integer(
             "tta", tta, 0, len(TTA_TRANSFORMS) - 1, what=f"an integer from 0 to {len(TTA_TRANSFORMS) - 1}"
         ),
         processing_resolution=None
         if processing_resolution is None
-        else _real(
+        else check_real(
             "processing_resolution",
             processing_resolution,
             lambda v: v > 0,
             "a positive number of metres, e.g. 20, or None",
         ),
         offset=_check_offset(offset),
-        threads=_integer(
+        threads=check_integer(
             "threads", threads, 0, _MAX_THREADS, what=f"an integer from 0 (every core) to {_MAX_THREADS}"
         ),
     )
@@ -376,7 +376,7 @@ def _check_offset(offset: object) -> float | xr.DataArray | Literal["auto"]:
     if isinstance(offset, str) and offset == "auto":
         return "auto"
     if not isinstance(offset, xr.DataArray):
-        return _real("offset", offset, lambda v: abs(v) <= _OFFSET_LIMIT, _OFFSET_WHAT)
+        return check_real("offset", offset, lambda v: abs(v) <= _OFFSET_LIMIT, _OFFSET_WHAT)
     if offset.dims != ("time",) or not np.issubdtype(offset.dtype, np.number):
         raise OptionError(
             f"offset as a DataArray must be numeric with the single dim `time`, got dims {offset.dims} "
@@ -388,24 +388,6 @@ def _check_offset(offset: object) -> float | xr.DataArray | Literal["auto"]:
     if bad.any():
         raise OptionError(f"offset must be {_OFFSET_WHAT}, got {values[bad][:3].tolist()} among its values")
     return offset.copy(data=values)
-
-
-def _integer(name: str, value: object, low: int, high: int | None = None, *, what: str = "") -> int:
-    """``value`` as an int within ``[low, high]``: numpy integers count; bool and 2.0 do not."""
-    integral = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    if integral and value >= low and (high is None or value <= high):  # type: ignore[operator]
-        return int(value)  # type: ignore[call-overload]
-    what = what or f"an integer of at least {low}"
-    raise OptionError(f"{name} must be {what}, got {value!r}")
-
-
-def _real(name: str, value: object, within: Callable[[float], bool], what: str) -> float:
-    """``value`` as a finite float for which ``within`` holds: numpy scalars count; bool does not."""
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        number = float(value)
-        if math.isfinite(number) and within(number):
-            return number
-    raise OptionError(f"{name} must be {what}, got {value!r}")
 
 
 # --------------------------------------------------------------------------- input checks

@@ -26,7 +26,6 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import json
-import numbers
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -37,7 +36,7 @@ import pandas as pd
 import xarray as xr
 
 from .bands import canonical_band
-from .checks import check_bbox, check_datetime
+from .checks import check_bbox, check_datetime, check_integer, check_real
 from .exceptions import BandError, InputError, StacError
 from .redaction import describe, redact_url
 
@@ -125,11 +124,8 @@ def search(
         datetime = check_datetime(datetime)
     if bbox is not None:
         bbox = check_bbox(bbox)
-    if not _is_count(retries) or not (isinstance(timeout, numbers.Real) and 0 < timeout < float("inf")):
-        raise InputError(
-            f"retries must be a whole number >= 0 and timeout a positive number of seconds, "
-            f"got retries={retries!r}, timeout={timeout!r}"
-        )
+    retries = check_integer("retries", retries, 0, what="a whole number >= 0")
+    timeout = check_real("timeout", timeout, lambda v: v > 0, "a positive number of seconds")
     stac_io = _checked_stac_io()(url, max_retries=retry, timeout=timeout)
     try:
         # timeout again: Client.open hands its own (default None) to the IO, replacing the one given.
@@ -298,10 +294,6 @@ def load(
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _is_count(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 0
 
 
 def _search_error(url: str, err: BaseException, *, not_stac: bool, retries: int, timeout: float) -> StacError:
