@@ -312,3 +312,14 @@ def test_distributed_loads_the_model_once_per_worker(demo512):
         np.testing.assert_array_equal(out.mask.values[t], reference)
     assert all(c.get("ukis-csmask-4b-l2a", 0) <= 1 for c in counts.values()), counts
     assert sum(c.get("ukis-csmask-4b-l2a", 0) for c in counts.values()) >= 1
+
+
+def test_predicts_of_different_cubes_computed_together_keep_their_own_masks(demo):
+    """Dask keys must come from the inputs: a fixed layer name once gave two cubes' masks, computed
+    in one pass (as the STAC job writes several dates at once), the pixels of one of them."""
+    flipped = demo.copy(data=demo.values[..., ::-1])
+    lazy = [xs2mask.predict(c.chunk({"y": 160, "x": 160}), "xs2mask-4b").mask for c in (demo, flipped)]
+    together = dask.compute(*(m.data for m in lazy))
+    for cube, got in zip((demo, flipped), together, strict=True):
+        np.testing.assert_array_equal(got, xs2mask.predict(cube, "xs2mask-4b").mask.values)
+    assert not np.array_equal(together[0], together[1])

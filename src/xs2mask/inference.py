@@ -759,7 +759,7 @@ def _map_dask(data, plan: Plan):
         chunks=out_chunks,
         dtype=plan.out_dtype,
         meta=np.empty((0, 0, 0, 0), plan.out_dtype),
-        name="xs2mask-predict",
+        token="xs2mask-predict",  # a prefix: `name=` would give every predict the same keys
     )
 
 

@@ -281,9 +281,17 @@ def load(
         errors_as_nodata=(),
     )
     # (DN + offset_dn) / quantification, as ESA defines it: exact in float32, unlike DN * 1e-4.
-    quantification = xr.DataArray(1 / np.asarray(scales, np.float64), dims=("time", "band"))
-    offset_dn = xr.DataArray(np.asarray(offsets, np.float64) * quantification.values, dims=("time", "band"))
-    refl = (stack.where(stack != 0) + offset_dn.astype(np.float32)) / quantification.astype(np.float32)
+    quantification = 1 / np.asarray(scales, np.float64)
+    offset_dn = np.asarray(offsets, np.float64) * quantification
+    refl = stack.copy(
+        data=stack.data.map_blocks(
+            _dn_to_reflectance,
+            offset_dn.astype(np.float32),
+            quantification.astype(np.float32),
+            dtype=np.float32,
+            token="xs2mask-reflectance",
+        )
+    )
     # stackstac's per-item coordinates (object dtype among them) cannot follow the mosaic nor go to Zarr.
     refl = refl.drop_vars([n for n in refl.coords if n not in ("y", "x")]).assign_coords(band=list(wanted))
     cube = _mosaic_days(refl, days, _per_item_offset(offsets))
@@ -605,6 +613,24 @@ def _common_epsg(items: Sequence[Any]) -> int:
     return codes.most_common(1)[0][0]
 
 
+def _dn_to_reflectance(
+    block: np.ndarray, offset_dn: np.ndarray, quantification: np.ndarray, block_info=None
+) -> np.ndarray:
+    """``(DN + offset_dn) / quantification`` of one item's chunk, DN 0 (no-data) to NaN.
+
+    In place: the chunk is a fresh read that nothing else holds, and each full-size temporary
+    of the same steps written as xarray arithmetic costs a pass over memory (measured: a third
+    of the read's CPU time).
+    """
+    items = slice(*block_info[0]["array-location"][0])
+    if not block.flags.writeable:  # stackstac's broadcast fill for a window no item covers
+        block = block.copy()
+    block[block == 0] = np.nan
+    block += offset_dn[items, :, None, None]
+    block /= quantification[items, :, None, None]
+    return block
+
+
 def _per_item_offset(offsets: list[list[float]]) -> np.ndarray:
     """One offset per item when all its bands share it (always so far), else NaN."""
     rows = np.asarray(offsets, np.float64)
@@ -612,22 +638,45 @@ def _per_item_offset(offsets: list[list[float]]) -> np.ndarray:
 
 
 def _mosaic_days(refl: xr.DataArray, days: dict[np.datetime64, list], offsets: np.ndarray) -> xr.DataArray:
-    """One time step per day: the first valid pixel in the day's mosaic order (stackstac.mosaic)."""
-    import stackstac
-
+    """One time step per day: the first valid pixel in the day's mosaic order."""
     parts, day_offsets, start = [], [], 0
     for members in days.values():
         stop = start + len(members)
         part = refl.isel(time=slice(start, stop))
-        # reverse=True: the first item is on top. A lone item needs no reduction layer in the graph.
-        one = len(members) == 1
-        parts.append(part.isel(time=0) if one else stackstac.mosaic(part, dim="time", reverse=True))
+        parts.append(_first_valid(part))
         same = np.isclose(offsets[start:stop], offsets[start]).all()
         day_offsets.append(offsets[start] if same else np.nan)
         start = stop
     times = pd.Index(np.array(list(days), "datetime64[ns]"), name="time")
     cube = xr.concat(parts, dim=times, coords="minimal", compat="override", join="override")
     return cube.assign_coords(radiometric_offset=("time", np.asarray(day_offsets, np.float32)))
+
+
+def _first_valid(part: xr.DataArray) -> xr.DataArray:
+    """The first non-NaN pixel along ``time`` (the first item on top): ``stackstac.mosaic(reverse=True)``.
+
+    One task per chunk that takes the items' chunks together and fills the first in place: what
+    stackstac's tree reduction spends on copies (``np.take`` of each item, a ``where`` per pair) was
+    a quarter of the read's CPU time.
+    """
+    import dask.array as da
+
+    first = part.isel(time=0)
+    if part.sizes["time"] == 1:
+        return first
+    layers = [part.data[i] for i in range(part.sizes["time"])]
+    return first.copy(data=da.map_blocks(_fill_from, *layers, dtype=part.dtype, token="xs2mask-mosaic"))
+
+
+def _fill_from(top: np.ndarray, *below: np.ndarray) -> np.ndarray:
+    # `top` is the item's fresh reflectance chunk, held by nothing else (see _dn_to_reflectance)
+    out = top if top.flags.writeable else top.copy()
+    for layer in below:
+        holes = np.isnan(out)
+        if not holes.any():
+            break
+        np.copyto(out, layer, where=holes)
+    return out
 
 
 # --------------------------------------------------------------------------- solar days and duplicates
