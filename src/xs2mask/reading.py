@@ -164,11 +164,13 @@ class RetryingReader(AutoParallelRioReader):
             shift = _grid_shift(ds, self.spec)
             vrt = None
             if shift is None:
+                lattice = _lattice(ds, self.spec)
                 with self.gdal_env.open_vrt:
                     vrt = WarpedVRT(
                         ds, sharing=False, resampling=self.resampling, add_alpha=ds.nodata is None,
-                        **self.spec.vrt_params,
+                        **(self.spec.vrt_params if lattice is None else lattice.vrt_params),
                     )  # fmt: skip
+                vrt.lattice = lattice
             with self._opened_lock:
                 self._opened.extend(d for d in (vrt, ds) if d is not None)
             self._local.ds, self._local.shift, self._local.vrt = ds, shift, vrt
@@ -177,6 +179,36 @@ class RetryingReader(AutoParallelRioReader):
         return self._read_aligned(ds, self._local.shift, window)
 
     def _read_warped(self, vrt: Any, window: Any) -> np.ndarray:
+        """The window warped onto the output grid, the same pixels whatever the window.
+
+        GDAL's approximate transformer interpolates source positions along each row of the region
+        it warps, so nearest-neighbour picks depend on that region: warping each requested window
+        gave other pixels for other chunkings (1 % of a tile's). On a lattice of the output CRS
+        (see :class:`_Lattice`) each block is warped alone, so any window, chunking or bounds that
+        cover a pixel give it the same value.
+        """
+        from rasterio.windows import Window
+
+        lattice: _Lattice | None = vrt.lattice
+        if lattice is None:
+            return self._warp(vrt, window)
+        rows, cols = ((round(a), round(b)) for a, b in window.toranges())
+        out = np.full((rows[1] - rows[0], cols[1] - cols[0]), self.fill_value, self.dtype)
+        dy, dx = lattice.offset(self.spec.transform)
+        r0, r1 = max(rows[0] + dy, 0), min(rows[1] + dy, lattice.height)
+        c0, c1 = max(cols[0] + dx, 0), min(cols[1] + dx, lattice.width)
+        step = _LATTICE
+        for br in range(r0 - r0 % step, r1, step):
+            for bc in range(c0 - c0 % step, c1, step):
+                block = self._warp(vrt, Window(bc, br, step, step))
+                ys, xs = slice(max(r0, br), min(r1, br + step)), slice(max(c0, bc), min(c1, bc + step))
+                out[
+                    ys.start - dy - rows[0] : ys.stop - dy - rows[0],
+                    xs.start - dx - cols[0] : xs.stop - dx - cols[0],
+                ] = block[ys.start - br : ys.stop - br, xs.start - bc : xs.stop - bc]
+        return out
+
+    def _warp(self, vrt: Any, window: Any) -> np.ndarray:
         with self.gdal_env.read:
             result = vrt.read(window=window, out_dtype=self.dtype, masked=True)
         # Without a nodata value the VRT's alpha band says which pixels the file covers.
@@ -237,6 +269,62 @@ def _grid_shift(ds: Any, spec: Any) -> tuple[int, int] | None:
     if abs(cols - round(cols)) > 1e-6 or abs(rows - round(rows)) > 1e-6:
         return None
     return round(rows), round(cols)
+
+
+# Edge of the lattice blocks warped one by one, in output pixels: a multiple of GDAL's warped-VRT
+# block (512 x 128) would also do; 128 keeps the extra rows and columns warped around a window small.
+_LATTICE = 128
+
+
+@dataclass(frozen=True)
+class _Lattice:
+    """A file's footprint on the output CRS and pixel size, its edges on multiples of ``_LATTICE`` pixels
+    counted from the CRS origin: the same VRT for this file whatever the load's bounds."""
+
+    crs: int
+    res_x: float
+    res_y: float  # negative: rows go south
+    left: float
+    top: float
+    width: int
+    height: int
+
+    @property
+    def vrt_params(self) -> dict[str, Any]:
+        from affine import Affine
+
+        transform = Affine(self.res_x, 0.0, self.left, 0.0, self.res_y, self.top)
+        return {"crs": self.crs, "transform": transform, "width": self.width, "height": self.height}
+
+    def offset(self, transform: Any) -> tuple[int, int]:
+        """(rows, columns) from an output grid's origin to the lattice's."""
+        return round((transform.f - self.top) / self.res_y), round((transform.c - self.left) / self.res_x)
+
+
+def _lattice(ds: Any, spec: Any) -> _Lattice | None:
+    """The lattice VRT of ``ds`` on ``spec``'s CRS and pixel size; None when the output grid is not
+    on whole pixels of its CRS origin (a grid that is not snapped: warped as requested)."""
+    import math
+
+    from rasterio.warp import transform_bounds
+
+    out = spec.transform
+    if out.b or out.d or out.a <= 0 or out.e >= 0:
+        return None
+    gx, gy = out.c / out.a, out.f / out.e
+    if abs(gx - round(gx)) > 1e-6 or abs(gy - round(gy)) > 1e-6:
+        return None
+    west, south, east, north = transform_bounds(ds.crs, f"EPSG:{spec.epsg}", *ds.bounds, densify_pts=21)
+    edge_x, edge_y = _LATTICE * out.a, _LATTICE * -out.e
+    # one block of margin: the densified footprint is a polygon approximation
+    left = (math.floor(west / edge_x) - 1) * edge_x
+    right = (math.ceil(east / edge_x) + 1) * edge_x
+    bottom = (math.floor(south / edge_y) - 1) * edge_y
+    top = (math.ceil(north / edge_y) + 1) * edge_y
+    return _Lattice(
+        crs=spec.epsg, res_x=out.a, res_y=out.e, left=left, top=top,
+        width=round((right - left) / out.a), height=round((top - bottom) / -out.e),
+    )  # fmt: skip
 
 
 def _vsi(href: str) -> str:
