@@ -726,6 +726,8 @@ def _dask_kernel(block: np.ndarray, plan: Plan, block_info=None) -> np.ndarray:
     return routing.run_model(predict_block, block, plan, (y0, y1), (x0, x1))
 
 
+# --------------------------------------------------------------------------- the DN check at the call
+
 # The DN check at the call reads the first date's chunks under a window of this many pixels a side at
 # the scene's centre (edges are often no-data), when those chunks hold at most EAGER_CHECK_BYTES.
 _EAGER_WINDOW = 256
