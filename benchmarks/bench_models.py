@@ -122,13 +122,15 @@ def register_own(folder: Path | None) -> None:
 def resolve_own(name: str, folder: Path | None) -> str:
     """The own model's registered name: ``name`` if known, else the folder's only ONNX model."""
     import xs2mask
+    from xs2mask.models.backends import get_backend
 
     register_own(folder)
     if name in xs2mask.models.registered():
         if not xs2mask.models.get(name).weights.is_available():
             raise SystemExit(f"model {name!r} is registered but its weights are not installed")
         return name
-    onnx = [s.name for s in own_specs(folder) if s.backend == "onnx"]
+    # the ONNX file of each model: the one that runs without an extra (its torch twin needs one)
+    onnx = [s.name for s in own_specs(folder) if not get_backend(s.backend).extra]
     if len(onnx) == 1:
         # a smoke-test run folder has its own name (e.g. smoke-4b): use it, but say so
         print(f"model {name!r} is not registered; using {onnx[0]!r} from {folder}", flush=True)

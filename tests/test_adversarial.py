@@ -35,7 +35,7 @@ import xs2mask
 from xs2mask import InputError, XS2MaskError
 from xs2mask.classes import NODATA
 from xs2mask.exceptions import InputWarning, OptionError
-from xs2mask.inference import REFLECTANCE_RANGE
+from xs2mask.kernel import REFLECTANCE_RANGE
 from xs2mask.tiling import axis_grid
 
 MODEL = "xs2mask-4b"

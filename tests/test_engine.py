@@ -226,7 +226,7 @@ def test_ensemble_averages_member_probabilities(demo):
 
 
 def test_mask_is_the_most_probable_class_first_on_ties():
-    from xs2mask.inference import _top_class
+    from xs2mask.kernel import _top_class
 
     rng = np.random.default_rng(0)
     probs = rng.integers(0, 4, (4, 64, 64)).astype(np.float32)  # small integers: many ties

@@ -13,7 +13,7 @@ import pytest
 import xarray as xr
 
 import xs2mask
-from xs2mask.inference import _zscore
+from xs2mask.kernel import _zscore
 from xs2mask.models import backends, hub
 from xs2mask.models.published import C2M_MEAN, C2M_STD, OCM_REVISION
 
@@ -52,59 +52,68 @@ def test_zscore_is_omnicloudmasks_channel_norm() -> None:
     np.testing.assert_allclose(_zscore(patch * 10_000 + 1000, ok), out, atol=1e-4)
 
 
+@pytest.fixture
+def fake_backend():
+    """Register a backend whose models are the function a test gives; forget its models afterwards.
+
+    ``fake_backend(make)`` registers ``make(spec) -> function(batch) -> output`` under a name of its
+    own and returns that name, for specs to name in place of ``onnx``.
+    """
+    name = "test-fake"
+
+    def register(make):
+        backends.register_backend(
+            backends.Backend(name, lambda spec, runtime: backends.FunctionPredictor(make(spec))),
+            overwrite=True,  # replacing forgets the models the last test's fake loaded
+        )
+        return name
+
+    yield register
+    backends.clear_cache()
+
+
 @pytest.mark.parametrize("outputs", ["logits", "probabilities"])
-def test_member_ensembles_average_logits_or_probabilities(outputs: str, monkeypatch) -> None:
-    ensemble = replace(xs2mask.models.get("clouds2mask-10m-ensemble"), outputs=outputs)
-    members = ensemble.members
+def test_member_ensembles_average_logits_or_probabilities(outputs: str, fake_backend) -> None:
+    onnx = xs2mask.models.get("clouds2mask-10m-ensemble")
     logits = {
-        members[0].name: np.array([2.0, 0.0, 0.0, 0.0], np.float32),
-        members[1].name: np.array([0.0, 3.0, 0.0, 0.0], np.float32),
+        onnx.members[0].name: np.array([2.0, 0.0, 0.0, 0.0], np.float32),
+        onnx.members[1].name: np.array([0.0, 3.0, 0.0, 0.0], np.float32),
     }
 
-    def fake_loader(spec, runtime):
-        return backends._Function(
-            lambda batch: np.broadcast_to(logits[spec.name][None, :, None, None], (1, 4, 2, 2)).copy()
-        )
+    def member(spec):
+        return lambda batch: np.broadcast_to(logits[spec.name][None, :, None, None], (1, 4, 2, 2)).copy()
 
-    monkeypatch.setitem(backends._LOADERS, "onnx", fake_loader)
-    backends.clear_cache()
-    try:
-        out = backends.load(ensemble)(np.zeros((1, 13, 2, 2), np.float32))[0, :, 0, 0]
-    finally:
-        backends.clear_cache()
+    fake = fake_backend(member)
+    members = tuple(replace(m, backend=fake) for m in onnx.members)
+    ensemble = replace(onnx, backend=fake, outputs=outputs, members=members)
+    out = backends.load(ensemble)(np.zeros((1, 13, 2, 2), np.float32))[0, :, 0, 0]
     a, b = (logits[m.name][None, :, None, None] for m in members)
     expected = (a + b) / 2 if outputs == "logits" else (backends.softmax(a) + backends.softmax(b)) / 2
     np.testing.assert_allclose(out, expected[0, :, 0, 0], rtol=1e-6)
 
 
-def test_model_resolution_is_the_default_processing_resolution(tmp_path: Path, monkeypatch) -> None:
+def test_model_resolution_is_the_default_processing_resolution(tmp_path: Path, fake_backend) -> None:
     """clouds2mask-20m runs at 20 m on 10 m input unless told otherwise, as CloudS2Mask does."""
     for name in ("clouds2mask-20m.onnx", "clouds2mask-10m.onnx"):
         (tmp_path / name).write_bytes(b"converted")
     seen = []
 
-    def fake_loader(spec, runtime):
-        def predict(batch):
-            seen.append(batch.shape[-1])
-            return np.zeros((batch.shape[0], 4, *batch.shape[2:]), np.float32)
+    def predict(batch):
+        seen.append(batch.shape[-1])
+        return np.zeros((batch.shape[0], 4, *batch.shape[2:]), np.float32)
 
-        return backends._Function(predict)
-
-    monkeypatch.setitem(backends._LOADERS, "onnx", fake_loader)
-    backends.clear_cache()
+    fake = fake_backend(lambda spec: predict)
+    c2m20, c2m10 = (replace(xs2mask.models.get(f"clouds2mask-{r}"), backend=fake) for r in ("20m", "10m"))
     n = 128
     cube = xr.DataArray(
         np.full((13, n, n), 1500, np.uint16),
         dims=("band", "y", "x"),
-        coords={"band": list(xs2mask.models.get("clouds2mask-20m").bands), "x": np.arange(n) * 10.0},
+        coords={"band": list(c2m20.bands), "x": np.arange(n) * 10.0},
     )
-    try:
-        ds = xs2mask.predict(cube, model="clouds2mask-20m", model_dir=tmp_path, overlap=0, patch_size=128)
-        assert ds.attrs["xs2mask_processing_resolution"] == 20 and seen == [64]
-        ds = xs2mask.predict(cube, model="clouds2mask-10m", model_dir=tmp_path, overlap=0, patch_size=128)
-        assert ds.attrs["xs2mask_processing_resolution"] == "input" and seen == [64, 128]
-    finally:
-        backends.clear_cache()
+    ds = xs2mask.predict(cube, model=c2m20, model_dir=tmp_path, overlap=0, patch_size=128)
+    assert ds.attrs["xs2mask_processing_resolution"] == 20 and seen == [64]
+    ds = xs2mask.predict(cube, model=c2m10, model_dir=tmp_path, overlap=0, patch_size=128)
+    assert ds.attrs["xs2mask_processing_resolution"] == "input" and seen == [64, 128]
 
 
 def test_missing_converted_model_says_how_to_make_it(tmp_path: Path, monkeypatch) -> None:

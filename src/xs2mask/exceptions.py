@@ -38,6 +38,10 @@ class DependencyError(XS2MaskError, ImportError):
     """An optional package the chosen model or task needs is not installed; the message names the extra."""
 
 
+class BackendError(XS2MaskError, ValueError):
+    """A model names a backend nobody registered, or a backend is registered twice."""
+
+
 class DeviceError(XS2MaskError, RuntimeError):
     """The requested device or precision is not available."""
 

@@ -9,11 +9,12 @@ Examples
 ('B02', 'B03', 'B04', 'B08', 'B11', 'B12')
 """
 
-from .backends import Runtime, clear_cache, load, load_counts
+from .backends import Backend, Runtime, clear_cache, load, load_counts, register_backend
 from .registry import available, get, register, registered, resolve_default
 from .spec import ModelSpec, Weights, sha256_file
 
 __all__ = [
+    "Backend",
     "ModelSpec",
     "Runtime",
     "Weights",
@@ -23,6 +24,7 @@ __all__ = [
     "load",
     "load_counts",
     "register",
+    "register_backend",
     "registered",
     "resolve_default",
     "sha256_file",

@@ -9,6 +9,7 @@ from pathlib import Path
 from ..classes import CLEAR, CLOUD_SHADOW, THICK_CLOUD
 from ..exceptions import ModelNotFoundError, WeightsError
 from . import hub
+from .backends import get_backend
 from .published import PUBLISHED
 from .spec import ModelSpec, Weights
 
@@ -244,9 +245,11 @@ _OWN = shipped()
 # (validated on simulated clouds only) come after it, so "default" never trades it for them silently.
 _OWN_ORDER = ("xs2mask-4b", "xs2mask-12b", "xs2mask-13b")
 # Ranked by cloud BOA on the human-labelled validation chips (docs/models.md): ukis-csmask, when its
-# extra is installed, still beats xs2mask-4b there; xs2mask-4b (always installed) comes next.
+# extra is installed, still beats xs2mask-4b there; xs2mask-4b (always installed) comes next. Of each
+# own model, "default" ranks the file that runs with xs2mask's own dependencies (the ONNX one); its
+# twin that needs an extra (torch, for GPUs) is only run when named.
 _OWN_RANKED = sorted(
-    (s for s in _OWN if s.backend == "onnx"),
+    (s for s in _OWN if not get_backend(s.backend).extra),
     key=lambda s: _OWN_ORDER.index(s.name) if s.name in _OWN_ORDER else len(_OWN_ORDER),
 )
 for _rank, _spec in enumerate(
@@ -254,7 +257,7 @@ for _rank, _spec in enumerate(
 ):
     register(_spec, default_rank=_rank)
 for _spec in _OWN:
-    if _spec.backend == "torch":
+    if _spec.name not in _REGISTRY:
         register(_spec)
 # Downloaded (or converted) on request, so never picked by "default": naming one is a choice.
 for _spec in PUBLISHED:

@@ -14,7 +14,6 @@ from ..classes import CLASS_NAMES
 from ..exceptions import WeightsError
 from . import hub
 
-Backend = Literal["onnx", "torch", "lightgbm"]
 Normalisation = Literal["fixed", "patch"]
 
 
@@ -167,8 +166,11 @@ class ModelSpec:
     name : registry name, e.g. ``"ukis-csmask-6b-l2a"``.
     bands : ESA band names, in the order the model expects them.
     classes : xs2mask class code of each model output channel.
-    backend : ``"onnx"``, ``"torch"`` (safetensors + segmentation-models-pytorch)
-        or ``"lightgbm"`` (per-pixel classifier).
+    backend : name of the registered backend that loads the weights (see
+        :mod:`xs2mask.models.backends`): ``"onnx"``, ``"torch"`` (safetensors +
+        segmentation-models-pytorch), ``"lightgbm"`` (per-pixel classifier), or one added
+        with ``register_backend``. Checked when the model is used, not when the spec is
+        made, so a spec can be written before its backend's package registers it.
     weights : the weights file and its checksum; None for an ensemble of ``members``.
     mean, std : per-band normalisation applied to reflectance, ``(x - mean) / std``
         (``normalisation="fixed"``); empty for ``"patch"``.
@@ -194,7 +196,7 @@ class ModelSpec:
     name: str
     bands: tuple[str, ...]
     classes: tuple[int, ...]
-    backend: Backend
+    backend: str
     weights: Weights | None
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
@@ -212,6 +214,8 @@ class ModelSpec:
     description: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.backend, str) or not self.backend:
+            raise ValueError(f"{self.name}: backend must be the name of a backend, got {self.backend!r}")
         if self.normalisation == "fixed" and not (len(self.bands) == len(self.mean) == len(self.std)):
             raise ValueError(f"{self.name}: bands, mean and std must have the same length")
         if self.normalisation == "patch" and (self.mean or self.std):
