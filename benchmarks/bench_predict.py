@@ -99,10 +99,7 @@ def markdown(rows: list[dict[str, Any]], agreement: dict[str, float]) -> str:
     cells = [
         [
             r["case"],
-            f"{r['seconds']:.1f}",
-            f"{r['mpx_per_s']:.3f}",
-            f"{r['cpu_seconds']:.1f}",
-            f"{r['peak_rss_mb']:.0f}",
+            *harness.figure_cells(r),
             f"{r['rss_before_mb']:.0f}",
             harness.fmt(r["other_cores"], "{:.2f}"),
             harness.fmt(agreement.get(r["case"]), "{:.2f} %"),

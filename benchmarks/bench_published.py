@@ -189,10 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     cells = [
         [
             r["case"],
-            f"{r['seconds']:.1f}",
-            f"{r['mpx_per_s']:.3f}",
-            f"{r['cpu_seconds']:.1f}",
-            f"{r['peak_rss_mb']:.0f}",
+            *harness.figure_cells(r),
             harness.fmt(r["other_cores"], "{:.2f}", "?"),
             harness.fmt(r["speedup"], "{:.2f}x"),
             harness.fmt(r["agreement"], "{:.1%}"),

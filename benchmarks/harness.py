@@ -2,9 +2,9 @@
 
 A case runs in a fresh Python process so that its peak resident memory is its own and every run is
 cold. The parent calls :func:`spawn` with a JSON spec; the child is the same script started with
-``--child SPEC`` (from :func:`add_run_options`), whose ``main`` hands the spec to :func:`child`, which
-calls the script's case function with it and prints the result on a ``RESULT`` line. The child imports
-the same xs2mask as the parent (its package root goes first on ``PYTHONPATH``).
+``--child SPEC`` (from :func:`add_run_options`), whose :func:`parse_args` hands the spec to
+:func:`child`, which calls the script's case function with it and prints the result on a ``RESULT``
+line. The child imports the same xs2mask as the parent (its package root goes first on ``PYTHONPATH``).
 
 Measured: wall time, CPU time (user + system, every thread) and peak resident memory (``ru_maxrss``) of
 a section in the child (:class:`Stopwatch`), and the cores other processes kept busy meanwhile (from
@@ -19,11 +19,12 @@ Example (the parent and the child are one script)::
             ...
         return {"case": case, "megapixels": size**2 / 1e6, **watch.figures()}
 
-    args = parser.parse_args()  # after add_run_options(parser)
-    if args.child:
-        return child(args.child, run_case)
+    add_run_options(parser, cases=("a", "b"))
+    args = parse_args(parser, None, run_case, needs="sen12ms_cr")
+    if args is None:  # this process was a child, or the shared data is missing
+        return 0
     runs = []
-    for turn in interleave(["a", "b"], args.repeat, args):
+    for turn in interleave(args.cases, args.repeat, args):
         result = spawn(__file__, {"case": turn.case, "size": 512}, args.timeout)
         print_run(turn, args.repeat, result)
         runs.append(result)
@@ -473,6 +474,22 @@ def summarise(
             }
         )
     return rows
+
+
+def figure_cells(row: Mapping[str, Any]) -> list[str]:
+    """A :func:`summarise` row's wall time, Mpx/s, CPU time and peak RSS as table cells.
+
+    Examples
+    --------
+    >>> figure_cells({"seconds": 2.04, "mpx_per_s": 0.5, "cpu_seconds": 3.96, "peak_rss_mb": 512.4})
+    ['2.0', '0.500', '4.0', '512']
+    """
+    return [
+        f"{row['seconds']:.1f}",
+        f"{row['mpx_per_s']:.3f}",
+        f"{row['cpu_seconds']:.1f}",
+        f"{row['peak_rss_mb']:.0f}",
+    ]
 
 
 def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[str]], left: int = 1) -> str:
