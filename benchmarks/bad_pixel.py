@@ -18,10 +18,10 @@ Runs with any version of xs2mask (to compare before and after a change): it uses
 from __future__ import annotations
 
 import argparse
-import time
 import warnings
 
 import numpy as np
+from harness import Stopwatch
 
 import xs2mask
 
@@ -59,9 +59,8 @@ def main() -> None:
     print(f"{'model':<22}{'clean s':>8}" + "".join(f"{k:>22}" for k in BAD_VALUES))
     print(f"{'':<30}" + "".join(f"{f'changed (<={NEAR}) / reach':>22}" for _ in BAD_VALUES))
     for name, _ in fed:
-        start = time.perf_counter()
-        clean = xs2mask.predict(cube, model=name)["mask"].values
-        seconds = time.perf_counter() - start
+        with Stopwatch() as watch:
+            clean = xs2mask.predict(cube, model=name)["mask"].values
         cells = []
         for value in BAD_VALUES.values():
             dirty = cube.copy()
@@ -74,7 +73,7 @@ def main() -> None:
                     cells.append(type(err).__name__)
                     continue
             cells.append(changed(clean, mask, pixel))
-        print(f"{name:<22}{seconds:>8.2f}" + "".join(f"{c:>22}" for c in cells))
+        print(f"{name:<22}{watch.seconds:>8.2f}" + "".join(f"{c:>22}" for c in cells))
     for name, lacks in unfed:
         print(f"{name:<22}  not run: needs {', '.join(lacks)}")
 

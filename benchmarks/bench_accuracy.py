@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
+from harness import DEFAULT_DATA, markdown_table
 
 import xs2mask
 from xs2mask.evaluation import combine, evaluate
@@ -109,37 +110,31 @@ def _f(v) -> str:
 
 
 def real_table(cloud, masked, shadow) -> str:
-    rows = [
-        "| model | human: cloud BOA | human: cloud F1 | human: OA | human: masked BOA | human: masked F1 "
-        "| shadow vs ukis: BOA | shadow vs ukis: F1 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    columns = ["model", "human: cloud BOA", "human: cloud F1", "human: OA", "human: masked BOA"]
+    columns += ["human: masked F1", "shadow vs ukis: BOA", "shadow vs ukis: F1"]
+    rows = []
     for model, h in cloud.items():
         m, s = masked[model], shadow.get(model)
-        rows.append(
-            f"| `{model}` | {_f(h['cloud'].boa)} | {_f(h['cloud'].f1)} | {_f(h.overall_accuracy)} | "
-            f"{_f(m['cloud'].boa)} | {_f(m['cloud'].f1)} | "
-            f"{_f(s['cloud_shadow'].boa) if s else 'reference'} | {_f(s['cloud_shadow'].f1) if s else ''} |"
-        )
-    return "\n".join(rows)
+        human_cells = [_f(h["cloud"].boa), _f(h["cloud"].f1), _f(h.overall_accuracy)]
+        masked_cells = [_f(m["cloud"].boa), _f(m["cloud"].f1)]
+        shadow_cells = [_f(s["cloud_shadow"].boa), _f(s["cloud_shadow"].f1)] if s else ["reference", ""]
+        rows.append([f"`{model}`", *human_cells, *masked_cells, *shadow_cells])
+    return markdown_table(columns, rows)
 
 
 def sim_table(name: str, scores) -> str:
+    columns = ["model", f"{name}: cloud BOA", "thick BOA", "thin BOA", "shadow BOA", "clear BOA", "OA"]
+    classes = ("cloud", "thick_cloud", "thin_cloud", "cloud_shadow", "clear")
     rows = [
-        f"| model | {name}: cloud BOA | thick BOA | thin BOA | shadow BOA | clear BOA | OA |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        [f"`{model}`", *(_f(s[c].boa) for c in classes), _f(s.overall_accuracy)]
+        for model, s in scores.items()
     ]
-    for model, s in scores.items():
-        rows.append(
-            f"| `{model}` | {_f(s['cloud'].boa)} | {_f(s['thick_cloud'].boa)} | {_f(s['thin_cloud'].boa)} | "
-            f"{_f(s['cloud_shadow'].boa)} | {_f(s['clear'].boa)} | {_f(s.overall_accuracy)} |"
-        )
-    return "\n".join(rows)
+    return markdown_table(columns, rows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument(
         "--models",
         nargs="+",

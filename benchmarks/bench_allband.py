@@ -13,12 +13,12 @@ Prints one markdown row per model: cold s, cold Mpx/s, warm s, warm Mpx/s.
 """
 
 import argparse
-import time
 from pathlib import Path
 
 import numpy as np
 import rasterio
 import xarray as xr
+from harness import DEFAULT_DATA, Stopwatch
 
 import xs2mask
 
@@ -35,7 +35,7 @@ def cube(data: Path) -> xr.DataArray:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model")
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     args = parser.parse_args()
     if not (args.data / "sen12ms_cr").is_dir():
         raise SystemExit(f"no SEN12MS-CR patches under {args.data}: pass --data ../shared/data")
@@ -45,9 +45,9 @@ def main() -> None:
     mpx = da.sizes["y"] * da.sizes["x"] / 1e6
     times = []
     for _ in range(2):
-        start = time.perf_counter()
-        xs2mask.predict(da, model=args.model).mask.compute()
-        times.append(time.perf_counter() - start)
+        with Stopwatch() as watch:
+            xs2mask.predict(da, model=args.model).mask.compute()
+        times.append(watch.seconds)
     cold, warm = times
     print(f"| `{args.model}` | {cold:.2f} | {mpx / cold:.2f} | {warm:.2f} | {mpx / warm:.2f} |", flush=True)
 

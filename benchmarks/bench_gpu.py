@@ -23,7 +23,6 @@ small ``--size``, e.g. 1024).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -31,11 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_predict import DEFAULT_CACHE, DEFAULT_DATA, cached_cube, source_version
+from harness import DEFAULT_CACHE, DEFAULT_DATA, data_missing, source_version, write_json
+from inputs import CUBE_BANDS, cached_cube
 
 MODEL = "xs2mask-4b-torch"
 BANDS = ["B02", "B03", "B04", "B08"]
-CUBE_BANDS = ["B02", "B03", "B04", "B08", "B11", "B12"]  # bench_predict's cube
 ZARR_CHUNK = 1830
 CASES = ("model", "zarr", "cog")
 
@@ -132,8 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("no CUDA device here: nothing to benchmark (pass --device cpu for a smoke test)")
         return 0
-    if not (args.data / "sen12ms_cr").is_dir():
-        print(f"shared data not found at {args.data}: nothing to benchmark (pass --data)")
+    if data_missing(args.data, "sen12ms_cr"):
         return 0
     gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     results: dict[str, Any] = {
@@ -163,8 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             results[case] = result
     if args.device.startswith("cuda"):
         results["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+    write_json(args.json, results)
     return 0
 
 

@@ -31,162 +31,123 @@ is in the JSON rows) and removed afterwards: 8192 px takes a few GB of disk for 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import resource
-import subprocess
+import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+import harness
+import numpy as np
+
 DATETIME = "2020-04-29/2020-05-09"
 MARGIN = 8  # px left out on each side of the scene: the search stays on the generated pixels
 CASES = ("job", "predict")
 
 
-def _catalogue_module():
-    tests = str(ROOT / "tests")
-    if tests not in sys.path:
-        sys.path.insert(0, tests)
-    from support import catalogue
-
-    return catalogue
-
-
 # --------------------------------------------------------------------------- child process
 
 
-def run_case(case: str, url: str, collections: list[str], bbox: list[float], model: str, work: Path) -> dict:
+def run_case(case: str, url: str, collections: list[str], bbox: list[float], model: str, work: str) -> dict:
     """Run one case in this (fresh) process; save its mask and return its timings."""
-    import numpy as np
-
     import xs2mask
     from xs2mask import stac
     from xs2mask.pipeline import Job, mask_stac
 
-    result: dict[str, Any] = {"case": case}
     if case == "job":
-        store = work / "job.zarr"
+        store = Path(work) / "job.zarr"
         # Imported before the clock, as the predict case imports them with its (untimed) load.
         import rioxarray  # noqa: F401
         import stackstac  # noqa: F401
         import zarr  # noqa: F401
 
-        t = time.perf_counter()
-        masks = mask_stac(Job(url, tuple(collections), tuple(bbox), DATETIME, str(store), model=model))
-        result["seconds"] = time.perf_counter() - t
+        with harness.Stopwatch() as watch:
+            masks = mask_stac(Job(url, tuple(collections), tuple(bbox), DATETIME, str(store), model=model))
         mask = masks["mask"].values
     else:
         items = stac.search(url, collections=collections, bbox=bbox, datetime=DATETIME)
         cube = stac.load(items, bounds_latlon=bbox, model=model).compute()
-        t = time.perf_counter()
-        mask = xs2mask.predict(cube, model=model)["mask"].values
-        result["seconds"] = time.perf_counter() - t
-    np.save(work / f"{case}.npy", mask)
-    result["shape"] = list(mask.shape)  # (time, y, x)
-    # ru_maxrss is in KiB on Linux
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return result
-
-
-def _child(args: argparse.Namespace) -> None:
-    spec = json.loads(args.child)
-    out = run_case(
-        spec["case"], spec["url"], spec["collections"], spec["bbox"], spec["model"], Path(spec["work"])
-    )
-    print("RESULT " + json.dumps(out), flush=True)
-
-
-def _spawn(spec: dict[str, Any]) -> dict[str, Any]:
-    import xs2mask
-
-    env = dict(os.environ)
-    package_root = str(Path(xs2mask.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-    proc = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode or not lines:
-        raise RuntimeError(f"case {spec['case']} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    return json.loads(lines[-1].removeprefix("RESULT "))
+        with harness.Stopwatch() as watch:
+            mask = xs2mask.predict(cube, model=model)["mask"].values
+    np.save(Path(work) / f"{case}.npy", mask)
+    # the child's whole peak: the mask's read-back and the untimed load included
+    return {"case": case, **watch.figures(), "peak_rss_mb": harness.peak_rss_mb(), "shape": list(mask.shape)}
 
 
 # --------------------------------------------------------------------------- parent
 
 
-def bench_size(size: int, model: str, repeat: int, folder: Path) -> list[dict[str, Any]]:
-    """Build and serve the catalogue of ``size`` px under ``folder``; run each case ``repeat`` times."""
-    import numpy as np
-
-    catalogue = _catalogue_module()
+def bench_size(size: int, args: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
+    """Build and serve the catalogue of ``size`` px under ``folder``; run each case ``args.repeat`` times."""
+    catalogue = harness.tests_module("support.catalogue")
     t = time.perf_counter()
     cat = catalogue.build_catalogue("pc", folder, size=size)
     built = time.perf_counter() - t
     bbox = list(cat.bbox_of(MARGIN, MARGIN, size - 2 * MARGIN, size - 2 * MARGIN))
     rows = []
-    with catalogue.serve(cat) as served:
-        for r in range(repeat):
-            with tempfile.TemporaryDirectory(prefix="xs2mask-bench-job-") as tmp:
-                results = {}
-                for case in CASES:
-                    spec = {"case": case, "url": served.url, "collections": list(served.collections),
-                            "bbox": bbox, "model": model, "work": tmp}  # fmt: skip
-                    results[case] = _spawn(spec)
-                job, pred = np.load(Path(tmp) / "job.npy"), np.load(Path(tmp) / "predict.npy")
-                same = float((job == pred).mean()) if job.shape == pred.shape else float("nan")
+    results: dict[str, dict[str, Any]] = {}
+    with catalogue.serve(cat) as served, tempfile.TemporaryDirectory(prefix="xs2mask-bench-job-") as tmp:
+        for turn in harness.interleave(CASES, args.repeat, args):
+            work = Path(tmp) / f"round{turn.round}"
+            work.mkdir(exist_ok=True)
+            spec = {"case": turn.case, "url": served.url, "collections": list(served.collections),
+                    "bbox": bbox, "model": args.model, "work": work}  # fmt: skip
+            results[turn.case] = harness.spawn(__file__, spec, args.timeout)
+            if turn.case != CASES[-1]:
+                continue
+            job, pred = np.load(work / "job.npy"), np.load(work / "predict.npy")
+            same = float((job == pred).mean()) if job.shape == pred.shape else float("nan")
+            shutil.rmtree(work)  # the round's store and masks: GBs at 8192 px
             steps, h, w = results["job"]["shape"]
             for case in CASES:
                 res = results[case]
                 rows.append({
-                    "size": size, "repeat": r, "case": case, "time_steps": steps, "height": h, "width": w,
-                    "seconds": res["seconds"], "mpx_per_s": steps * h * w / 1e6 / res["seconds"],
-                    "peak_rss_mb": res["peak_rss_mb"], "same_as_predict": same, "catalogue_build_s": built,
+                    "size": size, "repeat": turn.round, "case": case, "time_steps": steps, "height": h,
+                    "width": w, "seconds": res["seconds"], "mpx_per_s": steps * h * w / 1e6 / res["seconds"],
+                    "cpu_seconds": res["cpu_seconds"], "peak_rss_mb": res["peak_rss_mb"],
+                    "other_cores": res["other_cores"], "same_as_predict": same, "catalogue_build_s": built,
                     "overhead": results["job"]["seconds"] / results["predict"]["seconds"] - 1,
                 })  # fmt: skip
     return rows
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    head = (
-        "| area (px) | time steps | case | wall (s) | Mpx/s | peak RSS (MB) | job overhead | masks equal |\n"
-        "|---|---|---|---|---|---|---|---|"
-    )
-    lines = [head]
-    for r in rows:
-        overhead = f"{100 * r['overhead']:+.0f} %" if r["case"] == "job" else ""
-        lines.append(
-            f"| {r['height']} x {r['width']} | {r['time_steps']} | {r['case']} | {r['seconds']:.2f} | "
-            f"{r['mpx_per_s']:.2f} | {r['peak_rss_mb']:.0f} | {overhead} | "
-            f"{100 * r['same_as_predict']:.2f} % |"
-        )
-    return "\n".join(lines)
+    """The results as a markdown table."""
+    columns = ["area (px)", "time steps", "case", "wall (s)", "Mpx/s", "peak RSS (MB)", "job overhead"]
+    cells = [
+        [
+            f"{r['height']} x {r['width']}",
+            str(r["time_steps"]),
+            r["case"],
+            f"{r['seconds']:.2f}",
+            f"{r['mpx_per_s']:.2f}",
+            f"{r['peak_rss_mb']:.0f}",
+            f"{100 * r['overhead']:+.0f} %" if r["case"] == "job" else "",
+            f"{100 * r['same_as_predict']:.2f} %",
+        ]
+        for r in rows
+    ]
+    return harness.markdown_table([*columns, "masks equal"], cells, left=len(columns) + 1)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[2048, 4096, 8192])
     parser.add_argument("--model", default="xs2mask-4b")
-    parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--out-md", type=Path)
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.child:
-        _child(args)
+    harness.add_run_options(
+        parser, cache=None, repeat_help="runs per case, a row each", data=False, timeout=None
+    )
+    args = harness.parse_args(parser, argv, run_case)
+    if args is None:
         return 0
     rows = []
     for size in args.sizes:
         with tempfile.TemporaryDirectory(prefix=f"xs2mask-bench-job-{size}-") as folder:
-            rows += bench_size(size, args.model, args.repeat, Path(folder))
+            rows += bench_size(size, args, Path(folder))
     table = markdown(rows)
     note = (
         f"\n\n{platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
@@ -196,8 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table + note)
     if args.out_md:
         args.out_md.write_text(table + note + "\n")
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+    harness.write_json(args.json, rows)
     return 0
 
 

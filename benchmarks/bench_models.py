@@ -43,35 +43,15 @@ Exits 0 with a message when ``../shared/data`` is absent.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import platform
-import resource
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
+import harness
 import numpy as np
-
-# bench_predict sits beside this file, so running the script puts it on sys.path
-from bench_predict import (
-    BANDS,
-    CSMASK_BANDS,
-    CSMASK_TO_XS2MASK,
-    DEFAULT_CACHE,
-    _cpu_jiffies,
-    _fmt,
-    _rss_mb,
-    add_run_options,
-    cached_cube,
-    cpu_name,
-    source_version,
-    wait_for_idle,
-)
+from inputs import CUBE_BANDS, cached_cube, csmask
 
 OWN_BANDS = ("B02", "B03", "B04", "B08")
 UKIS_MODEL = "ukis-csmask-6b-l2a"
@@ -145,7 +125,7 @@ def resolve_own(name: str, folder: Path | None) -> str:
 def _load_bands(cube_path: Path, bands: tuple[str, ...]) -> np.ndarray:
     """The cube's ``bands`` as a contiguous array; the memory map keeps the other bands out of RSS."""
     full = np.load(cube_path, mmap_mode="r")
-    cube = np.ascontiguousarray(full[[BANDS.index(b) for b in bands]], np.float32)
+    cube = np.ascontiguousarray(full[[CUBE_BANDS.index(b) for b in bands]], np.float32)
     del full
     return cube
 
@@ -153,7 +133,7 @@ def _load_bands(cube_path: Path, bands: tuple[str, ...]) -> np.ndarray:
 def _mirror_tiled(lazy: Any, edge: int) -> Any:
     """``lazy`` (band, n, n) mirror-tiled to (band, edge, edge), still lazy, chunks kept.
 
-    Mirroring (not repeating) keeps the scene seamless, as ``bench_predict`` does for the mosaic.
+    Mirroring (not repeating) keeps the scene seamless, as ``inputs.build_cube`` does for the mosaic.
     """
     import dask.array as dsa
 
@@ -168,20 +148,21 @@ def _mirror_tiled(lazy: Any, edge: int) -> Any:
     return dsa.block(rows)[:, :edge, :edge]
 
 
-def run_case(case: str, cube_path: Path, mask_path: Path, model: str, folder: Path | None) -> dict[str, Any]:
+def run_case(case: str, cube: str, mask: str, model: str, folder: str | None) -> dict[str, Any]:
     """Run one case in this (fresh) process; save its mask (uint8, xs2mask codes) and return timings."""
+    # imported before the clock starts: imports are not timed
     import dask
     import dask.array as dsa
-    import onnxruntime
+    import onnxruntime  # noqa: F401
     import xarray as xr
 
     import xs2mask
 
-    register_own(folder)
+    register_own(None if folder is None else Path(folder))
     own = not (case.startswith("ukis") or case.startswith("csmask"))
-    bands = OWN_BANDS if own else BANDS
-    cube = _load_bands(cube_path, bands)
-    edge = int(case.rsplit("-", 1)[1]) if case.startswith("own-big-") else cube.shape[-1]
+    bands = OWN_BANDS if own else CUBE_BANDS
+    pixels = _load_bands(Path(cube), bands)
+    edge = int(case.rsplit("-", 1)[1]) if case.startswith("own-big-") else pixels.shape[-1]
 
     def array(data: Any) -> xr.DataArray:
         coords = {"band": list(bands), "y": np.arange(edge) * -10.0, "x": np.arange(edge) * 10.0}
@@ -193,7 +174,7 @@ def run_case(case: str, cube_path: Path, mask_path: Path, model: str, folder: Pa
             return ds["mask"].compute().values
 
     if case.startswith("csmask"):
-        from ukis_csmask.mask import CSmask
+        import ukis_csmask.mask  # noqa: F401
     lazy = None
     if case in DASK_CASES or case.startswith("own-big-"):
         # Imports are not timed, and computing any Dask collection imports ``distributed``
@@ -203,7 +184,7 @@ def run_case(case: str, cube_path: Path, mask_path: Path, model: str, folder: Pa
         # The input, made before the clock starts like loading the cube: wrapping an in-memory
         # array in Dask hashes all of it (0.1 s per 100 MB), which a cube read lazily never does.
         chunk = 1024 if case == "own-dask-1024" else 2048
-        lazy = dsa.from_array(cube, chunks=(len(bands), chunk, chunk))
+        lazy = dsa.from_array(pixels, chunks=(len(bands), chunk, chunk))
         if case.startswith("own-big-"):
             lazy = _mirror_tiled(lazy, edge)
 
@@ -211,101 +192,50 @@ def run_case(case: str, cube_path: Path, mask_path: Path, model: str, folder: Pa
         if case in ("own-numpy", "own-20m-numpy", "ukis-xs2mask"):
             resolution = 20 if case == "own-20m-numpy" else None
             name = model if own else UKIS_MODEL
-            return xs2mask.predict(array(cube), model=name, processing_resolution=resolution)["mask"].values
+            return xs2mask.predict(array(pixels), model=name, processing_resolution=resolution)["mask"].values
         if case in DASK_CASES:
             resolution = 20 if case == "own-20m" else None
             return dask_mask(lazy, model=model if own else UKIS_MODEL, processing_resolution=resolution)
         if case.startswith("own-big-"):
             return dask_mask(lazy, model=model)
         if case.startswith("csmask-t"):
-            threads = int(case.removeprefix("csmask-t"))
-            img = np.moveaxis(cube, 0, -1)  # (rows, cols, bands) view, as CSmask wants it
-            csm = CSmask(img, band_order=CSMASK_BANDS, product_level="l2a", intra_op_num_threads=threads).csm
-            return CSMASK_TO_XS2MASK[csm[..., 0]]
+            return csmask(pixels, int(case.removeprefix("csmask-t")))
         raise ValueError(f"unknown case {case!r}")
 
-    rss_before = _rss_mb()
-    cpu_before = resource.getrusage(resource.RUSAGE_SELF)
-    start = time.perf_counter()
-    mask = once()
-    seconds = time.perf_counter() - start
-    cpu = resource.getrusage(resource.RUSAGE_SELF)
-    np.save(mask_path, np.asarray(mask, np.uint8))
-    del mask
+    with harness.Stopwatch() as cold:
+        out = once()
+    np.save(mask, np.asarray(out, np.uint8))
+    del out
 
     # A second, warm call: xs2mask keeps the loaded model per process, so this is the steady-state speed
     # that a whole tile (many blocks, one load) sees. CSmask builds a new onnxruntime session per call,
     # so for it a second call would be cold again; the memory case only needs its cold peak.
     warm = None
     if not (case.startswith("csmask") or case.startswith("own-big-")):
-        start = time.perf_counter()
-        once()
-        warm = time.perf_counter() - start
+        with harness.Stopwatch() as watch:
+            once()
+        warm = watch.seconds
     return {
         "case": case,
         "edge": edge,
         "megapixels": edge**2 / 1e6,
-        "seconds": seconds,
+        **cold.figures(),
         "warm_seconds": warm,
-        "cpu_seconds": (cpu.ru_utime + cpu.ru_stime) - (cpu_before.ru_utime + cpu_before.ru_stime),
-        "peak_rss_mb": cpu.ru_maxrss / 1024,  # Linux reports KiB
-        "rss_before_mb": rss_before,
         "model": model if own else UKIS_MODEL,
-        "onnxruntime": onnxruntime.__version__,
-        "dask": dask.__version__,
-        "xs2mask": xs2mask.__version__,
+        "versions": harness.versions("onnxruntime", "dask", "xs2mask"),
     }
-
-
-def spawn(case: str, args: argparse.Namespace, cube_path: Path, mask_path: Path) -> dict[str, Any]:
-    """Run ``case`` in a fresh interpreter; add how many cores other processes used meanwhile."""
-    cmd = [sys.executable, __file__, "--child", case, "--cube", str(cube_path), "--mask", str(mask_path)]
-    cmd += ["--model-own", args.model_own] + (
-        ["--own-folder", str(args.own_folder)] if args.own_folder else []
-    )
-    jiffies = _cpu_jiffies()
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, check=False)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"case {case} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    after = _cpu_jiffies()
-    result["other_cores"] = None
-    if jiffies is not None and after is not None and after[1] > jiffies[1]:
-        # whole-machine CPU during the child minus the child's own CPU = what the rest of the machine used
-        child = resource.getrusage(resource.RUSAGE_CHILDREN)
-        child_cpu = (child.ru_utime + child.ru_stime) - (children.ru_utime + children.ru_stime)
-        cores = os.cpu_count() or 1
-        machine_cpu = cores * wall * (after[0] - jiffies[0]) / (after[1] - jiffies[1])
-        result["other_cores"] = max(0.0, (machine_cpu - child_cpu) / wall)
-    return result
 
 
 # --------------------------------------------------------------------------- report
 
 
-def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per case: the fastest run's times and outside load, the largest peak RSS over the repeats."""
-    rows = []
-    for case in dict.fromkeys(r["case"] for r in runs):
-        mine = [r for r in runs if r["case"] == case]
-        best = min(mine, key=lambda r: r["seconds"])
-        warm = [r["warm_seconds"] for r in mine if r.get("warm_seconds")]
-        rows.append(
-            {
-                **{k: best[k] for k in ("case", "edge", "megapixels", "seconds", "cpu_seconds", "model")},
-                "all_seconds": [r["seconds"] for r in mine],
-                "mpx_per_s": best["megapixels"] / best["seconds"],
-                "warm_seconds": min(warm) if warm else None,
-                "warm_mpx_per_s": best["megapixels"] / min(warm) if warm else None,
-                "peak_rss_mb": max(r["peak_rss_mb"] for r in mine),
-                "rss_before_mb": best["rss_before_mb"],
-                "other_cores": best.get("other_cores"),  # during the run the row reports
-            }
-        )
-    return rows
+def warm_figures(runs: list[dict[str, Any]]) -> dict[str, float | None]:
+    """The fastest warm call of a case's runs, as seconds and Mpx/s (None for the cases without one)."""
+    warm = [r["warm_seconds"] for r in runs if r.get("warm_seconds")]
+    return {
+        "warm_seconds": min(warm) if warm else None,
+        "warm_mpx_per_s": runs[0]["megapixels"] / min(warm) if warm else None,
+    }
 
 
 def describe(case: str) -> str:
@@ -317,20 +247,26 @@ def describe(case: str) -> str:
 
 def markdown(rows: list[dict[str, Any]], ratios: dict[str, float], same: dict[str, float]) -> str:
     """The results as a markdown table."""
-    lines = [
-        "| case | what | cube | wall s | Mpx/s | warm Mpx/s | CPU s | peak RSS MiB | RSS before MiB "
-        "| other load (cores) | × fastest ukis-6b | = own-numpy mask |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    columns = ["case", "what", "cube", "wall s", "Mpx/s", "warm Mpx/s", "CPU s", "peak RSS MiB"]
+    columns += ["RSS before MiB", "other load (cores)", "× fastest ukis-6b", "= own-numpy mask"]
+    cells = [
+        [
+            r["case"],
+            describe(r["case"]),
+            f"{r['edge']}²",
+            f"{r['seconds']:.2f}",
+            f"{r['mpx_per_s']:.3f}",
+            harness.fmt(r["warm_mpx_per_s"], "{:.3f}"),
+            f"{r['cpu_seconds']:.1f}",
+            f"{r['peak_rss_mb']:.0f}",
+            f"{r['rss_before_mb']:.0f}",
+            harness.fmt(r["other_cores"], "{:.2f}"),
+            harness.fmt(ratios.get(r["case"]), "{:.2f}"),
+            harness.fmt(same.get(r["case"]), "{:.2f} %"),
+        ]
+        for r in rows
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['case']} | {describe(r['case'])} | {r['edge']}² | {r['seconds']:.2f} "
-            f"| {r['mpx_per_s']:.3f} | {_fmt(r['warm_mpx_per_s'], '{:.3f}')} "
-            f"| {r['cpu_seconds']:.1f} | {r['peak_rss_mb']:.0f} | {r['rss_before_mb']:.0f} "
-            f"| {_fmt(r['other_cores'], '{:.2f}')} | {_fmt(ratios.get(r['case']), '{:.2f}')} "
-            f"| {_fmt(same.get(r['case']), '{:.2f} %')} |"
-        )
-    return "\n".join(lines)
+    return harness.markdown_table(columns, cells, left=3)
 
 
 def verdicts(rows: list[dict[str, Any]], ratios: dict[str, float], model: str) -> tuple[str, dict[str, Any]]:
@@ -414,19 +350,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sizes", type=int, nargs="*", default=[TARGET_RSS_EDGE], help="edges of the tiled own-big cubes"
     )
-    parser.add_argument("--repeat", type=int, default=1, help="fresh-process runs per case; best is kept")
-    parser.add_argument("--cases", nargs="+", choices=CASES + EXTRA_CASES, default=list(CASES))
     parser.add_argument("--out-md", type=Path, help="also write the report (markdown) to this file")
-    add_run_options(parser, DEFAULT_CACHE, "where the cube is cached")
-    parser.add_argument("--cube", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--mask", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-
-    if args.child:
-        print(json.dumps(run_case(args.child, args.cube, args.mask, args.model_own, args.own_folder)))
-        return 0
-    if not (args.data / "sen12ms_cr").is_dir():
-        print(f"shared data not found at {args.data}: nothing to benchmark (pass --data)")
+    harness.add_run_options(
+        parser, cases=CASES, extra_cases=EXTRA_CASES, cache_help="where the cube is cached"
+    )
+    args = harness.parse_args(parser, argv, run_case, needs="sen12ms_cr")
+    if args is None:
         return 0
     if args.size < 512:
         parser.error("--size must be at least 512 (the own model's patch size)")
@@ -439,9 +368,9 @@ def main(argv: list[str] | None = None) -> int:
         cases += [f"own-big-{edge}" for edge in args.sizes]
     cube_path = cached_cube(args.data, args.cache, args.size)
     header = [
-        f"cube {cube_path} ({args.size} x {args.size} x {len(BANDS)}); CPU: {cpu_name()}",
+        f"cube {cube_path} ({args.size} x {args.size} x {len(CUBE_BANDS)}); CPU: {harness.cpu_name()}",
         f"own model: {args.model_own}" + (f" (from {args.own_folder})" if args.own_folder else ""),
-        f"xs2mask source: {source_version()}",
+        f"xs2mask source: {harness.source_version()}",
     ]
     print("\n".join(header), flush=True)
 
@@ -449,27 +378,19 @@ def main(argv: list[str] | None = None) -> int:
     masks: dict[str, np.ndarray] = {}
     busy_readings: list[float] = []
     with tempfile.TemporaryDirectory(prefix="xs2mask-bench-models-") as tmp:
-        for i in range(args.repeat):
-            for case in cases:  # interleaved, so drift hits every case alike
-                mask_path = Path(tmp) / f"{case}.npy"
-                if args.max_busy is not None:
-                    busy = wait_for_idle(args.max_busy, args.idle_timeout)
-                    if busy is not None:
-                        busy_readings.append(busy)
-                source = source_version()
-                result = spawn(case, args, cube_path, mask_path)
-                result["source"] = source
-                runs.append(result)
-                print(
-                    f"  run {i + 1}/{args.repeat} {case}: {result['seconds']:.2f} s, "
-                    f"peak RSS {result['peak_rss_mb']:.0f} MiB, other processes "
-                    f"{_fmt(result['other_cores'], '{:.2f}', '?')} cores",
-                    flush=True,
-                )
-                if case not in masks and not case.startswith("own-big-"):
-                    masks[case] = np.load(mask_path)
+        for turn in harness.interleave(cases, args.repeat, args):
+            if turn.busy is not None:
+                busy_readings.append(turn.busy)
+            mask_path = Path(tmp) / f"{turn.case}.npy"
+            spec = {"case": turn.case, "cube": cube_path, "mask": mask_path}
+            spec.update(model=args.model_own, folder=args.own_folder)
+            result = harness.spawn(__file__, spec, args.timeout)
+            runs.append(result)
+            harness.print_run(turn, args.repeat, result, seconds="{:.2f}", unit="MiB")
+            if turn.case not in masks and not turn.case.startswith("own-big-"):
+                masks[turn.case] = np.load(mask_path)
 
-    rows = summarise(runs)
+    rows = harness.summarise(runs, extra=warm_figures)
     ukis_rows = [r for r in rows if r["case"] in UKIS_CASES]
     ratios: dict[str, float] = {}
     if ukis_rows:
@@ -482,41 +403,32 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(rows, ratios, same)
     targets, numbers = verdicts(rows, ratios, args.model_own)
     all_runs = "; ".join(f"{r['case']} " + " / ".join(f"{s:.2f}" for s in r["all_seconds"]) for r in rows)
-    sources = sorted({r["source"] for r in runs})
     report = "\n\n".join([table, f"All runs (wall s): {all_runs}.", targets])
-    if len({src.split(" (commit")[0] for src in sources}) > 1:
-        report += f"\n\nWARNING: the xs2mask source changed during the benchmark: {', '.join(sources)}"
+    warning = harness.source_warning(runs)
+    if warning:
+        report += f"\n\n{warning}"
     print()
     print(report)
     if args.out_md:
         args.out_md.write_text("\n".join(header) + "\n\n" + report + "\n")
         print(f"wrote {args.out_md}")
-    if args.json:
-        meta = {k: runs[0][k] for k in ("onnxruntime", "dask", "xs2mask")} if runs else {}
-        args.json.write_text(
-            json.dumps(
-                {
-                    "size": args.size,
-                    "sizes": args.sizes,
-                    "repeat": args.repeat,
-                    "cpu": cpu_name(),
-                    "source": sources,
-                    "python": platform.python_version(),
-                    "numpy": np.__version__,
-                    **meta,
-                    "model_own": args.model_own,
-                    "own_folder": None if args.own_folder is None else str(args.own_folder),
-                    "rows": rows,
-                    "runs": runs,
-                    "ratio_vs_fastest_ukis": ratios,
-                    "same_as_own_numpy_percent": same,
-                    "targets": numbers,
-                    "busy_before_cases": busy_readings,
-                },
-                indent=2,
-            )
-        )
-        print(f"wrote {args.json}")
+    harness.write_json(
+        args.json,
+        {
+            "size": args.size,
+            "sizes": args.sizes,
+            "repeat": args.repeat,
+            **harness.environment(runs),
+            "model_own": args.model_own,
+            "own_folder": None if args.own_folder is None else str(args.own_folder),
+            "rows": rows,
+            "runs": runs,
+            "ratio_vs_fastest_ukis": ratios,
+            "same_as_own_numpy_percent": same,
+            "targets": numbers,
+            "busy_before_cases": busy_readings,
+        },
+    )
     return 0
 
 

@@ -12,7 +12,7 @@ rewritten from the real Planetary Computer item JSON (asset keys ``B02`` ...; ``
 and dates of the mosaic; ``eo:cloud_cover`` from the chips' human labels; other scene statistics stay
 the template's) with ``s2:processing_baseline`` "05.11", so the files hold DN + 1000 (0 stays no data)
 and the loader's baseline-04.00 offset path runs. The catalogue is cached under
-``/tmp/xs2mask-bench-pipeline`` and rebuilt when missing.
+``/tmp/xs2mask-bench-pipeline`` and rebuilt when missing (``inputs.cached_catalogue``).
 
 Every case runs in its own fresh Python process (imports excluded from the timing, model loading
 included), so its peak resident memory is its own:
@@ -47,14 +47,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
-import datetime as dt
-import json
 import os
-import platform
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -62,224 +56,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import harness
 import numpy as np
+from inputs import CATALOGUE_CACHE, CATALOGUE_MODEL, CHIP, COLLECTION, RES, cached_catalogue
 
-# Shared with the model-only benchmark: outside-load accounting, idle wait, machine and source names.
-from bench_predict import _cpu_jiffies, _fmt, add_run_options, cpu_name, source_version, wait_for_idle
-
-MODEL = "ukis-csmask-4b-l2a"
-BANDS = ("B02", "B03", "B04", "B08")
-COLLECTION = "sentinel-2-l2a"
 CHUNK = 1024  # Job's default: the pipeline's chunks, so model-only runs on the same chunked loads
-CHIP = 512
 CASES = ("e2e-threads", "e2e-cluster", "model-only")
 N_WORKERS = 2
-CATALOGUE_VERSION = 1  # bump when the catalogue recipe changes, to invalidate cached catalogues
-
-# UTM 36S on its central meridian near chip adwp (Tanzania, 2.5 S): grid north is true north there, so
-# the lon/lat bbox of the grid transforms back onto the grid with almost no margin.
-EPSG = 32736
-CENTRE_X, CENTRE_Y = 500_000.0, 9_720_000.0
-TILE = "36MWC"  # MGRS square of the centre, used as a tile name only
-LATTICE = 60.0  # Sentinel-2 tile origins are multiples of 60 m
-RES = 10.0
-INSET = 3e-5  # degrees, about 3.3 m: the search bbox lies this far inside the grid
-BASELINE = "05.11"
-OFFSET_DN = 1000  # files of baseline >= 04.00 hold DN + 1000 (BOA_ADD_OFFSET -1000)
-FIRST_DAY = dt.datetime(2024, 5, 3, 8, 20, 47, tzinfo=dt.timezone.utc)
-REVISIT = dt.timedelta(days=10)
-TEMPLATE = "stac_items/api_responses/planetarycomputer_microsoft_com__sentinel-2-l2a.json"
-PC_COLLECTION = "stac_items/odc_stac/sentinel-2-l2a.collection.json"
-
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CACHE = Path(tempfile.gettempdir()) / "xs2mask-bench-pipeline"
-
-
-def _servers():
-    """``tests/servers.py``: the rustac STAC API and the COG writer the pipeline tests use."""
-    tests = str(ROOT / "tests")
-    if tests not in sys.path:
-        sys.path.insert(0, tests)
-    import servers
-
-    return servers
-
-
-# --------------------------------------------------------------------------- catalogue
-
-
-def _chips(data: Path) -> list[Path]:
-    folder = data / "cloud_cover_chips"
-    return sorted(p for p in folder.iterdir() if p.is_dir() and all((p / f"{b}.tif").exists() for b in BANDS))
-
-
-def _read(path: Path) -> np.ndarray:
-    import rasterio
-
-    with rasterio.open(path) as src:
-        return src.read(1)
-
-
-def mosaic(chips: list[Path], size: int, date: int) -> tuple[dict[str, np.ndarray], float]:
-    """DN ``(size, size)`` per band (uint16, 0 = no data) and the labelled cloud fraction of one date."""
-    n = size // CHIP
-    # A seeded order per date, so the dates differ; chips repeat where the area needs more than there are.
-    order = np.random.default_rng(date).permutation(len(chips))
-    cells = [chips[order[k % len(chips)]] for k in range(n * n)]
-    out = {b: np.zeros((size, size), np.uint16) for b in BANDS}
-    cloud = 0.0
-    for k, chip in enumerate(cells):
-        rows, cols = slice(k // n * CHIP, (k // n + 1) * CHIP), slice(k % n * CHIP, (k % n + 1) * CHIP)
-        for b in BANDS:
-            out[b][rows, cols] = _read(chip / f"{b}.tif")
-        label = chip / "label.tif"
-        cloud += float(_read(label).mean()) if label.exists() else 0.0
-    return out, cloud / len(cells)
-
-
-def _grid(size: int):
-    """10 m affine transform of the area, its origin on the 60 m lattice."""
-    from affine import Affine
-
-    x0 = round((CENTRE_X - size * RES / 2) / LATTICE) * LATTICE
-    y1 = round((CENTRE_Y + size * RES / 2) / LATTICE) * LATTICE
-    return Affine(RES, 0.0, x0, 0.0, -RES, y1)
-
-
-def _lonlat(transform, size: int) -> tuple[dict[str, Any], tuple[float, ...], tuple[float, ...]]:
-    """Footprint polygon, its outer bbox and the inner bbox (inside the grid) in lon/lat."""
-    from rasterio.warp import transform as warp
-
-    corners = [(0, 0), (size, 0), (size, size), (0, size)]
-    xs, ys = zip(*(transform * c for c in corners), strict=True)
-    lons, lats = warp(f"EPSG:{EPSG}", "EPSG:4326", list(xs), list(ys))
-    ring = [[round(lo, 7), round(la, 7)] for lo, la in zip(lons, lats, strict=True)]
-    geometry = {"type": "Polygon", "coordinates": [[*ring, ring[0]]]}
-    outer = (min(lons), min(lats), max(lons), max(lats))
-    # corners: 0 top-left, 1 top-right, 2 bottom-right, 3 bottom-left. The inner box is moved in by
-    # INSET, more than the bulge of its edges in UTM (1.4 m at 4096 px), so that the loader, which snaps
-    # the box outwards to whole pixels, lands on the grid's own edges.
-    inner = (
-        max(lons[0], lons[3]) + INSET,
-        max(lats[2], lats[3]) + INSET,
-        min(lons[1], lons[2]) - INSET,
-        min(lats[0], lats[1]) - INSET,
-    )
-    return geometry, outer, inner
-
-
-def _item(
-    template: dict[str, Any],
-    when: dt.datetime,
-    size: int,
-    paths: dict[str, Path],
-    cloud: float,
-    nodata: float,
-) -> dict[str, Any]:
-    """A Planetary Computer item for one date of the mosaic, rewritten from a real PC item."""
-    transform = _grid(size)
-    geometry, outer, _ = _lonlat(transform, size)
-    props_t = template["properties"]
-    t_when = dt.datetime.fromisoformat(props_t["datetime"].replace("Z", "+00:00"))
-    old_major, old_minor = props_t["s2:processing_baseline"].split(".")
-    major, minor = BASELINE.split(".")
-    text = json.dumps(template)
-    for old, new in (
-        (props_t["s2:mgrs_tile"], TILE),
-        (t_when.strftime("%Y%m%d"), when.strftime("%Y%m%d")),
-        (f"N{old_major}{old_minor}", f"N{major}{minor}"),
-        (f"N{old_major}.{old_minor}", f"N{major}.{minor}"),
-    ):
-        text = text.replace(old, new)
-    item = json.loads(text)
-    item["id"] = f"S2A_MSIL2A_{when:%Y%m%dT%H%M%S}_R021_T{TILE}_bench{size}"
-    props = item["properties"]
-    props["datetime"] = when.strftime("%Y-%m-%dT%H:%M:%SZ")
-    props["s2:processing_baseline"] = BASELINE
-    props["s2:mgrs_tile"] = TILE
-    props["proj:epsg"] = EPSG
-    props["eo:cloud_cover"] = round(100 * cloud, 4)
-    props["s2:nodata_pixel_percentage"] = round(100 * nodata, 6)
-    item["geometry"] = geometry
-    item["bbox"] = list(outer)
-    item["links"] = [lk for lk in item.get("links", []) if lk.get("rel") == "license"]
-    left, top = transform * (0, 0)
-    right, bottom = transform * (size, size)
-    assets = {}
-    for band in BANDS:  # only the assets backed by real pixels
-        asset = copy.deepcopy(template["assets"][band])
-        asset["href"] = str(paths[band])
-        asset["proj:shape"] = [size, size]
-        asset["proj:transform"] = list(transform)[:6]
-        asset["proj:bbox"] = [left, bottom, right, top]
-        assets[band] = asset
-    item["assets"] = assets
-    return item
-
-
-def build_catalogue(data: Path, folder: Path, size: int, dates: int) -> dict[str, Any]:
-    """Write the COGs and items of one area size under ``folder``; return the catalogue description."""
-    servers = _servers()
-    features = json.loads((data / TEMPLATE).read_text())["features"]
-    template = next(f for f in features if "assets" in f)  # some responses hold field-restricted items
-    collection = json.loads((data / PC_COLLECTION).read_text())
-    collection["links"] = [
-        lk for lk in collection["links"] if lk.get("rel") not in ("self", "root", "parent", "items")
-    ]
-    chips = _chips(data)
-    transform = _grid(size)
-    items = []
-    for d in range(dates):
-        when = FIRST_DAY + d * REVISIT
-        dn, cloud = mosaic(chips, size, d)
-        paths = {}
-        for band in BANDS:
-            if int(dn[band].max()) + OFFSET_DN > np.iinfo(np.uint16).max:
-                raise ValueError(f"{band}: DN + {OFFSET_DN} overflows uint16")
-            written = np.where(dn[band] == 0, 0, dn[band].astype(np.uint32) + OFFSET_DN).astype(np.uint16)
-            path = folder / f"{when:%Y%m%d}" / f"{band}.tif"
-            paths[band] = servers.write_raster(path, written, f"EPSG:{EPSG}", transform)
-        nodata = float(np.mean(dn[BANDS[0]] == 0))
-        items.append(_item(template, when, size, paths, cloud, nodata))
-    _, _, inner = _lonlat(transform, size)
-    last = FIRST_DAY + (dates - 1) * REVISIT
-    return {
-        "size": size,
-        "dates": dates,
-        "chips": [c.name for c in chips],
-        "items": items,
-        "collections": [collection],
-        # Inside the grid, so the search area does not reach past the mosaic into no data.
-        "bbox": [round(v, 7) for v in inner],
-        "datetime": f"{FIRST_DAY:%Y-%m-%d}/{last:%Y-%m-%d}",
-    }
-
-
-def cached_catalogue(data: Path, cache: Path, size: int, dates: int) -> dict[str, Any]:
-    """The catalogue of one area size, built on first use."""
-    folder = cache / f"v{CATALOGUE_VERSION}_{size}px_{dates}d"
-    doc = folder / "catalogue.json"
-    if not doc.exists():
-        tmp = cache / f".{folder.name}.{os.getpid()}.tmp"
-        tmp.mkdir(parents=True, exist_ok=True)
-        cat = build_catalogue(data, tmp, size, dates)
-        # hrefs point into the final folder: the temporary one is renamed in one step
-        text = json.dumps(cat, indent=1).replace(str(tmp), str(folder))
-        (tmp / "catalogue.json").write_text(text)
-        if folder.exists():  # a half-built folder of an interrupted run
-            shutil.rmtree(folder)
-        tmp.replace(folder)
-    return json.loads(doc.read_text())
 
 
 # --------------------------------------------------------------------------- child process
-
-
-def _rss_mb(pid: int | None = None) -> float:
-    """Current resident memory of a process in MB."""
-    import psutil
-
-    return psutil.Process(pid).memory_info().rss / 2**20
 
 
 def _vm_hwm_mb(pid: int) -> float | None:
@@ -364,33 +150,32 @@ class ComputeClock:
         self._dask.compute = self._real
 
 
-def _cpu_s(usage: resource.struct_rusage) -> float:
-    return usage.ru_utime + usage.ru_stime
-
-
 def run_case(
     case: str,
     url: str,
     bbox: list[float],
     datetime: str,
-    out: Path,
-    mask_path: Path,
+    store: str,
+    mask: str,
     block: int | None = None,
     batch: int | None = None,
-):
+) -> dict[str, Any]:
     """Run one case in this (fresh) process; save its mask (uint8) and return timings and memory."""
+    # imported before the clock starts: imports are not timed
     import dask
     import distributed
-    import onnxruntime
+    import onnxruntime  # noqa: F401
     import psutil
     import rioxarray  # noqa: F401
     import stackstac  # noqa: F401
-    import zarr
+    import zarr  # noqa: F401
 
     import xs2mask
     from xs2mask.pipeline import Job, mask_stac
     from xs2mask.stac import load, search
 
+    if case not in CASES:
+        raise ValueError(f"unknown case {case!r}; choose from {', '.join(CASES)}")
     result: dict[str, Any] = {"case": case}
     cluster = client = None
     workers: dict[int, dict[str, Any]] = {}
@@ -401,51 +186,41 @@ def run_case(
         client = distributed.Client(cluster)  # the default client from here on
         result["cluster_start_s"] = time.perf_counter() - t
         pids = sorted(client.run(os.getpid).values())
-        workers = {pid: {"rss_before_mb": _rss_mb(pid)} for pid in pids}
+        workers = {pid: {"rss_before_mb": harness.rss_mb(pid)} for pid in pids}
         worker_cpu = {pid: sum(psutil.Process(pid).cpu_times()[:2]) for pid in pids}
         sampler = RssSampler([*pids, os.getpid()])
         sampler.start()
 
-    rss_before = _rss_mb()
-    cpu_before = resource.getrusage(resource.RUSAGE_SELF)
-    job = Job(
-        url,
-        (COLLECTION,),
-        tuple(bbox),
-        datetime,
-        str(out),
-        model=MODEL,
-        chunks=CHUNK,
-        block=block,
-        batch=batch,
-    )
-    if case in ("e2e-threads", "e2e-cluster"):
-        compute = ComputeClock()
-        start = time.perf_counter()
-        clock = SlabClock(start)
-        ctx = dask.config.set(scheduler="threads") if case == "e2e-threads" else contextlib.nullcontext()
-        with ctx:
-            ds = mask_stac(job, sign=False, progress=clock)
-        seconds = time.perf_counter() - start
-        compute.close()
-        result.update(setup_s=clock.first, slabs=clock.slabs, compute_s=compute.seconds)
-        result["compute_calls"] = compute.calls
-    elif case == "model-only":
+    if case == "model-only":
         items = search(url, collections=COLLECTION, bbox=bbox, datetime=datetime, sign=False)
         t = time.perf_counter()
-        lazy = load(items, bounds_latlon=bbox, resolution=RES, chunks=CHUNK, model=MODEL)
+        lazy = load(items, bounds_latlon=bbox, resolution=RES, chunks=CHUNK, model=CATALOGUE_MODEL)
         with dask.config.set(scheduler="threads"):
             cube = lazy.compute()  # not timed: the model alone is measured
         result["load_s"] = time.perf_counter() - t
-        rss_before = _rss_mb()
-        cpu_before = resource.getrusage(resource.RUSAGE_SELF)
-        start = time.perf_counter()
-        ds = xs2mask.predict(cube, model=MODEL)  # numpy in: computed now, one block, every core
-        seconds = time.perf_counter() - start
+        with harness.Stopwatch() as watch:
+            ds = xs2mask.predict(cube, model=CATALOGUE_MODEL)  # numpy in: computed now, one block, every core
     else:
-        raise ValueError(f"unknown case {case!r}; choose from {', '.join(CASES)}")
-    cpu = resource.getrusage(resource.RUSAGE_SELF)
-    result["cpu_seconds"] = _cpu_s(cpu) - _cpu_s(cpu_before)
+        job = Job(
+            url,
+            (COLLECTION,),
+            tuple(bbox),
+            datetime,
+            store,
+            model=CATALOGUE_MODEL,
+            chunks=CHUNK,
+            block=block,
+            batch=batch,
+        )
+        compute = ComputeClock()
+        ctx = dask.config.set(scheduler="threads") if case == "e2e-threads" else contextlib.nullcontext()
+        with ctx, harness.Stopwatch() as watch:
+            clock = SlabClock(watch.start)
+            ds = mask_stac(job, sign=False, progress=clock)
+        compute.close()
+        result.update(setup_s=clock.first, slabs=clock.slabs, compute_s=compute.seconds)
+        result["compute_calls"] = compute.calls
+    result.update(watch.figures())
 
     if client is not None:
         sampled = sampler.stop()
@@ -459,124 +234,65 @@ def run_case(
         client.close()
         cluster.close()
 
-    mask = np.asarray(ds["mask"].values, np.uint8)  # read back from the store (not timed)
-    np.save(mask_path, mask)
+    out = np.asarray(ds["mask"].values, np.uint8)  # read back from the store (not timed)
+    np.save(mask, out)
     result.update(
-        seconds=seconds,
-        shape=list(mask.shape),
-        megapixels=mask.size / 1e6,
-        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
-        rss_before_mb=rss_before,
+        shape=list(out.shape),
+        megapixels=out.size / 1e6,
+        # the child's whole peak, the read-back from the store included
+        peak_rss_mb=harness.peak_rss_mb(),
         workers=[{"pid": pid, **w} for pid, w in workers.items()],
-        onnxruntime=onnxruntime.__version__,
-        dask=dask.__version__,
-        distributed=distributed.__version__,
-        zarr=zarr.__version__,
-        xs2mask=xs2mask.__version__,
+        versions=harness.versions("onnxruntime", "dask", "distributed", "zarr", "xs2mask"),
     )
-    return result
-
-
-def spawn(
-    case: str,
-    cat: dict[str, Any],
-    url: str,
-    out: Path,
-    mask_path: Path,
-    timeout: float,
-    slabs: list[str] | tuple[str, ...] = (),
-):
-    """Run ``case`` in a fresh interpreter; add how many cores other processes used meanwhile."""
-    cmd = [
-        sys.executable,
-        __file__,
-        "--child",
-        case,
-        "--url",
-        url,
-        "--bbox",
-        *(repr(v) for v in cat["bbox"]),
-        "--datetime",
-        cat["datetime"],
-        "--store",
-        str(out),
-        "--mask",
-        str(mask_path),
-        *slabs,
-    ]
-    jiffies = _cpu_jiffies()
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"case {case} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["process_wall_s"] = wall
-    after = _cpu_jiffies()
-    result["other_cores"] = None
-    if jiffies is not None and after is not None and after[1] > jiffies[1]:
-        # The child's workers are reaped by the child, so their CPU is in RUSAGE_CHILDREN too.
-        child = resource.getrusage(resource.RUSAGE_CHILDREN)
-        child_cpu = _cpu_s(child) - _cpu_s(children)
-        machine_cpu = (os.cpu_count() or 1) * wall * (after[0] - jiffies[0]) / (after[1] - jiffies[1])
-        result["other_cores"] = max(0.0, (machine_cpu - child_cpu) / wall)
     return result
 
 
 # --------------------------------------------------------------------------- report
 
 
-def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (size, case): the fastest run, the largest peak RSS of the process and per worker."""
-    rows = []
-    for key in dict.fromkeys((r["size"], r["case"]) for r in runs):
-        mine = [r for r in runs if (r["size"], r["case"]) == key]
-        best = min(mine, key=lambda r: r["seconds"])
-        worker_peaks = [
-            max((r["workers"][i]["peak_rss_mb"] or 0.0) for r in mine) for i in range(len(best["workers"]))
-        ]
-        rows.append(
-            {
-                **{k: v for k, v in best.items() if k != "workers"},
-                "all_seconds": [r["seconds"] for r in mine],
-                "mpx_per_s": best["megapixels"] / best["seconds"],
-                "peak_rss_mb": max(r["peak_rss_mb"] for r in mine),
-                "worker_peak_rss_mb": worker_peaks,
-                "worker_rss_before_mb": [w["rss_before_mb"] for w in best["workers"]],
-                "worker_sampled_peak_mb": [w["sampled_peak_mb"] for w in best["workers"]],
-            }
-        )
-    return rows
+def worker_figures(runs: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Per worker: the largest peak RSS over the runs; RSS after start and sampled peak of the fastest."""
+    best = min(runs, key=lambda r: r["seconds"])
+    return {
+        "worker_peak_rss_mb": [
+            max((r["workers"][i]["peak_rss_mb"] or 0.0) for r in runs) for i in range(len(best["workers"]))
+        ],
+        "worker_rss_before_mb": [w["rss_before_mb"] for w in best["workers"]],
+        "worker_sampled_peak_mb": [w["sampled_peak_mb"] for w in best["workers"]],
+    }
 
 
 def markdown(rows: list[dict[str, Any]], agreement: dict[tuple[int, str], float]) -> str:
     """The results as a markdown table."""
-    lines = [
-        "| area (px) | case | Mpx (dates x H x W) | wall s | Mpx/s | setup s | outside compute s | CPU s "
-        "| peak RSS MB (process) | peak RSS MB per worker | other load (cores) | same mask as model-only |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    columns = ["area (px)", "case", "Mpx (dates x H x W)", "wall s", "Mpx/s", "setup s", "outside compute s"]
+    columns += ["CPU s", "peak RSS MB (process)", "peak RSS MB per worker", "other load (cores)"]
+    cells = []
     for r in rows:
         t, h, w = r["shape"]
         outside = r["seconds"] - r["compute_s"] if "compute_s" in r else None
-        workers = " / ".join(f"{m:.0f}" for m in r["worker_peak_rss_mb"])
-        agree = _fmt(agreement.get((r["size"], r["case"])), "{:.4f} %")
-        lines.append(
-            f"| {r['size']} | {r['case']} | {r['megapixels']:.1f} ({t} x {h} x {w}) | {r['seconds']:.1f} "
-            f"| {r['mpx_per_s']:.3f} | {_fmt(r.get('setup_s'), '{:.1f}')} | {_fmt(outside, '{:.1f}')} "
-            f"| {r['cpu_seconds']:.1f} | {r['peak_rss_mb']:.0f} | {workers} "
-            f"| {_fmt(r['other_cores'], '{:.2f}')} | {agree} |"
+        cells.append(
+            [
+                str(r["size"]),
+                r["case"],
+                f"{r['megapixels']:.1f} ({t} x {h} x {w})",
+                f"{r['seconds']:.1f}",
+                f"{r['mpx_per_s']:.3f}",
+                harness.fmt(r.get("setup_s"), "{:.1f}"),
+                harness.fmt(outside, "{:.1f}"),
+                f"{r['cpu_seconds']:.1f}",
+                f"{r['peak_rss_mb']:.0f}",
+                " / ".join(f"{m:.0f}" for m in r["worker_peak_rss_mb"]),
+                harness.fmt(r["other_cores"], "{:.2f}"),
+                harness.fmt(agreement.get((r["size"], r["case"])), "{:.4f} %"),
+            ]
         )
-    return "\n".join(lines)
+    return harness.markdown_table([*columns, "same mask as model-only"], cells, left=2)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[2048, 4096], help="area edges in px")
     parser.add_argument("--dates", type=int, default=2, help="dates (items) per area (default 2)")
-    parser.add_argument("--repeat", type=int, default=1, help="fresh-process runs per case; best is kept")
-    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
     parser.add_argument(
         "--model-only-sizes",
         type=int,
@@ -584,35 +300,22 @@ def main(argv: list[str] | None = None) -> int:
         help="sizes at which model-only runs (default: the smallest of --sizes)",
     )
     parser.add_argument("--out-md", type=Path, help="also write the markdown table to this file")
-    add_run_options(parser, DEFAULT_CACHE, "where catalogues are cached")
-    parser.add_argument("--url", help=argparse.SUPPRESS)
-    parser.add_argument("--bbox", type=float, nargs=4, help=argparse.SUPPRESS)
-    parser.add_argument("--datetime", help=argparse.SUPPRESS)
-    parser.add_argument("--store", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--mask", type=Path, help=argparse.SUPPRESS)
+    harness.add_run_options(parser, CATALOGUE_CACHE, "where catalogues are cached", cases=CASES)
     parser.add_argument(
         "--block", type=int, help="slab edge in px for the e2e cases (Job.block; default: about 4096)"
     )
     parser.add_argument(
         "--batch", type=int, help="slabs computed together in the e2e cases (Job.batch; default: auto)"
     )
-    args = parser.parse_args(argv)
-
-    if args.child:
-        result = run_case(
-            args.child, args.url, args.bbox, args.datetime, args.store, args.mask, args.block, args.batch
-        )
-        print(json.dumps(result))
-        return 0
-    if not (args.data / "cloud_cover_chips").is_dir():
-        print(f"shared data not found at {args.data}: nothing to benchmark (pass --data)")
+    args = harness.parse_args(parser, argv, run_case, needs="cloud_cover_chips")
+    if args is None:
         return 0
     if any(s < CHIP or s % CHIP for s in args.sizes):
         parser.error(f"--sizes must be multiples of the {CHIP} px chips")
     model_only_sizes = set(args.model_only_sizes or [min(args.sizes)])
 
     total = time.perf_counter()
-    print(f"CPU: {cpu_name()}; xs2mask source: {source_version()}", flush=True)
+    print(f"CPU: {harness.cpu_name()}; xs2mask source: {harness.source_version()}", flush=True)
     if args.block or args.batch:
         print(f"e2e cases with block={args.block} batch={args.batch} (None: the pipeline's default)")
     catalogues = {}
@@ -627,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
 
     runs: list[dict[str, Any]] = []
     masks: dict[tuple[int, str], np.ndarray] = {}
-    servers = _servers()
+    servers = harness.tests_module("servers")
     with (
         tempfile.TemporaryDirectory(prefix="xs2mask-bench-pipeline-") as tmp,
         contextlib.ExitStack() as stack,
@@ -638,32 +341,35 @@ def main(argv: list[str] | None = None) -> int:
             )
             for size, cat in catalogues.items()
         }
-        for i in range(args.repeat):
-            for size in args.sizes:
-                for case in args.cases:  # interleaved, so drift hits every case alike
-                    if case == "model-only" and size not in model_only_sizes:
-                        continue
-                    store = Path(tmp) / f"{case}-{size}-{i}.zarr"
-                    mask_path = Path(tmp) / f"{case}-{size}.npy"
-                    if args.max_busy is not None:
-                        wait_for_idle(args.max_busy, args.idle_timeout)
-                    source = source_version()
-                    slabs = [f"--{k}={v}" for k, v in (("block", args.block), ("batch", args.batch)) if v]
-                    result = spawn(case, catalogues[size], urls[size], store, mask_path, args.timeout, slabs)
-                    result.update(size=size, source=source)
-                    runs.append(result)
-                    workers = " / ".join(f"{w['peak_rss_mb']:.0f}" for w in result["workers"])
-                    print(
-                        f"  run {i + 1}/{args.repeat} {size} px {case}: {result['seconds']:.1f} s "
-                        f"({result['megapixels'] / result['seconds']:.3f} Mpx/s; process "
-                        f"{result['process_wall_s']:.1f} s), peak RSS {result['peak_rss_mb']:.0f} MB"
-                        + (f", workers {workers} MB" if workers else "")
-                        + f", other processes {_fmt(result['other_cores'], '{:.2f}', '?')} cores",
-                        flush=True,
-                    )
-                    if (size, case) not in masks:
-                        masks[size, case] = np.load(mask_path)
-                    shutil.rmtree(store, ignore_errors=True)  # only the mask is kept
+        keys = [
+            (size, case)
+            for size in args.sizes
+            for case in args.cases
+            if case != "model-only" or size in model_only_sizes
+        ]
+        for turn in harness.interleave(keys, args.repeat, args):
+            size, case = turn.case
+            store = Path(tmp) / f"{case}-{size}-{turn.round}.zarr"
+            mask_path = Path(tmp) / f"{case}-{size}.npy"
+            cat = catalogues[size]
+            spec = {"case": case, "url": urls[size], "bbox": cat["bbox"], "datetime": cat["datetime"]}
+            spec.update(store=store, mask=mask_path, block=args.block, batch=args.batch)
+            result = harness.spawn(__file__, spec, args.timeout)
+            result["size"] = size
+            runs.append(result)
+            workers = " / ".join(f"{w['peak_rss_mb']:.0f}" for w in result["workers"])
+            harness.print_run(
+                turn,
+                args.repeat,
+                result,
+                f"{size} px {case}",
+                after_seconds=f" ({result['megapixels'] / result['seconds']:.3f} Mpx/s; process "
+                f"{result['process_wall_s']:.1f} s)",
+                after_rss=f", workers {workers} MB" if workers else "",
+            )
+            if (size, case) not in masks:
+                masks[size, case] = np.load(mask_path)
+            shutil.rmtree(store, ignore_errors=True)  # only the mask is kept
 
     agreement: dict[tuple[int, str], float] = {}
     for (size, case), mask in masks.items():
@@ -671,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         if ref is not None and ref.shape == mask.shape:
             agreement[size, case] = 100.0 * float(np.mean(mask == ref))
 
-    rows = summarise(runs)
+    rows = harness.summarise(runs, key=lambda r: (r["size"], r["case"]), extra=worker_figures)
     table = markdown(rows, agreement)
     notes = []
     for r in rows:
@@ -698,41 +404,30 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     print()
     print("\n".join(notes))
-    sources = sorted({r["source"] for r in runs})
-    if len({src.split(" (commit")[0] for src in sources}) > 1:
-        print(f"WARNING: the xs2mask source changed during the benchmark: {', '.join(sources)}")
+    warning = harness.source_warning(runs)
+    if warning:
+        print(warning)
     print(f"total {time.perf_counter() - total:.0f} s")
     if args.out_md:
         args.out_md.write_text(table + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
         print(f"wrote {args.out_md}")
-    if args.json:
-        meta = (
-            {k: runs[0][k] for k in ("onnxruntime", "dask", "distributed", "zarr", "xs2mask")} if runs else {}
-        )
-        args.json.write_text(
-            json.dumps(
-                {
-                    "sizes": args.sizes,
-                    "dates": args.dates,
-                    "repeat": args.repeat,
-                    "cpu": cpu_name(),
-                    "source": sources,
-                    "python": platform.python_version(),
-                    "numpy": np.__version__,
-                    **meta,
-                    "model": MODEL,
-                    "chunk": CHUNK,
-                    "workers": N_WORKERS,
-                    "block": args.block,
-                    "batch": args.batch,
-                    "rows": rows,
-                    "runs": runs,
-                    "same_mask_as_model_only_percent": {f"{s} {c}": v for (s, c), v in agreement.items()},
-                },
-                indent=2,
-            )
-        )
-        print(f"wrote {args.json}")
+    harness.write_json(
+        args.json,
+        {
+            "sizes": args.sizes,
+            "dates": args.dates,
+            "repeat": args.repeat,
+            **harness.environment(runs),
+            "model": CATALOGUE_MODEL,
+            "chunk": CHUNK,
+            "workers": N_WORKERS,
+            "block": args.block,
+            "batch": args.batch,
+            "rows": rows,
+            "runs": runs,
+            "same_mask_as_model_only_percent": {f"{s} {c}": v for (s, c), v in agreement.items()},
+        },
+    )
     return 0
 
 

@@ -35,19 +35,16 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
-import resource
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
+import harness
 import numpy as np
-from bench_predict import DEFAULT_CACHE, _fmt, add_run_options, cpu_name, source_version, spawn, wait_for_idle
+from inputs import cached_npy
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import upstream_models as up  # the random upstream networks, shared with the tests
+up = harness.tests_module("upstream_models")  # the random upstream networks, shared with the tests
 
 CASES = ("ocm-upstream", "ocm-xs2mask", "c2m-upstream", "c2m-xs2mask")
 CUBE_VERSION = 1
@@ -56,17 +53,15 @@ THREADS = 2
 
 def cached_cube(data: Path, cache: Path, size: int) -> Path:
     """The mirror-tiled real scene (13, size, size) uint16 DN, built on first use."""
-    path = cache / f"published_cube_v{CUBE_VERSION}_{size}.npy"
-    if not path.exists():
-        cache.mkdir(parents=True, exist_ok=True)
+
+    def build() -> np.ndarray:
         dn = up.read_scene(data)
         n = dn.shape[-1]
         reps = -(-size // n)
         tiled = np.pad(dn, ((0, 0), (0, reps * n - n), (0, reps * n - n)), mode="symmetric")[:, :size, :size]
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, np.ascontiguousarray(tiled))
-        tmp.replace(path)
-    return path
+        return np.ascontiguousarray(tiled)
+
+    return cached_npy(cache / f"published_cube_v{CUBE_VERSION}_{size}.npy", build)
 
 
 def prepare_weights(cache: Path) -> Path:
@@ -116,7 +111,7 @@ def _c2m_upstream(dn: np.ndarray, pickle: Path) -> np.ndarray:
     return np.argmax(out, axis=0).astype(np.uint8)
 
 
-def run_case(case: str, cube_path: Path, mask_path: Path, weights: Path) -> dict[str, Any]:
+def run_case(case: str, cube: str, mask: str, weights: str) -> dict[str, Any]:
     """Run one case in this (fresh) process; save its mask and return its timings."""
     import torch
     import xarray as xr
@@ -124,30 +119,25 @@ def run_case(case: str, cube_path: Path, mask_path: Path, weights: Path) -> dict
     import xs2mask
 
     torch.set_num_threads(THREADS)
-    dn = np.load(cube_path)
+    folder = Path(weights)
+    dn = np.load(cube)
     coords = {"band": up.L1C_BANDS, "y": np.arange(dn.shape[1]) * -10.0, "x": np.arange(dn.shape[2]) * 10.0}
-    cube = xr.DataArray(dn, dims=("band", "y", "x"), coords=coords)
-    start, cpu0 = time.perf_counter(), time.process_time()
-    if case == "ocm-upstream":
-        mask = np.argmax(up.ocm_reference(dn, weights / "ocm"), axis=0).astype(np.uint8)
-    elif case == "ocm-xs2mask":
-        mask = xs2mask.predict(cube, model=_random_ocm(weights / "ocm"), device="cpu").mask.values
-    elif case == "c2m-upstream":
-        mask = _c2m_upstream(dn, next((weights / "c2m_pickles").glob("*_1_10m.pkl")))
-    elif case == "c2m-xs2mask":
-        mask = xs2mask.predict(
-            cube, model="clouds2mask-10m", model_dir=weights / "c2m", device="cpu"
-        ).mask.values
-    else:
-        raise ValueError(case)
-    seconds = time.perf_counter() - start
-    np.save(mask_path, mask)
-    return {
-        "case": case,
-        "seconds": seconds,
-        "cpu_seconds": time.process_time() - cpu0,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
+    pixels = xr.DataArray(dn, dims=("band", "y", "x"), coords=coords)
+    if case not in CASES:
+        raise ValueError(f"unknown case {case!r}; choose from {', '.join(CASES)}")
+    with harness.Stopwatch() as watch:
+        if case == "ocm-upstream":
+            out = np.argmax(up.ocm_reference(dn, folder / "ocm"), axis=0).astype(np.uint8)
+        elif case == "ocm-xs2mask":
+            out = xs2mask.predict(pixels, model=_random_ocm(folder / "ocm"), device="cpu").mask.values
+        elif case == "c2m-upstream":
+            out = _c2m_upstream(dn, next((folder / "c2m_pickles").glob("*_1_10m.pkl")))
+        else:
+            out = xs2mask.predict(
+                pixels, model="clouds2mask-10m", model_dir=folder / "c2m", device="cpu"
+            ).mask.values
+    np.save(mask, out)
+    return {"case": case, "megapixels": dn.shape[1] * dn.shape[2] / 1e6, **watch.figures()}
 
 
 # --------------------------------------------------------------------------- report
@@ -156,19 +146,11 @@ def run_case(case: str, cube_path: Path, mask_path: Path, weights: Path) -> dict
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=1024, help="cube edge in pixels (default 1024)")
-    parser.add_argument("--repeat", type=int, default=1, help="fresh-process runs per case; best is kept")
-    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
-    add_run_options(parser, DEFAULT_CACHE, "where the cube and the random weights are cached")
-    parser.add_argument("--cube", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--mask", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--weights", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-
-    if args.child:
-        print(json.dumps(run_case(args.child, args.cube, args.mask, args.weights)))
-        return 0
-    if not (args.data / up.SCENE).is_file():
-        print(f"shared data not found at {args.data}: nothing to benchmark (pass --data)")
+    harness.add_run_options(
+        parser, cases=CASES, cache_help="where the cube and the random weights are cached"
+    )
+    args = harness.parse_args(parser, argv, run_case, needs=up.SCENE)
+    if args is None:
         return 0
     missing = [m for m in ("omnicloudmask", "clouds2mask", "fastai") if importlib.util.find_spec(m) is None]
     if missing:
@@ -179,47 +161,44 @@ def main(argv: list[str] | None = None) -> int:
 
     cube_path = cached_cube(args.data, args.cache, args.size)
     weights = prepare_weights(args.cache)
-    megapixels = args.size**2 / 1e6
-    print(f"cube {cube_path} (13 x {args.size} x {args.size} DN); CPU: {cpu_name()}", flush=True)
-    print(f"xs2mask source: {source_version()}", flush=True)
-    best: dict[str, dict[str, Any]] = {}
+    print(f"cube {cube_path} (13 x {args.size} x {args.size} DN); CPU: {harness.cpu_name()}", flush=True)
+    print(f"xs2mask source: {harness.source_version()}", flush=True)
+    runs: list[dict[str, Any]] = []
     masks: dict[str, np.ndarray] = {}
     with tempfile.TemporaryDirectory(prefix="xs2mask-bench-published-") as tmp:
-        for i in range(args.repeat):
-            for case in args.cases:
-                if args.max_busy is not None:
-                    wait_for_idle(args.max_busy, args.idle_timeout)
-                mask_path = Path(tmp) / f"{case}.npy"
-                extra = ("--weights", str(weights))
-                result = spawn(case, cube_path, mask_path, args.timeout, script=__file__, extra=extra)
-                print(
-                    f"  run {i + 1}/{args.repeat} {case}: {result['seconds']:.1f} s, peak RSS "
-                    f"{result['peak_rss_mb']:.0f} MB, other processes "
-                    f"{_fmt(result['other_cores'], '{:.2f}', '?')} cores",
-                    flush=True,
-                )
-                if case not in best or result["seconds"] < best[case]["seconds"]:
-                    best[case] = result
-                masks.setdefault(case, np.load(mask_path))
+        for turn in harness.interleave(args.cases, args.repeat, args):
+            mask_path = Path(tmp) / f"{turn.case}.npy"
+            spec = {"case": turn.case, "cube": cube_path, "mask": mask_path, "weights": weights}
+            result = harness.spawn(__file__, spec, args.timeout)
+            runs.append(result)
+            harness.print_run(turn, args.repeat, result)
+            masks.setdefault(turn.case, np.load(mask_path))
 
     rows = []
-    print("\n| case | seconds | Mpx/s | CPU s | peak RSS MB | other cores | xs2mask / upstream | agreement |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    best = {r["case"]: r for r in harness.summarise(runs)}
     for case in args.cases:
         r = best[case]
         model, side = case.split("-", 1)
-        mpx_s = megapixels / r["seconds"]
         other = best.get(f"{model}-upstream")
         ratio = other["seconds"] / r["seconds"] if side == "xs2mask" and other else None
         agree = None
         if side == "xs2mask" and f"{model}-upstream" in masks:
             agree = float((masks[case] == masks[f"{model}-upstream"]).mean())
-        rows.append({**r, "mpx_s": mpx_s, "speedup": ratio, "agreement": agree})
-        cells = [f"{r['seconds']:.1f}", f"{mpx_s:.3f}", f"{r['cpu_seconds']:.1f}", f"{r['peak_rss_mb']:.0f}"]
-        cells += [_fmt(r["other_cores"], "{:.2f}", "?"), _fmt(ratio, "{:.2f}x"), _fmt(agree, "{:.1%}")]
-        print(f"| {case} | {' | '.join(cells)} |")
-    if args.json:
-        args.json.write_text(json.dumps({"size": args.size, "cpu": cpu_name(), "rows": rows}, indent=1))
+        rows.append({**r, "speedup": ratio, "agreement": agree})
+    columns = ["case", "seconds", "Mpx/s", "CPU s", "peak RSS MB", "other cores", "xs2mask / upstream"]
+    cells = [
+        [
+            r["case"],
+            *harness.figure_cells(r),
+            harness.fmt(r["other_cores"], "{:.2f}", "?"),
+            harness.fmt(r["speedup"], "{:.2f}x"),
+            harness.fmt(r["agreement"], "{:.1%}"),
+        ]
+        for r in rows
+    ]
+    print()
+    print(harness.markdown_table([*columns, "agreement"], cells))
+    harness.write_json(args.json, {"size": args.size, "cpu": harness.cpu_name(), "rows": rows})
     return 0
 
 

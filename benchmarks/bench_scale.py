@@ -42,17 +42,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_pipeline import DEFAULT_CACHE as PIPELINE_CACHE
-from bench_pipeline import MODEL as PIPELINE_MODEL
-from bench_pipeline import _servers, cached_catalogue
-from bench_predict import (
-    DEFAULT_CACHE,
+from harness import (
     add_run_options,
     busy_cores,
-    cached_cube,
+    data_missing,
+    interleave,
     source_version,
-    wait_for_idle,
+    tests_module,
+    write_json,
 )
+from inputs import CATALOGUE_CACHE, CATALOGUE_MODEL, CUBE_BANDS, cached_catalogue, cached_cube
 
 HERE = Path(__file__).resolve().parent
 SPEEDUP_MODEL = "ukis-csmask-6b-l2a"
@@ -119,7 +118,7 @@ def graph_case(url: str, bbox: list[float], datetime: str, out: Path) -> dict[st
         marks.append(time.perf_counter())
 
     job = Job(
-        url, ("sentinel-2-l2a",), tuple(bbox), datetime, str(out), model=PIPELINE_MODEL, block=SLAB, batch=1
+        url, ("sentinel-2-l2a",), tuple(bbox), datetime, str(out), model=CATALOGUE_MODEL, block=SLAB, batch=1
     )
     probe = GraphProbe()
     start = time.perf_counter()
@@ -143,12 +142,12 @@ def graph_case(url: str, bbox: list[float], datetime: str, out: Path) -> dict[st
 
 
 def run_graph(args: argparse.Namespace) -> list[dict[str, Any]]:
-    servers = _servers()
+    servers = tests_module("servers")
     cases = [(SLAB, n) for n in args.slabs] + [(4096, 1), (4096, 7)]
     rows = []
     with tempfile.TemporaryDirectory(prefix="xs2mask-bench-scale-") as tmp:
         for area, dates in cases:
-            base = cached_catalogue(args.data, PIPELINE_CACHE, area, 1)
+            base = cached_catalogue(args.data, CATALOGUE_CACHE, area, 1)
             items, datetime = cloned_catalogue(base, dates)
             with servers.serve_items(
                 items, base["collections"], workdir=Path(tmp) / f"api{area}-{dates}"
@@ -192,9 +191,7 @@ def speedup_case(cube_path: Path, n_workers: int, repeat: int) -> list[float]:
         _read_block, str(cube_path), chunks=da.core.normalize_chunks(chunks, shape), dtype=np.float32,
         meta=np.empty((0, 0, 0), np.float32),
     )  # fmt: skip
-    cube = xr.DataArray(
-        data, dims=("band", "y", "x"), coords={"band": ["B02", "B03", "B04", "B08", "B11", "B12"]}
-    )
+    cube = xr.DataArray(data, dims=("band", "y", "x"), coords={"band": list(CUBE_BANDS)})
     seconds = []
     with (
         distributed.LocalCluster(
@@ -212,19 +209,17 @@ def speedup_case(cube_path: Path, n_workers: int, repeat: int) -> list[float]:
 
 
 def run_speedup(args: argparse.Namespace) -> dict[str, Any]:
-    cube_path = cached_cube(args.data, DEFAULT_CACHE, 2048)
+    cube_path = cached_cube(args.data, args.cache, 2048)
     best: dict[int, float] = {}
     runs: list[dict[str, Any]] = []
-    for _ in range(args.repeat):
-        for n in (1, 2):  # interleaved, so drift hits both alike
-            if args.max_busy is not None:
-                wait_for_idle(args.max_busy, args.idle_timeout)
-            load = os.getloadavg()[0]
-            seconds = speedup_case(cube_path, n, 1)[0]
-            busy = busy_cores(1.0)
-            runs.append({"workers": n, "seconds": seconds, "loadavg_1min_before": load, "busy_after": busy})
-            best[n] = min(best.get(n, np.inf), seconds)
-            print(f"  {n} worker(s): {seconds:.1f} s (load average before {load:.2f})", flush=True)
+    for turn in interleave((1, 2), args.repeat, args):
+        n = turn.case
+        load = os.getloadavg()[0]
+        seconds = speedup_case(cube_path, n, 1)[0]
+        busy = busy_cores(1.0)
+        runs.append({"workers": n, "seconds": seconds, "loadavg_1min_before": load, "busy_after": busy})
+        best[n] = min(best.get(n, np.inf), seconds)
+        print(f"  {n} worker(s): {seconds:.1f} s (load average before {load:.2f})", flush=True)
     ratio = best[1] / best[2]
     print(f"  speed-up 1 -> 2 workers: {ratio:.2f}x (best {best[1]:.1f} s / {best[2]:.1f} s)", flush=True)
     return {"runs": runs, "best_s": best, "speedup": ratio}
@@ -257,12 +252,15 @@ def main(argv: list[str] | None = None) -> int:
         "--parts", nargs="+", choices=("graph", "speedup", "memory"), default=["graph", "speedup"]
     )
     parser.add_argument("--slabs", type=int, nargs="+", default=[1, 10, 100], help="slabs of the graph part")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per worker count (best is kept)")
     parser.add_argument("--areas", type=int, nargs="+", default=[2048, 4096], help="areas of the memory part")
-    add_run_options(parser, DEFAULT_CACHE, "where the speed-up cube is cached")
+    add_run_options(
+        parser,
+        cache_help="where the speed-up cube is cached",
+        repeat=3,
+        repeat_help="runs per worker count (best is kept)",
+    )
     args = parser.parse_args(argv)
-    if not (args.data / "cloud_cover_chips").is_dir():
-        print(f"shared data not found at {args.data}: nothing to benchmark (pass --data)")
+    if data_missing(args.data, "cloud_cover_chips"):
         return 0
     print(f"xs2mask source: {source_version()}; load average {os.getloadavg()}", flush=True)
     results: dict[str, Any] = {"source": source_version()}
@@ -275,8 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     if "memory" in args.parts:
         print("peak RSS per worker by area (bench_pipeline e2e-cluster):", flush=True)
         results["memory"] = run_memory(args)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1, default=str))
+    write_json(args.json, results)
     return 0
 
 
