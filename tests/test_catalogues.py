@@ -178,6 +178,21 @@ def test_job_writes_each_solar_day_once_and_the_masks_of_predict(provider, catal
     assert len(ran) >= EXAMPLES // 2, "most drawn searches were too close to a footprint to call"
 
 
+def test_slabs_read_with_their_halo_give_the_masks_of_predict_on_the_whole_day(tmp_path_factory, tmp_path):
+    """A job of many slabs reads each slab with its halo (not the whole day's chunks): still the masks of
+    ``predict`` on the whole day's cube, bit for bit, on a scene wider than a slab and its halo, across
+    tiles of two UTM zones, the swath edge and the duplicates' lost rows."""
+    with serve(build_catalogue("pc", tmp_path_factory.mktemp("cat_wide"), size=1600)) as cat:
+        bbox = cat.bbox_of(8, 8, cat.size - 16, cat.size - 16)
+        job = Job(cat.url, cat.collections, bbox, cat.datetime, str(tmp_path / "m.zarr"), model=MODEL,
+                  chunks=256, block=512)  # fmt: skip
+        written = mask_stac(job, progress=False)
+        assert written.sizes["y"] > 2 * 512 + 538  # at least one slab whose window is cut on both sides
+        expected = xs2mask.predict(_in_memory(cat, bbox, cat.datetime), model=MODEL).compute()
+    np.testing.assert_array_equal(written["time"].values, expected["time"].values)
+    np.testing.assert_array_equal(written["mask"].values, expected["mask"].values)
+
+
 # --------------------------------------------------------------------------------------------------
 # one feature at a time
 # --------------------------------------------------------------------------------------------------

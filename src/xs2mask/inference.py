@@ -16,7 +16,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import xarray as xr
@@ -155,6 +155,79 @@ def predict(
     >>> ds.mask.attrs["flag_meanings"]
     'clear thick_cloud thin_cloud cloud_shadow'
     """
+    prepared = prepare(
+        obj,
+        model,
+        patch_size=patch_size,
+        overlap=overlap,
+        batch_size=batch_size,
+        tta=tta,
+        processing_resolution=processing_resolution,
+        device=device,
+        dtype=dtype,
+        output=output,
+        probability_dtype=probability_dtype,
+        offset=offset,
+        threads=threads,
+        model_dir=model_dir,
+        compile=compile,
+    )
+    plan, data = prepared.plan, prepared.cube.data
+    if _is_dask(data):
+        result = _map_dask(data, plan)
+    else:
+        result = predict_block(np.asarray(data), plan, (0, plan.height), (0, plan.width))
+    return prepared.dataset(result)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What :func:`predict` makes of its input before any block runs: the cube of the model's bands,
+    the :class:`~xs2mask.kernel.Plan` every block follows, and how the output is labelled.
+
+    For callers that run the blocks themselves (the STAC job reads each slab with its halo and
+    calls :func:`predict_window`), with the same plan and labels as :func:`predict`.
+    """
+
+    cube: xr.DataArray
+    plan: Plan
+    processing_resolution: float | None
+    had_time: bool
+    crs: Any
+
+    def dataset(self, result: Any) -> xr.Dataset:
+        """The output Dataset of ``result`` (``(time, n_out, y, x)``) on the cube's coordinates."""
+        return _to_dataset(result, self.cube, self.plan, self.processing_resolution, self.had_time, self.crs)
+
+
+def prepare(
+    obj: xr.DataArray | xr.Dataset,
+    model: str | ModelSpec | Sequence[str | ModelSpec] = "default",
+    *,
+    patch_size: int | None = None,
+    overlap: int | None = None,
+    batch_size: int | None = None,
+    tta: int = 0,
+    processing_resolution: float | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    output: Literal["mask", "probability", "both"] = "mask",
+    probability_dtype: Literal["uint8", "float16"] = "uint8",
+    offset: float | xr.DataArray | Literal["auto"] = 0.0,
+    threads: int = 0,
+    model_dir: str | os.PathLike[str] | None = None,
+    compile: bool = False,
+) -> Prepared:
+    """Check :func:`predict`'s input and options and plan its blocks; nothing is computed.
+
+    Takes :func:`predict`'s arguments and raises what it raises.
+
+    Examples
+    --------
+    >>> import xs2mask
+    >>> prepare(xs2mask.data.demo_scene(), "xs2mask-4b").plan.bands
+    ('B02', 'B03', 'B04', 'B08')
+    """
     options = _check_options(
         model=model,
         patch_size=patch_size,
@@ -186,7 +259,7 @@ def predict(
             "the input has no CRS: the mask will have none either. Set the cube's CRS before predict "
             "with cube.rio.write_crs('EPSG:32633') (your UTM zone; import rioxarray first)",
             InputWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
 
     device = resolve_device(device, specs)
@@ -219,12 +292,7 @@ def predict(
         output=output,
         probability_dtype=probability_dtype,
     )
-    data = da.data
-    if _is_dask(data):
-        result = _map_dask(data, plan)
-    else:
-        result = predict_block(np.asarray(data), plan, (0, plan.height), (0, plan.width))
-    return _to_dataset(result, da, plan, processing_resolution, had_time, crs)
+    return Prepared(da, plan, processing_resolution, had_time, crs)
 
 
 # --------------------------------------------------------------------------- options
@@ -718,12 +786,88 @@ def _align_chunks(chunks: tuple[int, ...], factor: int) -> tuple[int, ...]:
 
 def _dask_kernel(block: np.ndarray, plan: Plan, block_info=None) -> np.ndarray:
     _, _, (y0, y1), (x0, x1) = block_info[None]["array-location"]
+    return _run_block(block, plan, (y0, y1), (x0, x1))
+
+
+def _run_block(block: np.ndarray, plan: Plan, core_y: tuple[int, int], core_x: tuple[int, int]) -> np.ndarray:
     # Imported only in processes where the distributed plugin ran: elsewhere the call is local. On a
     # cluster whose models run on named workers (GPUs), the block goes there.
     routing = sys.modules.get("xs2mask.distributed")
     if routing is None:
-        return predict_block(block, plan, (y0, y1), (x0, x1))
-    return routing.run_model(predict_block, block, plan, (y0, y1), (x0, x1))
+        return predict_block(block, plan, core_y, core_x)
+    return routing.run_model(predict_block, block, plan, core_y, core_x)
+
+
+def window_rows(plan: Plan, start: int, stop: int, size: int) -> tuple[int, int]:
+    """Rows (or columns, with ``size`` the grid's width) of input that :func:`predict_window` needs
+    for output rows ``start:stop`` of a grid ``size`` long: the rows with their halo, clipped."""
+    f = plan.factor
+    return max(start // f * f - plan.halo, 0), min(-(-stop // f) * f + plan.halo, size)
+
+
+def predict_window(
+    window: Any,
+    plan: Plan,
+    origin: tuple[int, int],
+    core_y: tuple[int, int],
+    core_x: tuple[int, int],
+    block: int,
+) -> Any:
+    """Lazy output of rows ``core_y`` x columns ``core_x`` of the plan's grid from a window of its input.
+
+    ``window`` is a Dask array ``(time, band, y, x)`` of the plan's bands starting at grid pixel
+    ``origin`` and covering :func:`window_rows` of the core: the slab of a job read once with its
+    halo, instead of a whole-scene cube whose neighbouring chunks each slab would read again for
+    its halo. The core runs in blocks of at most ``block`` pixels a side; the pixels are those of
+    :func:`predict` on the whole grid (the blocks see the same halo and the same patch grid).
+
+    Returns
+    -------
+    dask.array.Array
+        ``(time, n_out, core_h, core_w)`` of ``plan.out_dtype``.
+    """
+    import dask.array as da
+
+    f = plan.factor
+
+    def spans(core: tuple[int, int], size: int) -> list[tuple[int, int]]:
+        # block edges on multiples of the processing factor, as _map_dask aligns its chunks
+        step = max(block // f, 1) * f
+        lo, hi = core[0] // f * f, min(-(-core[1] // f) * f, size)
+        return [(a, min(a + step, hi)) for a in range(lo, hi, step)]
+
+    rows = []
+    for y0, y1 in spans(core_y, plan.height):
+        row = []
+        for x0, x1 in spans(core_x, plan.width):
+            (wy0, wy1), (wx0, wx1) = (
+                window_rows(plan, y0, y1, plan.height),
+                window_rows(plan, x0, x1, plan.width),
+            )
+            part = window[:, :, wy0 - origin[0] : wy1 - origin[0], wx0 - origin[1] : wx1 - origin[1]]
+            part = part.rechunk({1: -1, 2: -1, 3: -1})
+            out = da.map_blocks(
+                _run_block,
+                part,
+                plan=plan,
+                core_y=(y0, y1),
+                core_x=(x0, x1),
+                chunks=(part.chunks[0], (plan.n_out,), (y1 - y0,), (x1 - x0,)),
+                dtype=plan.out_dtype,
+                meta=np.empty((0, 0, 0, 0), plan.out_dtype),
+                token="xs2mask-predict",
+            )
+            # a block aligned to the factor may reach beyond the core: its edge pixels are cut off
+            row.append(
+                out[
+                    :,
+                    :,
+                    max(core_y[0], y0) - y0 : min(core_y[1], y1) - y0,
+                    max(core_x[0], x0) - x0 : min(core_x[1], x1) - x0,
+                ]
+            )
+        rows.append(row)
+    return da.block(rows)
 
 
 # --------------------------------------------------------------------------- the DN check at the call

@@ -33,6 +33,7 @@ from .exceptions import InputError, ReadError, ReadWarning, StacError
 from .redaction import redact_url
 
 if TYPE_CHECKING:
+    from .kernel import Plan
     from .store import Progress
 
 log = logging.getLogger("xs2mask")
@@ -145,7 +146,7 @@ def run(
     120
     """
     from . import store as zstore
-    from .inference import predict
+    from .inference import predict, predict_window, prepare, window_rows
     from .stac import group_days, load, resign, resolve_model, search
 
     items = list(
@@ -170,7 +171,7 @@ def run(
     # One concrete model for the whole job: "default" decided once, from the bands every item has.
     model = resolve_model(items, job.model)
     full = load(items, bounds_latlon=job.bbox, model=model, **common)
-    grid = {"epsg": full.rio.crs.to_epsg(), "bounds": _bounds(full), "bands": list(full["band"].values)}
+    bounded = {"epsg": full.rio.crs.to_epsg(), "bands": list(full["band"].values)}
     options = {
         "model": model,
         "tta": job.tta,
@@ -186,6 +187,7 @@ def run(
         found, len(items), len(used), len(by_day), "x".join(map(str, full.shape[-2:])),
     )  # fmt: skip
     template = predict(full, **options)
+    plan = prepare(full, **options).plan
     template.attrs.update(
         {
             # Credentials in the URL (user:password@, tokens) are never stored.
@@ -217,18 +219,35 @@ def run(
     findings: dict[str, float] = {}
     batch: list[_Pending] = []
     size = job.batch or writer.batch
-    loaded: tuple[float, np.datetime64, xr.DataArray, xr.Dataset] | None = None
+    plan = _share_cores(plan, size * _blocks(writer.slabs[0], job.chunks) if writer.slabs else 1)
+    signed: tuple[float, np.datetime64, list] | None = None
     for slab in zstore.with_progress(todo, progress):
         day = np.datetime64(slab.date, "D")
-        if loaded is None or loaded[1] != day or time.monotonic() - loaded[0] > _RESIGN_AFTER_S:
+        if signed is None or signed[1] != day or time.monotonic() - signed[0] > _RESIGN_AFTER_S:
             # Signed here, just before the day's slabs run: signatures expire after ~45 minutes.
-            # One day's graph is kept at a time (slabs come day by day), never the job's.
-            cube = load(resign(by_day[day], sign), **grid, **common)
-            loaded = (time.monotonic(), day, cube, predict(cube, **options))
+            signed = (time.monotonic(), day, resign(by_day[day], sign))
             log.debug("%s: %s", day, ", ".join(i.id for i in by_day[day]))
-        _, _, cube, masks = loaded
-        part = masks.isel(y=slab.y, x=slab.x).assign_coords(time=[slab.date])
-        batch.append(_Pending(slab, part, cube.isel(y=slab.y, x=slab.x)))
+        # Each slab reads its own window, the slab and the halo its patches need: no chunk of a
+        # neighbouring slab is read again for that halo, and memory stays that of a slab whatever
+        # the area. The pixels are those of predict() on the whole day (see predict_window).
+        rows = window_rows(plan, slab.y.start, slab.y.stop, plan.height)
+        cols = window_rows(plan, slab.x.start, slab.x.stop, plan.width)
+        cube = load(signed[2], bounds=_window_bounds(full, rows, cols, job.resolution), **bounded, **common)
+        result = predict_window(
+            cube.sel(band=list(plan.bands)).data,
+            plan,
+            (rows[0], cols[0]),
+            (slab.y.start, slab.y.stop),
+            (slab.x.start, slab.x.stop),
+            job.chunks,
+        )
+        part = template.isel(slab.isel)
+        part = part.assign(mask=part["mask"].copy(data=result[:, 0]))
+        inputs = cube.isel(
+            y=slice(slab.y.start - rows[0], slab.y.stop - rows[0]),
+            x=slice(slab.x.start - cols[0], slab.x.stop - cols[0]),
+        )
+        batch.append(_Pending(slab, part, inputs))
         if len(batch) >= size:
             _flush(writer, batch, by_day, findings, job.on_read_error)
     _flush(writer, batch, by_day, findings, job.on_read_error)
@@ -323,16 +342,31 @@ def _below_cloud(items: Sequence[Any], max_cloud: float | None) -> list:
     return [i for i in items if i.properties.get("eo:cloud_cover", 0.0) <= max_cloud]
 
 
-def _bounds(cube: xr.DataArray) -> tuple[float, float, float, float]:
-    """Outer edges of the cube's pixel-centre grid: reloading with them gives the very same grid."""
-    res_x = float(abs(cube.x[1] - cube.x[0]))
-    res_y = float(abs(cube.y[1] - cube.y[0]))
-    return (
-        float(cube.x.min()) - res_x / 2,
-        float(cube.y.min()) - res_y / 2,
-        float(cube.x.max()) + res_x / 2,
-        float(cube.y.max()) + res_y / 2,
-    )
+def _window_bounds(
+    cube: xr.DataArray, rows: tuple[int, int], cols: tuple[int, int], res: float
+) -> tuple[float, float, float, float]:
+    """Outer edges of rows x cols of the cube's pixel-centre grid (``res`` m pixels, y descending as
+    stackstac makes it): loading them gives that window of the very same grid."""
+    left, top = float(cube.x[0]) - res / 2, float(cube.y[0]) + res / 2
+    return (left + cols[0] * res, top - rows[1] * res, left + cols[1] * res, top - rows[0] * res)
+
+
+def _blocks(slab: Any, block: int) -> int:
+    """Model blocks of at most ``block`` px a side in a slab (predict_window's split)."""
+    height, width = slab.y.stop - slab.y.start, slab.x.stop - slab.x.start
+    return -(-height // block) * -(-width // block)
+
+
+def _share_cores(plan: Plan, blocks: int) -> Plan:
+    """Split the CPU's cores between the blocks Dask runs at once (as predict does for its chunks):
+    a model call per block using every core oversubscribes the CPU."""
+    import os
+    from dataclasses import replace
+
+    if plan.runtime.threads or plan.runtime.device != "cpu":
+        return plan
+    threads = max(1, (os.cpu_count() or 1) // max(blocks, 1))
+    return replace(plan, runtime=replace(plan.runtime, threads=threads))
 
 
 def _check_slab(
