@@ -229,6 +229,7 @@ def load(
     >>> cube = load(items, bounds_latlon=[13.3, 52.4, 13.5, 52.6])  # doctest: +SKIP
     >>> masks = cube.s2mask.predict()  # doctest: +SKIP
     """
+    import dask.array
     import rioxarray  # noqa: F401  (registers .rio)
     import stackstac
 
@@ -280,21 +281,39 @@ def load(
         # stackstac's default reads a 404 as no-data with a mere warning: masks of missing pixels.
         errors_as_nodata=(),
     )
-    # (DN + offset_dn) / quantification, as ESA defines it: exact in float32, unlike DN * 1e-4.
-    quantification = 1 / np.asarray(scales, np.float64)
-    offset_dn = np.asarray(offsets, np.float64) * quantification
-    refl = stack.copy(
-        data=stack.data.map_blocks(
-            _dn_to_reflectance,
-            offset_dn.astype(np.float32),
-            quantification.astype(np.float32),
-            dtype=np.float32,
-            token="xs2mask-reflectance",
+    # stackstac leaves out the items that miss the bounds: each day mosaics the items left, and a day
+    # with none left is no-data.
+    ids = [item.id for item in items]
+    kept = [ids.index(str(i)) for i in stack["id"].values] if stack.sizes["band"] else []
+    nodata = xr.DataArray(
+        dask.array.full(
+            (len(wanted), stack.sizes["y"], stack.sizes["x"]), np.nan, dtype=np.float32,
+            chunks=(len(wanted), chunks, chunks),
+        ),
+        dims=("band", "y", "x"),
+        coords={"band": list(wanted), "y": stack["y"].values, "x": stack["x"].values},
+    )  # fmt: skip
+    counts = [sum(ids.index(m.id) in kept for m in members) for members in days.values()]
+    layers: list[xr.DataArray] = [nodata] * len(days)
+    if kept:
+        # (DN + offset_dn) / quantification, as ESA defines it: exact in float32, unlike DN * 1e-4.
+        quantification = 1 / np.asarray(scales, np.float64)[kept]
+        offset_dn = np.asarray(offsets, np.float64)[kept] * quantification
+        refl = stack.copy(
+            data=stack.data.map_blocks(
+                _dn_to_reflectance,
+                offset_dn.astype(np.float32),
+                quantification.astype(np.float32),
+                dtype=np.float32,
+                token="xs2mask-reflectance",
+            )
         )
-    )
-    # stackstac's per-item coordinates (object dtype among them) cannot follow the mosaic nor go to Zarr.
-    refl = refl.drop_vars([n for n in refl.coords if n not in ("y", "x")]).assign_coords(band=list(wanted))
-    cube = _mosaic_days(refl, days, _per_item_offset(offsets))
+        # stackstac's per-item coordinates (object dtype among them) cannot follow the mosaic nor go to Zarr.
+        refl = refl.drop_vars([n for n in refl.coords if n not in ("y", "x")]).assign_coords(
+            band=list(wanted)
+        )
+        layers = _day_layers(refl, counts, nodata)
+    cube = _mosaic_days(layers, days, _per_item_offset(offsets))
     by_day = {str(day): {i.id: records[i.id] for i in members} for day, members in days.items()}
     cube.attrs = {"xs2mask_radiometry": json.dumps(by_day, sort_keys=True)}
     cube.name = "reflectance"
@@ -637,18 +656,27 @@ def _per_item_offset(offsets: list[list[float]]) -> np.ndarray:
     return np.where(np.isclose(rows, rows[:, :1]).all(axis=1), rows[:, 0], np.nan).astype(np.float32)
 
 
-def _mosaic_days(refl: xr.DataArray, days: dict[np.datetime64, list], offsets: np.ndarray) -> xr.DataArray:
-    """One time step per day: the first valid pixel in the day's mosaic order."""
-    parts, day_offsets, start = [], [], 0
+def _day_layers(refl: xr.DataArray, counts: list[int], nodata: xr.DataArray) -> list[xr.DataArray]:
+    """Each day's items (``counts[i]`` consecutive time steps of ``refl``) mosaicked; ``nodata``: none."""
+    layers, start = [], 0
+    for count in counts:
+        layers.append(_first_valid(refl.isel(time=slice(start, start + count))) if count else nodata)
+        start += count
+    return layers
+
+
+def _mosaic_days(
+    layers: list[xr.DataArray], days: dict[np.datetime64, list], offsets: np.ndarray
+) -> xr.DataArray:
+    """One time step per day, its offset recorded (NaN when the day's items differ)."""
+    day_offsets, start = [], 0
     for members in days.values():
         stop = start + len(members)
-        part = refl.isel(time=slice(start, stop))
-        parts.append(_first_valid(part))
         same = np.isclose(offsets[start:stop], offsets[start]).all()
         day_offsets.append(offsets[start] if same else np.nan)
         start = stop
     times = pd.Index(np.array(list(days), "datetime64[ns]"), name="time")
-    cube = xr.concat(parts, dim=times, coords="minimal", compat="override", join="override")
+    cube = xr.concat(layers, dim=times, coords="minimal", compat="override", join="override")
     return cube.assign_coords(radiometric_offset=("time", np.asarray(day_offsets, np.float32)))
 
 
