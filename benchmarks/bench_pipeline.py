@@ -32,7 +32,7 @@ Usage::
         [--cases e2e-threads e2e-cluster model-only] [--model-only-sizes 2048] [--max-busy 0.3] \
         [--block 1024 --batch 2] [--out-md results.md] [--json results.json]
 
-``--block`` and ``--batch`` are passed to ``Job``: with the default block (about 4096 px) every area up
+``--block`` and ``--batch`` are passed to ``Store``: with the default block (about 4096 px) every area up
 to 4096 x 4096 px is one slab per date, so to see whether memory stays flat as the area grows, fix the
 slab (e.g. ``--block 1024 --batch 2``) and compare areas that split into more slabs.
 
@@ -388,7 +388,7 @@ def run_case(
     import zarr
 
     import xs2mask
-    from xs2mask.pipeline import Job, mask_stac
+    from xs2mask.pipeline import Job, Load, Predict, Search, Store, mask_stac
     from xs2mask.stac import load, search
 
     result: dict[str, Any] = {"case": case}
@@ -409,15 +409,10 @@ def run_case(
     rss_before = _rss_mb()
     cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     job = Job(
-        url,
-        (COLLECTION,),
-        tuple(bbox),
-        datetime,
-        str(out),
-        model=MODEL,
-        chunks=CHUNK,
-        block=block,
-        batch=batch,
+        Search(url, (COLLECTION,), tuple(bbox), datetime),
+        Store(str(out), block=block, batch=batch),
+        load=Load(chunks=CHUNK),
+        predict=Predict(model=MODEL),
     )
     if case in ("e2e-threads", "e2e-cluster"):
         compute = ComputeClock()
@@ -591,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--mask", type=Path, help=argparse.SUPPRESS)
     parser.add_argument(
-        "--block", type=int, help="slab edge in px for the e2e cases (Job.block; default: about 4096)"
+        "--block", type=int, help="slab edge in px for the e2e cases (Store.block; default: about 4096)"
     )
     parser.add_argument(
         "--batch", type=int, help="slabs computed together in the e2e cases (Job.batch; default: auto)"

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 import xs2mask
 from xs2mask import stac
 from xs2mask.exceptions import BandError, StacError
-from xs2mask.pipeline import Job, mask_stac
+from xs2mask.pipeline import Job, Predict, Search, Store, mask_stac
 
 pytest.importorskip("rustac", reason="rustac (STAC API server) is not installed")
 from support.catalogue import PROVIDERS, Catalogue, build_catalogue, serve, solar_day
@@ -54,7 +54,9 @@ def catalogues(tmp_path_factory):
 
 
 def _job(cat: Catalogue, bbox, datetime: str, out: Path) -> Job:
-    return Job(cat.url, cat.collections, tuple(bbox), datetime, str(out), model=MODEL)
+    return Job(
+        Search(cat.url, cat.collections, tuple(bbox), datetime), Store(str(out)), predict=Predict(MODEL)
+    )
 
 
 def _in_memory(cat: Catalogue, bbox, datetime: str):
@@ -316,7 +318,7 @@ def test_the_default_model_is_one_the_items_can_feed(catalogues, tmp_path):
     from xs2mask.models import registry
 
     served = catalogues["pc"]
-    job = Job(served.url, served.collections, tuple(served.bbox_of(200, 100, 64, 64)), served.datetime,
-              str(tmp_path / "default.zarr"))  # fmt: skip
+    search = Search(served.url, served.collections, tuple(served.bbox_of(200, 100, 64, 64)), served.datetime)
+    job = Job(search, Store(str(tmp_path / "default.zarr")))
     masks = mask_stac(job, progress=False)
     assert masks.attrs["xs2mask_model"] == registry.resolve_default(["B02", "B03", "B04", "B08"]).name
