@@ -20,7 +20,7 @@ included), so its peak resident memory is its own:
 * ``e2e-threads``: ``mask_stac(Job(...))`` with Dask's threaded scheduler into a local Zarr store, timed
   from the STAC search to the completed store;
 * ``e2e-cluster``: the same with a ``distributed.LocalCluster(n_workers=2, threads_per_worker=1)`` and
-  its ``Client`` as the default (what ``xs2mask predict --workers 2`` starts); cluster start-up is not
+  its ``Client`` as the default (what ``xs2mask mask-stac --workers 2`` starts); cluster start-up is not
   timed. The peak RSS of each worker process is read from ``/proc/PID/status`` (``VmHWM``) at the end
   and, as a cross-check, sampled every 0.2 s from a thread of the client process;
 * ``model-only``: the same cube loaded with ``xs2mask.stac.load`` and computed into memory (not timed),
@@ -396,7 +396,7 @@ def run_case(
     workers: dict[int, dict[str, Any]] = {}
     if case == "e2e-cluster":
         t = time.perf_counter()
-        # What `xs2mask predict --workers 2` starts: one Dask thread per worker process.
+        # What `xs2mask mask-stac --workers 2` starts: one Dask thread per worker process.
         cluster = distributed.LocalCluster(n_workers=N_WORKERS, threads_per_worker=1)
         client = distributed.Client(cluster)  # the default client from here on
         result["cluster_start_s"] = time.perf_counter() - t

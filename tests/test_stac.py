@@ -273,7 +273,7 @@ def test_the_job_masks_the_whole_served_range(request, tmp_path, catalogue, max_
     found = stac.search(cat.url, collections=collection, bbox=cat.bbox, datetime=cat.datetime)
     kept = [i for i in found if max_cloud is None or i.properties["eo:cloud_cover"] <= max_cloud]
     assert len(kept) < len(found) or max_cloud is None
-    model = job.model
+    model = job.predict.model
     expected = xs2mask.predict(stac.load(kept, bounds_latlon=cat.bbox, model=model), model=model)
     assert _days(masks) == [str(d) for d in stac.group_days(kept)] == _days(expected)
     np.testing.assert_array_equal(masks.mask.values, expected.mask.values)
