@@ -376,28 +376,27 @@ def run(
     from . import store as zstore
     from .stac import group_days, resign, resolve_model, search
 
-    where, out = job.search, job.store
     items = list(
         search(
-            where.stac_url,
-            collections=where.collections,
-            bbox=where.bbox,
-            datetime=where.datetime,
+            job.search.stac_url,
+            collections=job.search.collections,
+            bbox=job.search.bbox,
+            datetime=job.search.datetime,
             sign=False,
         )
     )
     found = len(items)
-    items = _below_cloud(items, where.max_cloud)
+    items = _below_cloud(items, job.search.max_cloud)
     if not items:
         raise StacError(
-            f"no items in {', '.join(where.collections)} at {redact_url(where.stac_url)} for bbox "
-            f"{list(where.bbox)} and dates {where.datetime}"
-            + (f" with cloud cover below {where.max_cloud} % ({found} above it)" if found else "")
+            f"no items in {', '.join(job.search.collections)} at {redact_url(job.search.stac_url)} for bbox "
+            f"{list(job.search.bbox)} and dates {job.search.datetime}"
+            + (f" with cloud cover below {job.search.max_cloud} % ({found} above it)" if found else "")
             + ". Nothing was written. Widen the bbox or the dates, or raise --max-cloud."
         )
     # One concrete model for the whole job: "default" decided once, from the bands every item has.
     predict = replace(job.predict, model=resolve_model(items, job.predict.model))
-    full = job.load.cube(items, bounds_latlon=where.bbox, model=predict.model)
+    full = job.load.cube(items, bounds_latlon=job.search.bbox, model=predict.model)
     grid = {"epsg": full.rio.crs.to_epsg(), "bounds": _bounds(full), "bands": list(full["band"].values)}
     # The very days of `full`'s time axis, each with the items it mosaics (duplicates dropped).
     by_day = group_days(items)
@@ -410,27 +409,27 @@ def run(
     template.attrs.update(
         {
             # Credentials in the URL (user:password@, tokens) are never stored.
-            "xs2mask_stac_url": redact_url(where.stac_url),
-            "xs2mask_collections": ",".join(where.collections),
+            "xs2mask_stac_url": redact_url(job.search.stac_url),
+            "xs2mask_collections": ",".join(job.search.collections),
             "xs2mask_items": json.dumps(sorted(i.id for i in used)),
             "xs2mask_radiometry": full.attrs["xs2mask_radiometry"],
         }
     )
     writer = zstore.MaskStore.open(
-        out.out,
+        job.store.out,
         template,
-        mode=out.mode,
+        mode=job.store.mode,
         # Beside the model's own provenance: how reflectance was made from the DNs ("resolution": the
         # pixel size, under the name stores have always recorded it by).
         provenance={"harmonize": job.load.harmonize, "resolution": job.load.pixel_size},
-        storage_options=out.storage_options or None,
-        zarr_format=out.zarr_format,
-        block=out.block,
+        storage_options=job.store.storage_options or None,
+        zarr_format=job.store.zarr_format,
+        block=job.store.block,
     )
     todo = writer.todo()
     log.info(
         "%s: %d of %d slabs to write, %d dates in the store",
-        out.out,
+        job.store.out,
         len(todo),
         len(writer.slabs),
         writer.dates,
@@ -438,7 +437,7 @@ def run(
     started = time.monotonic()
     findings: dict[str, float] = {}
     batch: list[_Pending] = []
-    size = out.batch or writer.batch
+    size = job.store.batch or writer.batch
     loaded: tuple[float, np.datetime64, xr.DataArray, xr.Dataset] | None = None
     for slab in zstore.with_progress(todo, progress):
         day = np.datetime64(slab.date, "D")
@@ -470,10 +469,10 @@ def run(
             ),
         }
     )
-    log.info("%s complete: %d slabs written in %.1f s", out.out, len(todo), time.monotonic() - started)
-    masks = zstore.open_masks(out.out, storage_options=out.storage_options or None)
+    log.info("%s complete: %d slabs written in %.1f s", job.store.out, len(todo), time.monotonic() - started)
+    masks = zstore.open_masks(job.store.out, storage_options=job.store.storage_options or None)
     pixels = sum((s.y.stop - s.y.start) * (s.x.stop - s.x.start) for s in todo)
-    return Outcome(out.out, writer.dates, len(todo), len(writer.slabs), pixels, masks)
+    return Outcome(job.store.out, writer.dates, len(todo), len(writer.slabs), pixels, masks)
 
 
 @dataclass(frozen=True)
