@@ -10,8 +10,8 @@ neighbouring tile; the area is the whole scene less 8 px on each side.
 Each case runs in a fresh Python process (imports not timed; the model is loaded inside the timing in
 both cases), which reports its wall time and its own peak RSS (``resource.getrusage(RUSAGE_SELF)``):
 
-* ``job``: ``mask_stac(Job(..., model="xs2mask-4b"))`` into a fresh local Zarr store, from the search
-  to the finished store (Dask's threaded scheduler);
+* ``job``: ``mask_stac(Job(..., predict=Predict(model="xs2mask-4b")))`` into a fresh local Zarr store, from
+  the search to the finished store (Dask's threaded scheduler);
 * ``predict``: the same items loaded with ``xs2mask.stac.load`` and computed into memory (not timed),
   then ``xs2mask.predict`` on that numpy cube (timed).
 
@@ -55,7 +55,7 @@ def run_case(case: str, url: str, collections: list[str], bbox: list[float], mod
     """Run one case in this (fresh) process; save its mask and return its timings."""
     import xs2mask
     from xs2mask import stac
-    from xs2mask.pipeline import Job, mask_stac
+    from xs2mask.pipeline import Job, Predict, Search, Store, mask_stac
 
     if case == "job":
         store = Path(work) / "job.zarr"
@@ -65,7 +65,8 @@ def run_case(case: str, url: str, collections: list[str], bbox: list[float], mod
         import zarr  # noqa: F401
 
         with harness.Stopwatch() as watch:
-            masks = mask_stac(Job(url, tuple(collections), tuple(bbox), DATETIME, str(store), model=model))
+            search = Search(url, tuple(collections), tuple(bbox), DATETIME)
+            masks = mask_stac(Job(search, Store(str(store)), predict=Predict(model=model)))
         mask = masks["mask"].values
     else:
         items = stac.search(url, collections=collections, bbox=bbox, datetime=DATETIME)

@@ -20,7 +20,7 @@ included), so its peak resident memory is its own:
 * ``e2e-threads``: ``mask_stac(Job(...))`` with Dask's threaded scheduler into a local Zarr store, timed
   from the STAC search to the completed store;
 * ``e2e-cluster``: the same with a ``distributed.LocalCluster(n_workers=2, threads_per_worker=1)`` and
-  its ``Client`` as the default (what ``xs2mask predict --workers 2`` starts); cluster start-up is not
+  its ``Client`` as the default (what ``xs2mask mask-stac --workers 2`` starts); cluster start-up is not
   timed. The peak RSS of each worker process is read from ``/proc/PID/status`` (``VmHWM``) at the end
   and, as a cross-check, sampled every 0.2 s from a thread of the client process;
 * ``model-only``: the same cube loaded with ``xs2mask.stac.load`` and computed into memory (not timed),
@@ -32,7 +32,7 @@ Usage::
         [--cases e2e-threads e2e-cluster model-only] [--model-only-sizes 2048] [--max-busy 0.3] \
         [--block 1024 --batch 2] [--out-md results.md] [--json results.json]
 
-``--block`` and ``--batch`` are passed to ``Job``: with the default block (about 4096 px) every area up
+``--block`` and ``--batch`` are passed to ``Store``: with the default block (about 4096 px) every area up
 to 4096 x 4096 px is one slab per date, so to see whether memory stays flat as the area grows, fix the
 slab (e.g. ``--block 1024 --batch 2``) and compare areas that split into more slabs.
 
@@ -171,7 +171,7 @@ def run_case(
     import zarr  # noqa: F401
 
     import xs2mask
-    from xs2mask.pipeline import Job, mask_stac
+    from xs2mask.pipeline import Job, Load, Predict, Search, Store, mask_stac
     from xs2mask.stac import load, search
 
     if case not in CASES:
@@ -181,7 +181,7 @@ def run_case(
     workers: dict[int, dict[str, Any]] = {}
     if case == "e2e-cluster":
         t = time.perf_counter()
-        # What `xs2mask predict --workers 2` starts: one Dask thread per worker process.
+        # What `xs2mask mask-stac --workers 2` starts: one Dask thread per worker process.
         cluster = distributed.LocalCluster(n_workers=N_WORKERS, threads_per_worker=1)
         client = distributed.Client(cluster)  # the default client from here on
         result["cluster_start_s"] = time.perf_counter() - t
@@ -202,15 +202,10 @@ def run_case(
             ds = xs2mask.predict(cube, model=CATALOGUE_MODEL)  # numpy in: computed now, one block, every core
     else:
         job = Job(
-            url,
-            (COLLECTION,),
-            tuple(bbox),
-            datetime,
-            store,
-            model=CATALOGUE_MODEL,
-            chunks=CHUNK,
-            block=block,
-            batch=batch,
+            Search(url, (COLLECTION,), tuple(bbox), datetime),
+            Store(store, block=block, batch=batch),
+            load=Load(chunks=CHUNK),
+            predict=Predict(model=CATALOGUE_MODEL),
         )
         compute = ComputeClock()
         ctx = dask.config.set(scheduler="threads") if case == "e2e-threads" else contextlib.nullcontext()
@@ -302,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-md", type=Path, help="also write the markdown table to this file")
     harness.add_run_options(parser, CATALOGUE_CACHE, "where catalogues are cached", cases=CASES)
     parser.add_argument(
-        "--block", type=int, help="slab edge in px for the e2e cases (Job.block; default: about 4096)"
+        "--block", type=int, help="slab edge in px for the e2e cases (Store.block; default: about 4096)"
     )
     parser.add_argument(
         "--batch", type=int, help="slabs computed together in the e2e cases (Job.batch; default: auto)"

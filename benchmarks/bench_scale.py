@@ -107,7 +107,7 @@ def cloned_catalogue(base: dict[str, Any], dates: int) -> tuple[list[dict[str, A
 
 
 def graph_case(url: str, bbox: list[float], datetime: str, out: Path) -> dict[str, Any]:
-    from xs2mask.pipeline import Job, mask_stac
+    from xs2mask.pipeline import Job, Predict, Search, Store, mask_stac
 
     marks: list[float] = []
 
@@ -118,7 +118,9 @@ def graph_case(url: str, bbox: list[float], datetime: str, out: Path) -> dict[st
         marks.append(time.perf_counter())
 
     job = Job(
-        url, ("sentinel-2-l2a",), tuple(bbox), datetime, str(out), model=CATALOGUE_MODEL, block=SLAB, batch=1
+        Search(url, ("sentinel-2-l2a",), tuple(bbox), datetime),
+        Store(str(out), block=SLAB, batch=1),
+        predict=Predict(model=CATALOGUE_MODEL),
     )
     probe = GraphProbe()
     start = time.perf_counter()

@@ -15,7 +15,7 @@ import rasterio
 import xarray as xr
 
 import xs2mask
-from xs2mask.io import quicklook
+from xs2mask.export import quicklook
 
 OUT = Path(__file__).parent / "img"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

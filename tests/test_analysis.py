@@ -382,7 +382,7 @@ def test_quicklook_leaves_the_backend_and_pyplot_alone(scene, masks, tmp_path, m
         monkeypatch.setattr(matplotlib, "use", _forbidden)
         figures = plt.get_fignums()
         rgb = scene.sel(band=["B04", "B03", "B02"]).values / 10_000
-        out = xs2mask.io.quicklook(rgb, masks.mask.values, tmp_path / "q.png", title="demo")
+        out = xs2mask.export.quicklook(rgb, masks.mask.values, tmp_path / "q.png", title="demo")
         assert matplotlib.get_backend() == "svg"
         assert plt.get_fignums() == figures
     finally:
@@ -393,6 +393,17 @@ def test_quicklook_leaves_the_backend_and_pyplot_alone(scene, masks, tmp_path, m
 
 
 # --------------------------------------------------------------------------- GeoTIFF
+
+
+def test_the_former_io_module_still_resolves_with_a_warning():
+    from xs2mask import export
+
+    with pytest.warns(
+        DeprecationWarning, match="xs2mask.io is renamed xs2mask.export: use xs2mask.export.to_geotiff"
+    ):
+        assert xs2mask.io.to_geotiff is export.to_geotiff
+    with pytest.raises(AttributeError, match="no_such_name"):
+        _ = xs2mask.io.no_such_name
 
 
 def test_for_raster_writes_nodata_crs_and_dates(series_masks, tmp_path):

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 import xs2mask
 from xs2mask import stac
 from xs2mask.exceptions import BandError, StacError
-from xs2mask.pipeline import Job, mask_stac
+from xs2mask.pipeline import Job, Load, Predict, Search, Store, mask_stac
 
 pytest.importorskip("rustac", reason="rustac (STAC API server) is not installed")
 from support.catalogue import PROVIDERS, Catalogue, build_catalogue, serve, solar_day
@@ -54,7 +54,9 @@ def catalogues(tmp_path_factory):
 
 
 def _job(cat: Catalogue, bbox, datetime: str, out: Path) -> Job:
-    return Job(cat.url, cat.collections, tuple(bbox), datetime, str(out), model=MODEL)
+    return Job(
+        Search(cat.url, cat.collections, tuple(bbox), datetime), Store(str(out)), predict=Predict(MODEL)
+    )
 
 
 def _in_memory(cat: Catalogue, bbox, datetime: str):
@@ -184,8 +186,12 @@ def test_slabs_read_with_their_halo_give_the_masks_of_predict_on_the_whole_day(t
     tiles of two UTM zones, the swath edge and the duplicates' lost rows."""
     with serve(build_catalogue("pc", tmp_path_factory.mktemp("cat_wide"), size=1600)) as cat:
         bbox = cat.bbox_of(8, 8, cat.size - 16, cat.size - 16)
-        job = Job(cat.url, cat.collections, bbox, cat.datetime, str(tmp_path / "m.zarr"), model=MODEL,
-                  chunks=256, block=512)  # fmt: skip
+        job = Job(
+            Search(cat.url, cat.collections, bbox, cat.datetime),
+            Store(str(tmp_path / "m.zarr"), block=512),
+            load=Load(chunks=256),
+            predict=Predict(model=MODEL),
+        )
         written = mask_stac(job, progress=False)
         assert written.sizes["y"] > 2 * 512 + 538  # at least one slab whose window is cut on both sides
         expected = xs2mask.predict(_in_memory(cat, bbox, cat.datetime), model=MODEL).compute()
@@ -265,8 +271,12 @@ def test_tiles_of_another_zone_load_the_same_pixels_for_any_chunks_and_bounds(pr
     reference = whole.compute()
     epsg = whole.rio.crs.to_epsg()
     left, top = float(whole.x[0]) - 5, float(whole.y[0]) + 5
-    for chunks, (r0, r1, c0, c1) in [(96, (0, whole.sizes["y"], 0, whole.sizes["x"])), (128, (37, 301, 250, 490)),
-                                      (1000, (200, whole.sizes["y"], 3, 411))]:  # fmt: skip
+    height, width = whole.sizes["y"], whole.sizes["x"]
+    for chunks, (r0, r1, c0, c1) in [
+        (96, (0, height, 0, width)),
+        (128, (37, 301, 250, 490)),
+        (1000, (200, height, 3, 411)),
+    ]:
         bounds = (left + 10 * c0, top - 10 * r1, left + 10 * c1, top - 10 * r0)
         part = stac.load(items, bounds=bounds, epsg=epsg, chunks=chunks, model=MODEL).values
         np.testing.assert_array_equal(part, reference.values[:, :, r0:r1, c0:c1])
@@ -354,7 +364,7 @@ def test_the_default_model_is_one_the_items_can_feed(catalogues, tmp_path):
     from xs2mask.models import registry
 
     served = catalogues["pc"]
-    job = Job(served.url, served.collections, tuple(served.bbox_of(200, 100, 64, 64)), served.datetime,
-              str(tmp_path / "default.zarr"))  # fmt: skip
+    search = Search(served.url, served.collections, tuple(served.bbox_of(200, 100, 64, 64)), served.datetime)
+    job = Job(search, Store(str(tmp_path / "default.zarr")))
     masks = mask_stac(job, progress=False)
     assert masks.attrs["xs2mask_model"] == registry.resolve_default(["B02", "B03", "B04", "B08"]).name

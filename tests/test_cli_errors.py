@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from xs2mask.checks import check_bbox, check_datetime
-from xs2mask.cli import _in_cli_terms
+from xs2mask.cli import _in_cli_terms, build_parser, main
 from xs2mask.exceptions import InputError, OptionError
 
 GOOD = ["--bbox", "32.84", "-2.57", "32.89", "-2.52", "--datetime", "2024-06-01/2024-06-30"]
@@ -29,7 +29,7 @@ def _xs2mask(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
 
 
 def _predict(url: str, out: str, *extra: str) -> list[str]:
-    args = ["predict", "--stac-url", url, "--collection", "sentinel-2-l2a", "--out", out]
+    args = ["mask-stac", "--stac-url", url, "--collection", "sentinel-2-l2a", "--out", out]
     # Later occurrences win in argparse, so a case can override a good default.
     return [*args, *GOOD, *extra]
 
@@ -61,7 +61,8 @@ PREDICT_CASES = {
     "batch-0": (["--batch", "0"], ["--batch"]),
     "workers-negative": (["--workers", "-2"], ["--workers"]),
     "max-cloud-150": (["--max-cloud", "150"], ["--max-cloud", "at most 100"]),
-    "resolution-negative": (["--resolution", "-20"], ["--resolution"]),
+    "processing-resolution-negative": (["--processing-resolution", "-20"], ["--processing-resolution"]),
+    "former-resolution-negative": (["--resolution", "-20"], ["--resolution"]),
     "bbox-lat-95": (["--bbox", "32.84", "-2.57", "32.89", "95"], ["north 95.0", "-90..90"]),
     "bbox-south-above-north": (["--bbox", "32.84", "-2.52", "32.89", "-2.57"], ["below north"]),
     "bbox-lon-200": (["--bbox", "200", "-2.57", "201", "-2.52"], ["-180..180"]),
@@ -159,6 +160,61 @@ def test_other_commands_user_errors_are_one_line(tmp_path, args, words):
     _assert_one_line_error(_xs2mask(*args, cwd=tmp_path), *words)
 
 
+@pytest.mark.parametrize(
+    "former,current",
+    [
+        (["predict", "--resolution", "20"], ["mask-stac", "--processing-resolution", "20"]),
+        (["mask", "scene.tif", "-o", "m.tif", "--resolution", "20"],
+         ["mask", "scene.tif", "-o", "m.tif", "--processing-resolution", "20"]),
+    ],
+    ids=["predict", "mask"],
+)  # fmt: skip
+def test_former_names_still_work_and_name_their_successors(capsys, former, current):
+    stac = ["--stac-url", "http://x", "--collection", "c", "--out", "m.zarr", *GOOD]
+    extra = stac if current[0] == "mask-stac" else []
+    old = vars(build_parser().parse_args([*former, *extra]))
+    warning = capsys.readouterr().err
+    new = vars(build_parser().parse_args([*current, *extra]))
+    assert capsys.readouterr().err == ""
+    assert old.pop("command") in ("predict", "mask") and new.pop("command") in ("mask-stac", "mask")
+    assert old == new and new["processing_resolution"] == 20
+    assert warning == (
+        "xs2mask: warning: --resolution is now --processing-resolution (the resolution the model runs at; "
+        "the masks keep the input's pixel size)\n"
+    )
+
+
+def test_mask_stac_flags_become_the_typed_job(monkeypatch, tmp_path, capsys):
+    from xs2mask import pipeline
+    from xs2mask.pipeline import Job, Load, Outcome, Predict, Search, Store
+
+    jobs: list[Job] = []
+
+    def run(job, *, progress):
+        jobs.append(job)
+        return Outcome(job.store.out, 1, 0, 1, 0, None)
+
+    monkeypatch.setattr(pipeline, "run", run)
+    out = str(tmp_path / "m.zarr")
+    args = ["mask-stac", "--stac-url", "http://x", "--collection", "a", "--collection", "b", "--out", out,
+            *GOOD, "--max-cloud", "40", "--pixel-size", "20", "--chunks", "512", "--harmonize", "false",
+            "--read-retries", "5", "--read-timeout", "12", "--on-read-error", "nodata", "--append",
+            "--zarr-format", "2", "--batch", "3", "--storage-option", "anon=true", "--model", "xs2mask-4b",
+            "--tta", "2", "--processing-resolution", "60", "--device", "cpu", "--compile",
+            "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    assert jobs == [
+        Job(
+            Search("http://x", ("a", "b"), (32.84, -2.57, 32.89, -2.52), GOOD[-1], max_cloud=40),
+            Store(out, mode="a", zarr_format=2, batch=3, storage_options={"anon": "true"}),
+            load=Load(pixel_size=20, chunks=512, harmonize=False, read_retries=5, read_timeout=12,
+                      on_read_error="nodata"),
+            predict=Predict("xs2mask-4b", tta=2, processing_resolution=60, device="cpu", compile=True),
+        )
+    ]  # fmt: skip
+    assert "nothing to do" in capsys.readouterr().out
+
+
 def test_library_advice_is_given_in_flags():
     message = "pass bands= without it, or harmonize=False, or mode='w' to replace, or device='cpu'"
     assert _in_cli_terms(message) == (
@@ -168,6 +224,7 @@ def test_library_advice_is_given_in_flags():
     said_twice = "Pass mode='a' (--append) to append them, or mode='w' (--overwrite) to replace it."
     assert _in_cli_terms(said_twice) == "Pass --append to append them, or --overwrite to replace it."
     assert _in_cli_terms("pass zarr_format=3 (--zarr-format 3)") == "pass --zarr-format 3"
+    assert _in_cli_terms("or processing_resolution=20") == "or --processing-resolution 20"
 
 
 @pytest.mark.parametrize(

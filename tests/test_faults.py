@@ -20,7 +20,7 @@ import servers
 import xs2mask
 from xs2mask import stac, store
 from xs2mask.exceptions import ReadError, ReadWarning
-from xs2mask.pipeline import Job, mask_stac
+from xs2mask.pipeline import Job, Load, Predict, Search, Store, mask_stac
 
 MODEL = "ukis-csmask-4b-l2a"
 JUNE = "2020-06-01/2020-06-30"  # the 3-date time series of the PC catalogue
@@ -109,9 +109,14 @@ def june_api(stac_pc, flaky, request):
         yield url
 
 
-def _job(stac_pc, url, out, **kw) -> Job:
+def _job(stac_pc, url, out, on_read_error="raise") -> Job:
     # One retry: the fault is persistent here, and each retry waits out GDAL's own back-off too.
-    return Job(url, stac_pc.collections[:1], stac_pc.bbox, JUNE, str(out), model=MODEL, read_retries=1, **kw)
+    return Job(
+        Search(url, stac_pc.collections[:1], stac_pc.bbox, JUNE),
+        Store(str(out)),
+        load=Load(read_retries=1, on_read_error=on_read_error),
+        predict=Predict(MODEL),
+    )
 
 
 def test_pipeline_nodata_on_read_error_is_recorded_then_retried(stac_pc, june_api, cog_server, tmp_path):

@@ -12,7 +12,7 @@ import xs2mask
 from xs2mask.cli import build_parser
 from xs2mask.models import Runtime, get, load
 from xs2mask.models.backends import TorchPredictor, batch_size_for, clear_cache, pin_runtime, pinned
-from xs2mask.pipeline import Job
+from xs2mask.pipeline import Load
 
 torch = pytest.importorskip("torch")
 TORCH_MODEL = "xs2mask-4b-torch"
@@ -77,7 +77,7 @@ def test_cli_and_job_carry_the_scale_options():
         "nodata",
     )
     with pytest.raises(xs2mask.InputError, match="on_read_error"):
-        Job("http://x", ("c",), (0, 0, 1, 1), "2024-06", "m.zarr", on_read_error="skip")
+        Load(on_read_error="skip")
 
 
 @cuda

@@ -26,7 +26,7 @@ from servers import Fault, FaultServer
 
 from xs2mask import classes, stac, store
 from xs2mask.exceptions import ReadError, ReadWarning, StacError
-from xs2mask.pipeline import Job, mask_stac
+from xs2mask.pipeline import Job, Load, Predict, Search, Store, mask_stac
 from xs2mask.redaction import describe, is_secret_param, redact_url
 
 SECRETS = ("pw-S3CRET", "SIGS3CRET", "TOKS3CRET", "AMZS3CRET")
@@ -464,8 +464,8 @@ def test_pipeline_records_and_warns_without_the_signature(stac_pc, flaky, cog_se
     cog_server.kind, cog_server.faults, cog_server.only = "503", -1, bad
     out = tmp_path / "m.zarr"
     with servers.serve_items(items, stac_pc.collection_docs) as url:
-        job = Job(url, stac_pc.collections[:1], stac_pc.bbox, "2020-06-13", str(out), model=MODEL,
-                  read_retries=0, on_read_error="nodata")  # fmt: skip
+        job = Job(Search(url, stac_pc.collections[:1], stac_pc.bbox, "2020-06-13"), Store(str(out)),
+                  load=Load(read_retries=0, on_read_error="nodata"), predict=Predict(MODEL))  # fmt: skip
         with pytest.warns(ReadWarning) as caught:
             mask_stac(job, sign=False)
     with pytest.warns(ReadWarning) as reopened:

@@ -1,4 +1,4 @@
-"""`xs2mask predict`: STAC API (rustac serve) -> lazy cube -> masks -> Zarr (local, S3), end to end."""
+"""`xs2mask mask-stac`: STAC API (rustac serve) -> lazy cube -> masks -> Zarr (local, S3), end to end."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import xs2mask
 from xs2mask import stac
 from xs2mask.cli import main
 from xs2mask.exceptions import RadiometryWarning
-from xs2mask.pipeline import Job, mask_stac
+from xs2mask.pipeline import Job, Load, Predict, Search, Store, mask_stac
 
 MODEL = "ukis-csmask-4b-l2a"
 JUNE = "2020-06-01/2020-06-30"  # the 3-date time series of the PC catalogue
@@ -26,7 +26,7 @@ JUNE = "2020-06-01/2020-06-30"  # the 3-date time series of the PC catalogue
 
 def _args(cat, out, *extra, datetime=JUNE, bbox=None):
     return [
-        "predict",
+        "mask-stac",
         "--stac-url", cat.url,
         "--collection", cat.collections[0],
         "--bbox", *map(str, bbox or cat.bbox),
@@ -69,7 +69,7 @@ def test_cli_writes_the_same_masks_as_predict_in_memory(tmp_path, stac_pc, expec
 
 def test_processing_resolution_is_passed_to_the_engine(tmp_path, stac_pc):
     out = tmp_path / "20m.zarr"
-    assert main([*_args(stac_pc, out, datetime="2020-06-03"), "--resolution", "20"]) == 0
+    assert main([*_args(stac_pc, out, datetime="2020-06-03"), "--processing-resolution", "20"]) == 0
     masks = xs2mask.open_masks(str(out))
     assert masks.attrs["xs2mask_processing_resolution"] == 20
     assert float(abs(masks.x[1] - masks.x[0])) == 10  # run at 20 m, returned on the 10 m grid
@@ -115,8 +115,12 @@ def test_signing_happens_per_day_and_again_when_old(tmp_path, stac_pc, monkeypat
         return item
 
     def run(name):
-        job = Job(stac_pc.url, ("sentinel-2-l2a",), stac_pc.bbox, "2020-06-03", str(tmp_path / name),
-                  model=MODEL, chunks=256, block=256)  # fmt: skip
+        job = Job(
+            Search(stac_pc.url, ("sentinel-2-l2a",), stac_pc.bbox, "2020-06-03"),
+            Store(str(tmp_path / name), block=256),
+            load=Load(chunks=256),
+            predict=Predict(MODEL),
+        )
         return len(mask_stac(job, sign=sign).attrs["xs2mask_done"])
 
     # The day's cube is built (and signed) once and sliced per slab ...
@@ -141,7 +145,10 @@ def test_metadata_that_lies_is_reported(tmp_path, stac_es):
     truth = stac_es.truth_of("lying")
     day = truth.datetime[:10]
     job = Job(
-        stac_es.url, ("sentinel-2-l2a",), truth.bbox, day, str(tmp_path / "l.zarr"), model=MODEL, chunks=256
+        Search(stac_es.url, ("sentinel-2-l2a",), truth.bbox, day),
+        Store(str(tmp_path / "l.zarr")),
+        load=Load(chunks=256),
+        predict=Predict(MODEL),
     )
     with pytest.warns(RadiometryWarning, match=truth.item_id):
         mask_stac(job)
@@ -170,7 +177,7 @@ def test_max_cloud_skips_cloudy_items(tmp_path, stac_pc):
 
 def test_unreachable_stac_api(tmp_path, unreachable_url, capsys):
     out = tmp_path / "x.zarr"
-    args = ["predict", "--stac-url", unreachable_url, "--collection", "sentinel-2-l2a",
+    args = ["mask-stac", "--stac-url", unreachable_url, "--collection", "sentinel-2-l2a",
             "--bbox", "0", "0", "1", "1", "--datetime", JUNE, "--out", str(out)]  # fmt: skip
     assert main(args) == 2
     assert f"the STAC API at {unreachable_url} failed" in capsys.readouterr().err
@@ -200,7 +207,7 @@ def test_rerun_with_other_options_is_refused_and_a_rerun_with_nothing_to_do_says
     for extra, named in [
         (["--tta", "2"], "tta: stored 0, new 2"),
         (["--harmonize", "false"], "harmonize: stored 'auto', new False"),
-        (["--resolution", "20"], "processing_resolution: stored 'input', new 20"),
+        (["--processing-resolution", "20"], "processing_resolution: stored 'input', new 20"),
     ]:
         assert main([*_args(stac_pc, out, datetime="2020-06-03"), *extra]) == 2
         err = capsys.readouterr().err
@@ -248,3 +255,50 @@ def test_killed_cli_job_resumes_to_identical_masks(tmp_path, stac_pc, expected):
     masks = xs2mask.open_masks(str(out))
     np.testing.assert_array_equal(masks.mask.values, expected.mask.values)
     assert Path(out).is_dir()
+
+
+# --------------------------------------------------------------------------- the typed job
+
+URL = "http://127.0.0.1:1"
+BERLIN = (13.3, 52.4, 13.5, 52.6)
+
+
+@pytest.mark.parametrize(
+    "make,field",
+    [
+        (lambda: Search(URL, (), BERLIN, "2024-06"), "collections"),
+        (lambda: Search(URL, "c", (13.3, 52.4, 13.5, 95), "2024-06"), "bbox"),
+        (lambda: Search(URL, "c", BERLIN, "June"), "datetime"),
+        (lambda: Search(URL, "c", BERLIN, "2024-06", max_cloud=101), "max_cloud"),
+        (lambda: Load(pixel_size=0), "pixel_size"),
+        (lambda: Load(chunks=0), "chunks"),
+        (lambda: Load(harmonize="yes"), "harmonize"),
+        (lambda: Load(read_retries=-1), "read_retries"),
+        (lambda: Load(read_timeout=float("nan")), "read_timeout"),
+        (lambda: Load(on_read_error="skip"), "on_read_error"),
+        (lambda: Predict(tta=8), "tta"),
+        (lambda: Predict(processing_resolution=-20), "processing_resolution"),
+        (lambda: Store("m.zarr", mode="r"), "mode"),
+        (lambda: Store("m.zarr", zarr_format=4), "zarr_format"),
+        (lambda: Store("m.zarr", block=0), "block"),
+        (lambda: Store("m.zarr", batch=1.5), "batch"),
+    ],
+)
+def test_each_option_is_checked_when_made_and_named(make, field):
+    with pytest.raises(xs2mask.XS2MaskError, match=field):
+        make()
+
+
+def test_options_take_their_canonical_form():
+    search = Search(URL, "sentinel-2-l2a", [13.3, 52.4, 13.5, 52.6], " 2024-06 ", max_cloud=np.int64(40))
+    assert (search.collections, search.bbox, search.datetime) == (("sentinel-2-l2a",), BERLIN, "2024-06")
+    assert search.max_cloud == 40.0 and isinstance(search.max_cloud, float)
+    assert Load(pixel_size=np.float32(20), chunks=np.int64(512)) == Load(pixel_size=20.0, chunks=512)
+    job = Job(search, Store("m.zarr"))
+    assert (job.load, job.predict) == (Load(), Predict())
+    assert (job.load.pixel_size, job.predict.processing_resolution) == (10.0, None)
+
+
+def test_a_job_of_untyped_parts_is_refused_with_the_parts_named():
+    with pytest.raises(xs2mask.InputError, match=r"store must be a Store, got 'm.zarr'.*Store\(out\)"):
+        Job(Search(URL, "c", BERLIN, "2024-06"), "m.zarr")  # type: ignore[arg-type]

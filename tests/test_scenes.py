@@ -30,7 +30,7 @@ import xs2mask
 from xs2mask import cli
 from xs2mask.bands import BAND_NAMES
 from xs2mask.exceptions import BandError, InputError, RadiometryWarning
-from xs2mask.scenes import band_from_name, read_scene
+from xs2mask.scenes import band_from_name, mask_scene, read_scene
 
 UKIS4 = "ukis-csmask-4b-l2a"
 N0400 = "S2B_MSIL1C_20220615T101559_N0400_R065_T32UPC_20220615T122549"
@@ -419,7 +419,37 @@ def test_band_from_name():
     assert band_from_name("B02_B03.tif") is None  # ambiguous
 
 
-# --------------------------------------------------------------------------- xs2mask mask
+# --------------------------------------------------------------------------- mask_scene, xs2mask mask
+
+
+@needs_ukis
+def test_mask_scene_writes_and_returns_the_mask_of_predict(chip_tif, tmp_path):
+    out = tmp_path / "new" / "mask.tif"
+    done = mask_scene(chip_tif, out, model=UKIS4, offset=0)
+    expected = xs2mask.predict(read_scene(chip_tif, offset=0), model=UKIS4).mask.values
+    assert done.out == out and done.source == chip_tif
+    assert (done.model, done.bands) == (UKIS4, ("B02", "B03", "B04", "B08"))
+    assert "offset=0 DN given by the user" in done.radiometry
+    np.testing.assert_array_equal(done.mask.values, expected)
+    with rasterio.open(out) as dst:
+        np.testing.assert_array_equal(dst.read(1), expected)
+        assert float(dst.tags()["PCT_CLEAR"]) == done.percentages["clear"]
+
+
+@needs_ukis
+def test_mask_scene_refuses_to_overwrite_unless_told_and_never_the_input(chip_tif, tmp_path):
+    out = tmp_path / "mask.tif"
+    out.write_bytes(b"a user's file")
+    with pytest.raises(InputError, match=r"refusing to overwrite .*pass overwrite=True"):
+        mask_scene(chip_tif, out, model=UKIS4, offset=0)
+    assert out.read_bytes() == b"a user's file"
+    with pytest.raises(InputError, match="is the input itself"):
+        mask_scene(chip_tif, chip_tif, model=UKIS4, offset=0, overwrite=True)
+    with pytest.raises(InputError, match="is a folder"):
+        mask_scene(chip_tif, tmp_path, model=UKIS4, offset=0, overwrite=True)
+    assert mask_scene(chip_tif, out, model=UKIS4, offset=0, overwrite=True).out == out
+    with rasterio.open(out) as dst:
+        assert dst.shape == (192, 256) and dst.nodata == 255
 
 
 @needs_ukis
@@ -445,7 +475,7 @@ def test_cli_refuses_to_overwrite(chip_tif, tmp_path, capsys):
     assert cli.main(args) == 2
     assert "refusing to overwrite" in capsys.readouterr().err
     assert out.read_bytes() == b"a user's file"
-    assert cli.main([*args, "--overwrite", "--chunks", "128", "--resolution", "20"]) == 0
+    assert cli.main([*args, "--overwrite", "--chunks", "128", "--processing-resolution", "20"]) == 0
     with rasterio.open(out) as dst:
         assert dst.shape == (192, 256) and dst.nodata == 255
 

@@ -255,21 +255,25 @@ def test_a_day_mixing_one_and_two_tile_mosaics_loads(stac_pc):
 
 @pytest.mark.parametrize(("catalogue", "max_cloud"), [("stac_pc", None), ("stac_pc", 50), ("stac_es", None)])
 def test_the_job_masks_the_whole_served_range(request, tmp_path, catalogue, max_cloud):
-    # `xs2mask predict` as tests/servers.py suggests it: the whole range, with and without a cloud
+    # `xs2mask mask-stac` as tests/servers.py suggests it: the whole range, with and without a cloud
     # limit that drops one tile of a pair and the only item of a day. Each day is reloaded on its own
     # per slab; the store must equal the masks of one full load.
     import xs2mask
-    from xs2mask.pipeline import Job, mask_stac
+    from xs2mask.pipeline import Job, Load, Predict, Search, Store, mask_stac
 
     cat = request.getfixturevalue(catalogue)
     collection = cat.collections[0]
-    job = Job(cat.url, (collection,), cat.bbox, cat.datetime, str(tmp_path / "m.zarr"), model="xs2mask-4b",
-              max_cloud=max_cloud, chunks=256)  # fmt: skip
+    job = Job(
+        Search(cat.url, (collection,), cat.bbox, cat.datetime, max_cloud=max_cloud),
+        Store(str(tmp_path / "m.zarr")),
+        load=Load(chunks=256),
+        predict=Predict("xs2mask-4b"),
+    )
     masks = mask_stac(job)
     found = stac.search(cat.url, collections=collection, bbox=cat.bbox, datetime=cat.datetime)
     kept = [i for i in found if max_cloud is None or i.properties["eo:cloud_cover"] <= max_cloud]
     assert len(kept) < len(found) or max_cloud is None
-    model = job.model
+    model = job.predict.model
     expected = xs2mask.predict(stac.load(kept, bounds_latlon=cat.bbox, model=model), model=model)
     assert _days(masks) == [str(d) for d in stac.group_days(kept)] == _days(expected)
     np.testing.assert_array_equal(masks.mask.values, expected.mask.values)

@@ -16,7 +16,10 @@ try:
 except PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0+unknown"
 
-from . import accessor, analysis, classes, data, io, models, plotting, radiometry, stac, store
+from . import accessor, analysis, classes, data, export, models, plotting, radiometry, stac, store
+
+# The deprecated name of export: xs2mask.io.write_geotiff still resolves (with a DeprecationWarning).
+from . import io as io
 from .analysis import apply_mask, clear_fraction, composite
 from .evaluation import ClassScores, Scores, combine, evaluate
 from .exceptions import (
@@ -65,7 +68,7 @@ __all__ = [
     "composite",
     "data",
     "evaluate",
-    "io",
+    "export",
     "models",
     "open_masks",
     "plotting",

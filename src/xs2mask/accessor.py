@@ -8,7 +8,7 @@ from typing import Any
 
 import xarray as xr
 
-from . import analysis, inference, io, plotting, store
+from . import analysis, export, inference, plotting, store
 
 
 def _method(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -37,8 +37,8 @@ class _S2MaskAccessor:
     usable = _method(analysis.usable)
     clear_fraction = _method(analysis.clear_fraction)
     plot = _method(plotting.plot_masks)
-    for_raster = _method(io.for_raster)
-    to_geotiff = _method(io.to_geotiff)
+    for_raster = _method(export.for_raster)
+    to_geotiff = _method(export.to_geotiff)
 
 
 xr.register_dataarray_accessor("s2mask")(_S2MaskAccessor)

@@ -11,6 +11,7 @@ import math
 import numbers
 import re
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from .exceptions import InputError, OptionError
 
@@ -126,3 +127,40 @@ def check_real(name: str, value: object, within: Callable[[float], bool], what: 
         if math.isfinite(number) and within(number):
             return number
     raise OptionError(f"{name} must be {what}, got {value!r}")
+
+
+def check_scene_paths(
+    source: str | Path,
+    out: str | Path,
+    *,
+    overwrite: bool,
+    out_name: str = "out",
+    overwrite_hint: str = "overwrite=True",
+) -> tuple[Path, Path]:
+    """Check a one-scene job's paths: the input exists; the output file is neither a folder, nor the
+    input (even with ``overwrite``), nor an existing file (unless ``overwrite``).
+
+    ``out_name`` and ``overwrite_hint`` are how the caller names the output and the way out
+    (the command line says ``-o`` and ``--overwrite``).
+
+    Examples
+    --------
+    >>> check_scene_paths("/", "/", overwrite=True)
+    Traceback (most recent call last):
+    ...
+    xs2mask.exceptions.InputError: out / is a folder: give the mask's file name, e.g. out /mask.tif
+    """
+    source, out = Path(source), Path(out)
+    if not source.exists():
+        raise InputError(
+            f"the input {source} does not exist: give a .SAFE folder, a folder of band files or a GeoTIFF"
+        )
+    if out.is_dir():
+        raise InputError(
+            f"{out_name} {out} is a folder: give the mask's file name, e.g. {out_name} {out / 'mask.tif'}"
+        )
+    if out.exists() and out.resolve() == source.resolve():
+        raise InputError(f"{out_name} {out} is the input itself: choose another output name")
+    if out.exists() and not overwrite:
+        raise InputError(f"refusing to overwrite {out}: pass {overwrite_hint}, or choose another {out_name}")
+    return source, out

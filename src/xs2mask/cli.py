@@ -7,9 +7,15 @@ Examples
 ``xs2mask models download NAME``  fetch downloadable weights ahead of time (``--model-dir DIR``)
 ``xs2mask models convert clouds2mask PATH``  CloudS2Mask pickles -> ONNX + safetensors (once)
 ``xs2mask train --config FILE``   train a model (configs/xs2mask-4b.toml)
-``xs2mask mask SCENE -o MASK.tif``  mask one scene given as files (.SAFE, band folder, GeoTIFF)
-``xs2mask predict --stac-url URL --collection C --bbox W S E N --datetime A/B --out STORE``
-                                  mask a STAC search into Zarr (resumable, appendable)
+``xs2mask mask SCENE -o MASK.tif``  mask one scene given as files (.SAFE, band folder, GeoTIFF):
+                                  :func:`xs2mask.scenes.mask_scene`
+``xs2mask mask-stac --stac-url URL --collection C --bbox W S E N --datetime A/B --out STORE``
+                                  mask a STAC search into Zarr (resumable, appendable):
+                                  :func:`xs2mask.pipeline.mask_stac`; ``predict`` is its former name
+
+``--processing-resolution`` is the resolution a model runs at (the masks keep the input's grid);
+``--pixel-size`` is the pixel size of the masks ``mask-stac`` writes. ``--resolution``, the former name
+of ``--processing-resolution``, still works and says so.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Literal, NoReturn, cast
 
 from . import __version__
 from .exceptions import InputError, XS2MaskError
@@ -30,7 +36,7 @@ from .exceptions import InputError, XS2MaskError
 
 def _demo(args: argparse.Namespace) -> int:
     from . import data, predict
-    from .io import class_percentages, quicklook, write_geotiff
+    from .export import class_percentages, quicklook, write_geotiff
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -101,75 +107,66 @@ def _models_convert(args: argparse.Namespace) -> int:
 
 
 def _mask_scene(args: argparse.Namespace) -> int:
-    import dask
+    from .scenes import mask_scene
 
-    from . import models, predict
-    from .io import class_percentages, write_geotiff
-    from .radiometry import check_reflectance, negative_fraction
-    from .scenes import read_scene
-
-    source, out = Path(args.input), Path(args.out)
-    # Lazy read: predict selects the bands its model needs, so only those files are decoded.
-    cube = read_scene(source, bands=args.bands, resolution=None, chunks=args.chunks, offset=args.offset)
-    res = abs(cube.rio.resolution()[0])
-    print(
-        f"scene: {source}  {cube.sizes['y']} x {cube.sizes['x']} px at {res:g} m, {cube.rio.crs}, "
-        f"bands {' '.join(map(str, cube.band.values))}"
-    )
-    print(f"radiometry: {cube.attrs['xs2mask_radiometry']}")
-    start = time.perf_counter()
-    ds = predict(
-        cube,
+    done = mask_scene(
+        args.input,
+        args.out,
         model=args.model,
+        bands=args.bands,
+        offset=args.offset,
+        processing_resolution=args.processing_resolution,
         tta=args.tta,
         device=args.device,
-        processing_resolution=args.processing_resolution,
+        chunks=args.chunks,
+        overwrite=args.overwrite,
     )
-    used = list(
-        dict.fromkeys(b for name in ds.attrs["xs2mask_model"].split(",") for b in models.get(name).bands)
+    mask = done.mask
+    res = abs(mask.rio.resolution()[0])
+    print(
+        f"scene: {done.source}  {mask.sizes['y']} x {mask.sizes['x']} px at {res:g} m, {mask.rio.crs}, "
+        f"bands {' '.join(done.bands)}"
     )
-    # One pass over the files: the radiometry check shares the reads with the model.
-    mask, fraction = dask.compute(ds.mask, negative_fraction(cube.sel(band=used)))
-    seconds = time.perf_counter() - start
-    check_reflectance(fraction, label=str(source))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_geotiff(mask, out)
-    attrs = ds.attrs
-    print(f"model: {attrs['xs2mask_model']} ({attrs['xs2mask_model_licence']}) on {attrs['xs2mask_device']}")
-    print(f"masked {mask.size / 1e6:.2f} Mpx in {seconds:.1f} s")
-    for name, pct in class_percentages(mask.values).items():
+    print(f"radiometry: {done.radiometry}")
+    print(f"model: {done.model} ({done.licence}) on {done.device}")
+    print(f"masked {mask.size / 1e6:.2f} Mpx in {done.seconds:.1f} s")
+    for name, pct in done.percentages.items():
         print(f"  {name:<13} {pct:6.2f} %")
-    print(f"wrote {out}")
+    print(f"wrote {done.out}")
     return 0
 
 
-def _predict(args: argparse.Namespace) -> int:
+def _mask_stac(args: argparse.Namespace) -> int:
     from contextlib import ExitStack
 
-    from .pipeline import Job, run
+    from .pipeline import Job, Load, Predict, Search, Store, run
 
     job = Job(
-        stac_url=args.stac_url,
-        collections=tuple(args.collection),
-        bbox=tuple(args.bbox),
-        datetime=args.datetime,
-        out=args.out,
-        model=args.model,
-        resolution=args.pixel_size,
-        processing_resolution=args.processing_resolution,
-        max_cloud=args.max_cloud,
-        chunks=args.chunks,
-        harmonize={"auto": "auto", "true": True, "false": False}[args.harmonize],
-        tta=args.tta,
-        device=args.device,
-        mode="w" if args.overwrite else "a" if args.append else "w-",
-        zarr_format=args.zarr_format,
-        batch=args.batch,
-        storage_options=dict(args.storage_option),
-        read_retries=args.read_retries,
-        read_timeout=args.read_timeout,
-        on_read_error=args.on_read_error,
-        compile=args.compile,
+        Search(
+            args.stac_url, tuple(args.collection), tuple(args.bbox), args.datetime, max_cloud=args.max_cloud
+        ),
+        Store(
+            args.out,
+            mode="w" if args.overwrite else "a" if args.append else "w-",
+            zarr_format=args.zarr_format,
+            batch=args.batch,
+            storage_options=dict(args.storage_option),
+        ),
+        load=Load(
+            pixel_size=args.pixel_size,
+            chunks=args.chunks,
+            harmonize=_HARMONIZE[args.harmonize],
+            read_retries=args.read_retries,
+            read_timeout=args.read_timeout,
+            on_read_error=args.on_read_error,
+        ),
+        predict=Predict(
+            model=args.model,
+            tta=args.tta,
+            processing_resolution=args.processing_resolution,
+            device=args.device,
+            compile=args.compile,
+        ),
     )
     start = time.perf_counter()
     with ExitStack() as stack:
@@ -180,12 +177,12 @@ def _predict(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     masks = outcome.masks
     if not outcome.written:
-        print(f"nothing to do: {job.out} already holds these {outcome.dates} dates, complete")
+        print(f"nothing to do: {outcome.store} already holds these {outcome.dates} dates, complete")
         return 0
     # The rate counts what this run wrote, not what an earlier run left in the store.
     n_px = outcome.pixels
     print(
-        f"wrote {job.out}: {outcome.written} of {outcome.slabs} slabs; the store holds {outcome.dates} "
+        f"wrote {outcome.store}: {outcome.written} of {outcome.slabs} slabs; the store holds {outcome.dates} "
         f"dates x {masks.sizes['y']} x {masks.sizes['x']} px, masked with {masks.attrs['xs2mask_model']}, "
         f"in {seconds:.1f} s ({n_px / seconds / 1e6:.2f} Mpx/s)"
     )
@@ -194,6 +191,9 @@ def _predict(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- argument checks
 # Every check runs before any network request or computation: a typo costs nothing.
+
+# --harmonize's words, as Load.harmonize takes them.
+_HARMONIZE: dict[str, bool | Literal["auto"]] = {"auto": "auto", "true": True, "false": False}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -258,7 +258,7 @@ def _check_writable(path: Path, flag: str) -> None:
         )
 
 
-def _check_predict_args(args: argparse.Namespace) -> None:
+def _check_mask_stac_args(args: argparse.Namespace) -> None:
     from .checks import check_bbox
 
     if args.workers and args.scheduler:
@@ -274,19 +274,12 @@ def _check_predict_args(args: argparse.Namespace) -> None:
 
 
 def _check_mask_args(args: argparse.Namespace) -> None:
-    # Checked before the (long) run, and again by nothing later: a file that appears meanwhile is
-    # the user's own doing. The input itself is never a valid output, even with --overwrite.
-    source, out = Path(args.input), Path(args.out)
-    if not source.exists():
-        raise InputError(
-            f"the input {source} does not exist: give a .SAFE folder, a folder of band files or a GeoTIFF"
-        )
-    if out.is_dir():
-        raise InputError(f"-o {out} is a folder: give the mask's file name, e.g. -o {out / 'mask.tif'}")
-    if out.exists() and out.resolve() == source.resolve():
-        raise InputError(f"-o {out} is the input itself: choose another output name")
-    if out.exists() and not args.overwrite:
-        raise InputError(f"refusing to overwrite {out}: pass --overwrite, or choose another -o")
+    from .checks import check_scene_paths
+
+    # mask_scene checks the same again, in its own words; here the messages name the flags.
+    _, out = check_scene_paths(
+        args.input, args.out, overwrite=args.overwrite, out_name="-o", overwrite_hint="--overwrite"
+    )
     _check_writable(out, "-o")
 
 
@@ -306,7 +299,8 @@ _FLAGS = {
     "device": "--device",
     "dtype": "--dtype",
     "tta": "--tta",
-    "processing_resolution": "--resolution",
+    "processing_resolution": "--processing-resolution",
+    "pixel_size": "--pixel-size",
     "model_dir": "--model-dir",
     "zarr_format": "--zarr-format",
     "on_read_error": "--on-read-error",
@@ -364,6 +358,18 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Renamed(argparse.Action):
+    """A flag's former name: still works, and says the new name on stderr."""
+
+    def __init__(self, option_strings: list[str], dest: str, *, new: str, why: str, **kwargs) -> None:
+        self.new, self.why = new, why
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"xs2mask: warning: {option_string} is now {self.new} ({self.why})", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
 def _add_model_options(parser: argparse.ArgumentParser, *, resolution: bool = True) -> None:
     """The model options every masking command shares, with one meaning everywhere."""
     parser.add_argument(
@@ -371,13 +377,21 @@ def _add_model_options(parser: argparse.ArgumentParser, *, resolution: bool = Tr
     )
     if resolution:
         parser.add_argument(
-            "--resolution",
             "--processing-resolution",
-            dest="processing_resolution",
             type=_positive,
             default=None,
             metavar="M",
             help="run the model at this resolution in metres (10, 20, 60); the mask keeps the input grid",
+        )
+        # The former name, ambiguous beside --pixel-size: still accepted, not listed.
+        parser.add_argument(
+            "--resolution",
+            dest="processing_resolution",
+            type=_positive,
+            action=_Renamed,
+            new="--processing-resolution",
+            why="the resolution the model runs at; the masks keep the input's pixel size",
+            help=argparse.SUPPRESS,
         )
     parser.add_argument("--tta", type=_number(int, 0, 7), default=0, help="test-time augmentation passes 0-7")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
@@ -395,10 +409,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     pred = sub.add_parser(
-        "predict",
-        help="mask a STAC search (area x dates) into a Zarr store",
-        description="Search a STAC API, mask every scene found and write the masks to Zarr. "
-        "Rerunning an interrupted job completes it; --append adds new dates.",
+        "mask-stac",
+        # The subcommand's first name: `xs2mask.predict` masks an array, this a whole STAC search.
+        aliases=["predict"],
+        help="mask a STAC search (area x dates) into a Zarr store (formerly 'predict')",
+        description="Search a STAC API, mask every scene found and write the masks to Zarr "
+        "(xs2mask.pipeline.mask_stac). Rerunning an interrupted job completes it; --append adds new dates.",
     )
     pred.add_argument("--stac-url", required=True, help="STAC API root URL")
     pred.add_argument("--collection", required=True, action="append", help="collection id (repeatable)")
@@ -409,14 +425,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--datetime", required=True, type=_datetime, help="date range, e.g. 2024-06-01/2024-06-30"
     )
     pred.add_argument("--out", required=True, help="Zarr store: a path or an fsspec URL (s3://...)")
-    pred.add_argument("--pixel-size", type=_positive, default=10, help="pixel size of the masks in metres")
+    pred.add_argument(
+        "--pixel-size",
+        type=_positive,
+        default=10,
+        metavar="M",
+        help="pixel size of the masks in metres (default 10); the model's is --processing-resolution",
+    )
     pred.add_argument(
         "--max-cloud", type=_number(float, 0, 100), default=None, help="skip items above this cloud cover %%"
     )
     pred.add_argument(
         "--chunks", type=_positive_int, default=2048, help="chunk size in pixels (default 2048)"
     )
-    pred.add_argument("--harmonize", choices=("auto", "true", "false"), default="auto")
+    pred.add_argument("--harmonize", choices=tuple(_HARMONIZE), default="auto")
     pred.add_argument("--workers", type=_count, default=0, help="start a local Dask cluster of N workers")
     pred.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
     pred.add_argument("--zarr-format", type=int, choices=(2, 3), default=None)
@@ -454,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--compile", action="store_true", help="torch.compile torch models (GPU)")
     pred.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_model_options(pred)
-    pred.set_defaults(func=_predict, check=_check_predict_args)
+    pred.set_defaults(func=_mask_stac, check=_check_mask_stac_args)
 
     trn = sub.add_parser("train", help="train a model from a TOML config (see configs/)")
     trn.add_argument("--config", required=True, help="TOML file: bands, architecture, stages")
@@ -487,7 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
         "mask",
         help="mask one scene given as files (.SAFE, folder of band files, multi-band GeoTIFF)",
         description="Mask one Sentinel-2 scene read from files and write the mask as a GeoTIFF "
-        "(COG, colour table, nodata 255) on the grid of the input's finest band.",
+        "(COG, colour table, nodata 255) on the grid of the input's finest band "
+        "(xs2mask.scenes.mask_scene).",
     )
     msk.add_argument("input", help=".SAFE folder (L1C or L2A), folder of band files, or multi-band GeoTIFF")
     msk.add_argument("-o", "--out", required=True, help="mask GeoTIFF to write")
@@ -511,7 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _accept_debug_anywhere(parser: argparse.ArgumentParser) -> None:
     """``--debug`` also after a subcommand; SUPPRESS keeps a subcommand from resetting the flag."""
     for action in parser._subparsers._group_actions if parser._subparsers else []:
-        for child in action.choices.values():
+        # An aliased subcommand is one parser under several names: visit it once.
+        for child in dict.fromkeys(cast(dict[str, argparse.ArgumentParser], action.choices).values()):
             child.add_argument(
                 "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
             )
@@ -542,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"xs2mask: error: {_in_cli_terms(_one_line(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("xs2mask: interrupted; rerun the same command to resume a predict job", file=sys.stderr)
+        print("xs2mask: interrupted; rerun the same command to resume a mask-stac job", file=sys.stderr)
         return 130
     except Exception as err:
         if args.debug:

@@ -1,10 +1,11 @@
 """The end-to-end job: STAC search -> lazy reflectance cube -> masks -> Zarr, slab by slab.
 
-:func:`run` is what ``xs2mask predict`` runs (:func:`mask_stac` returns its
-masks). It searches once, builds the whole output grid lazily (nothing is read)
-and opens the store with :class:`xs2mask.store.MaskStore` (which checks an
-existing store's provenance, grid and dates); then
-each day's items are reloaded with freshly signed URLs (again when a day takes
+:func:`run` is what ``xs2mask mask-stac`` runs (:func:`mask_stac` returns its
+masks); a :class:`Job` holds its checked options in four parts: :class:`Search`,
+:class:`Load`, :class:`Predict` and :class:`Store`. It searches once, builds the
+whole output grid lazily (nothing is read) and opens the store with
+:class:`xs2mask.store.MaskStore` (which checks an existing store's provenance, grid
+and dates); then each day's items are reloaded with freshly signed URLs (again when a day takes
 longer than the signatures last) into one lazy cube, and each slab (one day x
 one spatial block) is a slice of it: predicted, written and recorded, so a slab's
 graph is built in the same time whatever the area. A rerun of an interrupted job
@@ -23,8 +24,8 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import xarray as xr
@@ -42,53 +43,295 @@ log = logging.getLogger("xs2mask")
 _RESIGN_AFTER_S = 30 * 60
 
 
+def _positive(value: float) -> bool:
+    return value > 0
+
+
 @dataclass(frozen=True)
-class Job:
-    """What to mask and where to write it (the CLI's arguments, validated).
+class Search:
+    """Which STAC items to mask (``--stac-url``, ``--collection``, ``--bbox``, ``--datetime``,
+    ``--max-cloud``), checked when made, before any request.
+
+    Parameters
+    ----------
+    stac_url
+        The STAC API root.
+    collections
+        Collection ids (one may be given as a string).
+    bbox
+        West, south, east, north in degrees (:func:`xs2mask.checks.check_bbox`).
+    datetime
+        One date or a range, e.g. ``"2024-06-01/2024-06-30"`` (:func:`xs2mask.checks.check_datetime`).
+    max_cloud
+        Skip items whose ``eo:cloud_cover`` is above this percentage.
 
     Examples
     --------
-    >>> job = Job("http://127.0.0.1:8080", ("sentinel-2-l2a",), (13.3, 52.4, 13.5, 52.6), "2024-06", "m.zarr")
-    >>> job.resolution
-    10.0
+    >>> search = Search("https://earth-search.aws.element84.com/v1", "sentinel-2-l2a",
+    ...                 [13.3, 52.4, 13.5, 52.6], "2024-06", max_cloud=60)
+    >>> search.collections, search.bbox
+    (('sentinel-2-l2a',), (13.3, 52.4, 13.5, 52.6))
     """
 
     stac_url: str
     collections: tuple[str, ...]
     bbox: tuple[float, float, float, float]
     datetime: str
-    out: str
-    model: str = "default"
-    resolution: float = 10.0
-    processing_resolution: float | None = None
     max_cloud: float | None = None
+
+    def __post_init__(self) -> None:
+        from .checks import check_bbox, check_datetime, check_real
+
+        # One collection may be given as a plain string.
+        names = (self.collections,) if isinstance(self.collections, str) else tuple(self.collections)
+        if not names or not all(isinstance(n, str) and n for n in names):
+            raise InputError(
+                f"collections must name at least one STAC collection, got {self.collections!r}; "
+                "e.g. ('sentinel-2-l2a',)"
+            )
+        object.__setattr__(self, "collections", names)
+        object.__setattr__(self, "bbox", check_bbox(self.bbox))
+        object.__setattr__(self, "datetime", check_datetime(self.datetime))
+        if self.max_cloud is not None:
+            cloud = check_real("max_cloud", self.max_cloud, lambda v: 0 <= v <= 100, "a percentage in 0..100")
+            object.__setattr__(self, "max_cloud", cloud)
+
+
+@dataclass(frozen=True)
+class Load:
+    """How the items become a reflectance cube (``--pixel-size``, ``--chunks``, ``--harmonize``,
+    ``--read-retries``, ``--read-timeout``, ``--on-read-error``).
+
+    Parameters
+    ----------
+    pixel_size
+        Pixel size of the cube, and so of the masks, in metres. The model may run at another
+        resolution: :attr:`Predict.processing_resolution`.
+    chunks
+        Dask chunk edge in pixels.
+    harmonize
+        Remove the processing-baseline 04.00 offset: ``"auto"``, ``True`` or ``False``
+        (:func:`xs2mask.stac.load`).
+    read_retries, read_timeout
+        Retries of a failing read, and seconds per HTTP request (:mod:`xs2mask.reading`).
+    on_read_error
+        When a slab's reads still fail: ``"raise"`` stops the job with
+        :class:`~xs2mask.exceptions.ReadError`, ``"nodata"`` writes the slab as no-data and lists it
+        in the store.
+
+    Examples
+    --------
+    >>> Load(pixel_size=20, on_read_error="nodata").pixel_size
+    20.0
+    """
+
+    pixel_size: float = 10.0
     # 2048: patches that straddle chunks run once per chunk, so bigger chunks repeat fewer of them.
     chunks: int = 2048
-    harmonize: bool | str = "auto"
-    tta: int = 0
-    device: str = "auto"
-    mode: str = "w-"
-    zarr_format: int | None = None
-    block: int | None = None
-    batch: int | None = None
-    storage_options: dict[str, Any] = field(default_factory=dict, hash=False)
+    harmonize: bool | Literal["auto"] = "auto"
     read_retries: int = 3
     read_timeout: float = 30.0
-    on_read_error: str = "raise"
+    on_read_error: Literal["raise", "nodata"] = "raise"
+
+    def __post_init__(self) -> None:
+        from .checks import check_integer, check_real
+
+        positive = "a positive number"
+        object.__setattr__(self, "pixel_size", check_real("pixel_size", self.pixel_size, _positive, positive))
+        object.__setattr__(self, "chunks", check_integer("chunks", self.chunks, 1))
+        object.__setattr__(self, "read_retries", check_integer("read_retries", self.read_retries, 0, 100))
+        timeout = check_real("read_timeout", self.read_timeout, _positive, "a positive number of seconds")
+        object.__setattr__(self, "read_timeout", timeout)
+        if self.harmonize not in ("auto", True, False):
+            raise InputError(f"harmonize must be 'auto', True or False, got {self.harmonize!r}")
+        if self.on_read_error not in ("raise", "nodata"):
+            raise InputError(f"on_read_error must be 'raise' or 'nodata', got {self.on_read_error!r}")
+
+    def cube(
+        self,
+        items: Sequence[Any],
+        *,
+        model: str = "default",
+        bands: Sequence[str] | None = None,
+        epsg: int | None = None,
+        bounds: Sequence[float] | None = None,
+        bounds_latlon: Sequence[float] | None = None,
+    ) -> xr.DataArray:
+        """The items as a lazy reflectance cube (:func:`xs2mask.stac.load`) loaded with these options."""
+        from .stac import load
+
+        return load(
+            items,
+            model=model,
+            bands=bands,
+            epsg=epsg,
+            bounds=bounds,
+            bounds_latlon=bounds_latlon,
+            resolution=self.pixel_size,
+            chunks=self.chunks,
+            harmonize=self.harmonize,
+            read_retries=self.read_retries,
+            read_timeout=self.read_timeout,
+        )
+
+
+@dataclass(frozen=True)
+class Predict:
+    """How the cube is masked (``--model``, ``--tta``, ``--processing-resolution``, ``--device``,
+    ``--compile``): the options of :func:`xs2mask.predict` of the same names.
+
+    Parameters
+    ----------
+    model
+        A model name, or ``"default"``: the best installed model for the bands every item has.
+    tta
+        Test-time augmentation passes, 0-7.
+    processing_resolution
+        Run the model at this resolution in metres (e.g. 20); the masks keep the cube's pixel
+        size (:attr:`Load.pixel_size`). ``None``: the model's own.
+    device
+        ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
+    compile
+        ``torch.compile`` torch models when they load (GPU).
+
+    Examples
+    --------
+    >>> Predict(model="xs2mask-4b", processing_resolution=20).tta
+    0
+    """
+
+    model: str = "default"
+    tta: int = 0
+    processing_resolution: float | None = None
+    device: str = "auto"
     compile: bool = False
 
     def __post_init__(self) -> None:
-        from .checks import check_bbox, check_datetime
+        from .checks import check_integer, check_real
 
-        # A Job is checked when it is made, before any request: bbox and dates as the CLI checks them.
-        object.__setattr__(self, "bbox", check_bbox(self.bbox))
-        object.__setattr__(self, "datetime", check_datetime(self.datetime))
-        if self.on_read_error not in ("raise", "nodata"):
-            raise InputError(f"on_read_error must be 'raise' or 'nodata', got {self.on_read_error!r}")
+        object.__setattr__(self, "tta", check_integer("tta", self.tta, 0, 7, what="an integer in 0..7"))
+        if self.processing_resolution is not None:
+            metres = check_real("processing_resolution", self.processing_resolution, _positive, "positive")
+            object.__setattr__(self, "processing_resolution", metres)
+
+    def masks(self, cube: xr.DataArray) -> xr.Dataset:
+        """The cube's lazy masks (:func:`xs2mask.predict`) made with these options."""
+        from .inference import predict
+
+        return predict(
+            cube,
+            model=self.model,
+            tta=self.tta,
+            processing_resolution=self.processing_resolution,
+            device=self.device,
+            compile=self.compile,
+        )
+
+    def plan(self, cube: xr.DataArray) -> Plan:
+        """How :meth:`masks` runs its blocks (:func:`xs2mask.inference.prepare`): the job runs them
+        itself, each slab from its own window."""
+        from .inference import prepare
+
+        return prepare(
+            cube,
+            model=self.model,
+            tta=self.tta,
+            processing_resolution=self.processing_resolution,
+            device=self.device,
+            compile=self.compile,
+        ).plan
+
+
+@dataclass(frozen=True)
+class Store:
+    """Where and how the masks are written (``--out``, ``--append`` / ``--overwrite``,
+    ``--zarr-format``, ``--batch``, ``--storage-option``).
+
+    Parameters
+    ----------
+    out
+        The Zarr store: a path or an fsspec URL (``s3://...``).
+    mode
+        ``"w-"``: create, or resume an interrupted job; ``"a"``: append new dates; ``"w"``: replace.
+    zarr_format
+        2 or 3 (default: zarr's).
+    block
+        Edge of a slab in pixels (default: :class:`xs2mask.store.MaskStore`'s).
+    batch
+        Slabs computed together (default: the store's); a killed job redoes at most one batch.
+    storage_options
+        fsspec options of the store.
+
+    Examples
+    --------
+    >>> Store("s3://bucket/masks.zarr", mode="a", storage_options={"anon": False}).mode
+    'a'
+    """
+
+    out: str
+    mode: Literal["w-", "w", "a"] = "w-"
+    zarr_format: Literal[2, 3] | None = None
+    block: int | None = None
+    batch: int | None = None
+    storage_options: dict[str, Any] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        from .checks import check_integer
+
+        object.__setattr__(self, "out", str(self.out))
         if self.mode not in ("w-", "w", "a"):
             raise InputError(
                 f"mode must be 'w-' (create or resume), 'a' (append) or 'w' (replace), got {self.mode!r}"
             )
+        if self.zarr_format not in (None, 2, 3):
+            raise InputError(f"zarr_format must be 2, 3 or None (the default), got {self.zarr_format!r}")
+        for name in ("block", "batch"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, check_integer(name, getattr(self, name), 1))
+
+
+@dataclass(frozen=True)
+class Job:
+    """What to mask and where to write it: the search, the store, and how to load and mask.
+
+    ``xs2mask mask-stac`` builds one from its flags; each part is checked when it is made.
+
+    Parameters
+    ----------
+    search
+        Which items (:class:`Search`).
+    store
+        Where the masks go (:class:`Store`).
+    load
+        How the items are read (:class:`Load`).
+    predict
+        How they are masked (:class:`Predict`).
+
+    Examples
+    --------
+    >>> job = Job(
+    ...     Search("http://127.0.0.1:8080", ("sentinel-2-l2a",), (13.3, 52.4, 13.5, 52.6), "2024-06"),
+    ...     Store("m.zarr"),
+    ...     predict=Predict(model="xs2mask-4b"),
+    ... )
+    >>> job.load.pixel_size
+    10.0
+    """
+
+    search: Search
+    store: Store
+    load: Load = Load()
+    predict: Predict = Predict()
+
+    def __post_init__(self) -> None:
+        parts = {"search": Search, "store": Store, "load": Load, "predict": Predict}
+        for name, kind in parts.items():
+            if not isinstance(getattr(self, name), kind):
+                raise InputError(
+                    f"Job's {name} must be a {kind.__name__}, got {getattr(self, name)!r}: build a job from "
+                    "its parts, e.g. Job(Search(url, collections, bbox, datetime), Store(out), "
+                    "load=Load(pixel_size=10), predict=Predict(model='default'))"
+                )
 
 
 def mask_stac(
@@ -101,9 +344,9 @@ def mask_stac(
 
     Examples
     --------
-    >>> job = Job("https://earth-search.aws.element84.com/v1", ("sentinel-2-l2a",),
-    ...           (13.3, 52.4, 13.5, 52.6), "2024-06-01/2024-06-30", "berlin.zarr", max_cloud=60)
-    >>> masks = mask_stac(job)  # doctest: +SKIP
+    >>> search = Search("https://earth-search.aws.element84.com/v1", ("sentinel-2-l2a",),
+    ...                 (13.3, 52.4, 13.5, 52.6), "2024-06-01/2024-06-30", max_cloud=60)
+    >>> masks = mask_stac(Job(search, Store("berlin.zarr")))  # doctest: +SKIP
     """
     return run(job, sign=sign, progress=progress).masks
 
@@ -140,45 +383,37 @@ def run(
 
     Examples
     --------
-    >>> job = Job("https://earth-search.aws.element84.com/v1", ("sentinel-2-l2a",),
-    ...           (13.3, 52.4, 13.5, 52.6), "2024-06-01/2024-06-30", "berlin.zarr", max_cloud=60)
-    >>> run(job).written  # doctest: +SKIP
+    >>> search = Search("https://earth-search.aws.element84.com/v1", ("sentinel-2-l2a",),
+    ...                 (13.3, 52.4, 13.5, 52.6), "2024-06-01/2024-06-30", max_cloud=60)
+    >>> run(Job(search, Store("berlin.zarr"), predict=Predict(tta=2))).written  # doctest: +SKIP
     120
     """
     from . import store as zstore
-    from .inference import predict, predict_window, prepare, window_rows
-    from .stac import group_days, load, resign, resolve_model, search
+    from .inference import predict_window, window_rows
+    from .stac import group_days, resign, resolve_model, search
 
     items = list(
-        search(job.stac_url, collections=job.collections, bbox=job.bbox, datetime=job.datetime, sign=False)
+        search(
+            job.search.stac_url,
+            collections=job.search.collections,
+            bbox=job.search.bbox,
+            datetime=job.search.datetime,
+            sign=False,
+        )
     )
     found = len(items)
-    items = _below_cloud(items, job.max_cloud)
+    items = _below_cloud(items, job.search.max_cloud)
     if not items:
         raise StacError(
-            f"no items in {', '.join(job.collections)} at {redact_url(job.stac_url)} for bbox "
-            f"{list(job.bbox)} and dates {job.datetime}"
-            + (f" with cloud cover below {job.max_cloud} % ({found} above it)" if found else "")
+            f"no items in {', '.join(job.search.collections)} at {redact_url(job.search.stac_url)} for bbox "
+            f"{list(job.search.bbox)} and dates {job.search.datetime}"
+            + (f" with cloud cover below {job.search.max_cloud} % ({found} above it)" if found else "")
             + ". Nothing was written. Widen the bbox or the dates, or raise --max-cloud."
         )
-    common = {
-        "resolution": job.resolution,
-        "chunks": job.chunks,
-        "harmonize": job.harmonize,
-        "read_retries": job.read_retries,
-        "read_timeout": job.read_timeout,
-    }
     # One concrete model for the whole job: "default" decided once, from the bands every item has.
-    model = resolve_model(items, job.model)
-    full = load(items, bounds_latlon=job.bbox, model=model, **common)
+    predict = replace(job.predict, model=resolve_model(items, job.predict.model))
+    full = job.load.cube(items, bounds_latlon=job.search.bbox, model=predict.model)
     bounded = {"epsg": full.rio.crs.to_epsg(), "bands": list(full["band"].values)}
-    options = {
-        "model": model,
-        "tta": job.tta,
-        "processing_resolution": job.processing_resolution,
-        "device": job.device,
-        "compile": job.compile,
-    }
     # The very days of `full`'s time axis, each with the items it mosaics (duplicates dropped).
     by_day = group_days(items)
     used = [item for members in by_day.values() for item in members]
@@ -186,31 +421,32 @@ def run(
         "%d items (%d after --max-cloud, %d kept of reprocessed duplicates) in %d solar days, %s px",
         found, len(items), len(used), len(by_day), "x".join(map(str, full.shape[-2:])),
     )  # fmt: skip
-    template = predict(full, **options)
-    plan = prepare(full, **options).plan
+    template = predict.masks(full)
+    plan = predict.plan(full)
     template.attrs.update(
         {
             # Credentials in the URL (user:password@, tokens) are never stored.
-            "xs2mask_stac_url": redact_url(job.stac_url),
-            "xs2mask_collections": ",".join(job.collections),
+            "xs2mask_stac_url": redact_url(job.search.stac_url),
+            "xs2mask_collections": ",".join(job.search.collections),
             "xs2mask_items": json.dumps(sorted(i.id for i in used)),
             "xs2mask_radiometry": full.attrs["xs2mask_radiometry"],
         }
     )
     writer = zstore.MaskStore.open(
-        job.out,
+        job.store.out,
         template,
-        mode=job.mode,
-        # Beside the model's own provenance: how reflectance was made from the DNs.
-        provenance={"harmonize": job.harmonize, "resolution": job.resolution},
-        storage_options=job.storage_options or None,
-        zarr_format=job.zarr_format,
-        block=job.block,
+        mode=job.store.mode,
+        # Beside the model's own provenance: how reflectance was made from the DNs ("resolution": the
+        # pixel size, under the name stores have always recorded it by).
+        provenance={"harmonize": job.load.harmonize, "resolution": job.load.pixel_size},
+        storage_options=job.store.storage_options or None,
+        zarr_format=job.store.zarr_format,
+        block=job.store.block,
     )
     todo = writer.todo()
     log.info(
         "%s: %d of %d slabs to write, %d dates in the store",
-        job.out,
+        job.store.out,
         len(todo),
         len(writer.slabs),
         writer.dates,
@@ -218,8 +454,8 @@ def run(
     started = time.monotonic()
     findings: dict[str, float] = {}
     batch: list[_Pending] = []
-    size = job.batch or writer.batch
-    plan = _share_cores(plan, size * _blocks(writer.slabs[0], job.chunks) if writer.slabs else 1)
+    size = job.store.batch or writer.batch
+    plan = _share_cores(plan, size * _blocks(writer.slabs[0], job.load.chunks) if writer.slabs else 1)
     signed: tuple[float, np.datetime64, list] | None = None
     for slab in zstore.with_progress(todo, progress):
         day = np.datetime64(slab.date, "D")
@@ -232,14 +468,16 @@ def run(
         # the area. The pixels are those of predict() on the whole day (see predict_window).
         rows = window_rows(plan, slab.y.start, slab.y.stop, plan.height)
         cols = window_rows(plan, slab.x.start, slab.x.stop, plan.width)
-        cube = load(signed[2], bounds=_window_bounds(full, rows, cols, job.resolution), **bounded, **common)
+        cube = job.load.cube(
+            signed[2], bounds=_window_bounds(full, rows, cols, job.load.pixel_size), **bounded
+        )
         result = predict_window(
             cube.sel(band=list(plan.bands)).data,
             plan,
             (rows[0], cols[0]),
             (slab.y.start, slab.y.stop),
             (slab.x.start, slab.x.stop),
-            job.chunks,
+            job.load.chunks,
         )
         part = template.isel(slab.isel)
         part = part.assign(mask=part["mask"].copy(data=result[:, 0]))
@@ -249,8 +487,8 @@ def run(
         )
         batch.append(_Pending(slab, part, inputs))
         if len(batch) >= size:
-            _flush(writer, batch, by_day, findings, job.on_read_error)
-    _flush(writer, batch, by_day, findings, job.on_read_error)
+            _flush(writer, batch, by_day, findings, job.load.on_read_error)
+    _flush(writer, batch, by_day, findings, job.load.on_read_error)
     # An append adds its items and radiometry decisions to those of the dates already stored.
     stored = writer.stored_attrs
     writer.complete(
@@ -267,10 +505,10 @@ def run(
             ),
         }
     )
-    log.info("%s complete: %d slabs written in %.1f s", job.out, len(todo), time.monotonic() - started)
-    masks = zstore.open_masks(job.out, storage_options=job.storage_options or None)
+    log.info("%s complete: %d slabs written in %.1f s", job.store.out, len(todo), time.monotonic() - started)
+    masks = zstore.open_masks(job.store.out, storage_options=job.store.storage_options or None)
     pixels = sum((s.y.stop - s.y.start) * (s.x.stop - s.x.start) for s in todo)
-    return Outcome(job.out, writer.dates, len(todo), len(writer.slabs), pixels, masks)
+    return Outcome(job.store.out, writer.dates, len(todo), len(writer.slabs), pixels, masks)
 
 
 @dataclass(frozen=True)

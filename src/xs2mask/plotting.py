@@ -17,7 +17,7 @@ import xarray as xr
 from .analysis import as_mask
 from .classes import CLASS_COLOURS, CLASS_NAMES, NODATA
 from .exceptions import InputError
-from .io import colour_mask, date_labels
+from .export import colour_mask, date_labels
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

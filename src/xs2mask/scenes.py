@@ -280,6 +280,137 @@ def band_from_name(name: str) -> str | None:
     return common.pop() if len(common) == 1 else None
 
 
+@dataclass(frozen=True)
+class SceneMask:
+    """What :func:`mask_scene` made and wrote.
+
+    Attributes
+    ----------
+    source : the scene read.
+    out : the mask GeoTIFF written.
+    mask : the mask in memory, uint8 on the grid of the scene's finest band, CRS kept.
+    bands : the bands found in the scene (the model read those it needs).
+    radiometry : how DN became reflectance (the cube's ``xs2mask_radiometry``).
+    model : the model that made the mask (an ensemble's names joined by commas).
+    licence : the model's licence.
+    device : where the model ran.
+    seconds : time spent reading and masking.
+    """
+
+    source: Path
+    out: Path
+    mask: xr.DataArray
+    bands: tuple[str, ...]
+    radiometry: str
+    model: str
+    licence: str
+    device: str
+    seconds: float
+
+    @property
+    def percentages(self) -> dict[str, float]:
+        """Percentage of the valid pixels in each class (:func:`xs2mask.export.class_percentages`)."""
+        from .export import class_percentages
+
+        return class_percentages(self.mask.values)
+
+
+def mask_scene(
+    source: str | Path,
+    out: str | Path,
+    *,
+    model: str = "default",
+    bands: Sequence[str] | None = None,
+    offset: float | None = None,
+    processing_resolution: float | None = None,
+    tta: int = 0,
+    device: str = "auto",
+    chunks: int = 1024,
+    overwrite: bool = False,
+) -> SceneMask:
+    """Mask one scene given as files and write the mask as a GeoTIFF: what ``xs2mask mask`` runs.
+
+    The scene is read lazily (:func:`read_scene`, on the grid of its finest band), masked with
+    :func:`xs2mask.predict` reading only the bands the model needs, checked for an offset applied
+    to data that had none (in the same pass over the files), and written with
+    :func:`xs2mask.export.write_geotiff` (COG, colour table, nodata 255).
+
+    Parameters
+    ----------
+    source
+        A ``.SAFE`` folder (L1C or L2A), a folder of band files or a multi-band GeoTIFF.
+    out
+        The mask GeoTIFF to write; its folder is created.
+    model, processing_resolution, tta, device
+        As in :func:`xs2mask.predict`.
+    bands, offset
+        As in :func:`read_scene`: the bands to read (or a GeoTIFF's band names), and the DN offset
+        when the metadata cannot tell.
+    chunks
+        Block size in pixels of the lazy read.
+    overwrite
+        Replace an existing ``out`` (never the input itself).
+
+    Returns
+    -------
+    SceneMask
+        The mask, where it was written, and how it was made.
+
+    Raises
+    ------
+    InputError
+        ``source`` does not exist; ``out`` is a folder, the input, or an existing file without
+        ``overwrite=True``.
+
+    Warns
+    -----
+    RadiometryWarning
+        The offset had to be assumed, or the reflectance looks like an offset was removed twice.
+
+    Examples
+    --------
+    >>> import xs2mask
+    >>> done = mask_scene(xs2mask.data.demo_path(), "demo_mask.tif", model="xs2mask-4b")  # doctest: +SKIP
+    >>> done.out, done.percentages["clear"]  # doctest: +SKIP
+    (PosixPath('demo_mask.tif'), 61.2)
+    """
+    import time
+
+    import dask
+
+    from . import models
+    from .checks import check_scene_paths
+    from .export import write_geotiff
+    from .inference import predict
+
+    source, out = check_scene_paths(source, out, overwrite=overwrite)
+    # Lazy read: predict selects the bands its model needs, so only those files are decoded.
+    cube = read_scene(source, bands=bands, resolution=None, chunks=chunks, offset=offset)
+    start = time.perf_counter()
+    ds = predict(cube, model=model, tta=tta, device=device, processing_resolution=processing_resolution)
+    used = list(
+        dict.fromkeys(b for name in ds.attrs["xs2mask_model"].split(",") for b in models.get(name).bands)
+    )
+    # One pass over the files: the radiometry check shares the reads with the model.
+    mask, fraction = dask.compute(ds.mask, negative_fraction(cube.sel(band=used)))
+    seconds = time.perf_counter() - start
+    check_reflectance(fraction, label=str(source))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_geotiff(mask, out)
+    attrs = ds.attrs
+    return SceneMask(
+        source=source,
+        out=out,
+        mask=mask,
+        bands=tuple(map(str, cube.band.values)),
+        radiometry=cube.attrs["xs2mask_radiometry"],
+        model=attrs["xs2mask_model"],
+        licence=attrs["xs2mask_model_licence"],
+        device=attrs["xs2mask_device"],
+        seconds=seconds,
+    )
+
+
 # --------------------------------------------------------------------------- discovery
 
 
