@@ -231,6 +231,9 @@ class ItemTruth:
 
 @dataclass(frozen=True)
 class ItemSpec:
+    """One item for :func:`build_item` to write: which template, day, source chip and window, and what
+    to change (grid, baseline, Earth Search's offset flag, tile name)."""
+
     role: str
     template: str  # key of TEMPLATE_FILES
     day: dt.date
@@ -529,16 +532,22 @@ def _convention(template: str, spec: ItemSpec, baseline: str) -> str:
 
 
 def load_template(data: Path, template: str) -> dict[str, Any]:
+    """The real provider item of ``template`` (a key of :data:`TEMPLATE_FILES`) under the data root."""
     name, _ = TEMPLATE_FILES[template]
     features = json.loads((data / "stac_items" / "api_responses" / name).read_text())["features"]
     return next(f for f in features if "assets" in f)  # some responses hold field-restricted items
 
 
 def chip_quality(data: Path) -> dict[str, str]:
+    """Label quality ("trusted"...) of each chip under the data root, from its ``chips.json``."""
     return {c["chip"]: c["label_quality"] for c in json.loads((data / CHIPS / "chips.json").read_text())}
 
 
-def build_item(data: Path, spec: ItemSpec, out: Path, template_doc: dict[str, Any], quality: dict[str, str]):
+def build_item(
+    data: Path, spec: ItemSpec, out: Path, template_doc: dict[str, Any], quality: dict[str, str]
+) -> tuple[dict[str, Any], ItemTruth]:
+    """Write the files of ``spec`` under ``out/<item id>`` from the data root ``data``; return the item
+    JSON, rewritten from ``template_doc``, and its :class:`ItemTruth`."""
     from affine import Affine
     from rasterio.crs import CRS
     from rasterio.warp import transform_geom
