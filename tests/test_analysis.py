@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import warnings
 
-import dask
 import dask.array as dsa
 import numpy as np
 import pytest
 import xarray as xr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.dask_checks import raise_if_dask_computes
 
 import xs2mask
 from xs2mask.analysis import apply_mask, clear_fraction, composite, disk_half_widths, usable
@@ -52,10 +52,6 @@ def series_masks(series: xr.DataArray) -> xr.Dataset:
     values[:, 500:, :] = NODATA
     ds["mask"] = ds.mask.copy(data=values)
     return ds
-
-
-def _raise_on_compute(*args, **kwargs):
-    raise AssertionError("the graph was computed while it was being built")
 
 
 def _forbidden(*args, **kwargs):
@@ -316,7 +312,7 @@ def test_composites_of_a_dataset_cube(series, series_masks):
 def test_nothing_is_computed_until_asked(series, series_masks):
     cube = series.chunk(time=1, y=128, x=200)
     lazy_masks = series_masks.chunk(time=1, y=200, x=100)
-    with dask.config.set(scheduler=_raise_on_compute):
+    with raise_if_dask_computes():
         results = {
             "apply": cube.s2mask.apply(lazy_masks, keep=("clear",), buffer=60),
             "usable": lazy_masks.s2mask.usable(buffer=60),
@@ -455,7 +451,7 @@ def test_stac_cube_and_stored_masks_work_together(stac_pc, tmp_path):
     cube = stac.load(items, bounds_latlon=stac_pc.bbox, model="xs2mask-4b", chunks=256)
     xs2mask.to_zarr(xs2mask.predict(cube, model="xs2mask-4b"), str(tmp_path / "masks.zarr"))
     stored = xs2mask.open_masks(str(tmp_path / "masks.zarr"))
-    with dask.config.set(scheduler=_raise_on_compute):
+    with raise_if_dask_computes():
         clear = cube.s2mask.apply(stored, buffer=60)
         best = cube.s2mask.composite(stored, method="best")
         fraction = stored.s2mask.clear_fraction()

@@ -11,6 +11,7 @@ import xarray as xr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
+from support.dask_checks import raise_if_dask_computes
 
 import xs2mask
 from xs2mask.models import ModelSpec, Weights, sha256_file
@@ -89,17 +90,13 @@ def demo512() -> xr.DataArray:
     return xs2mask.data.demo_scene().load()
 
 
-def _raise_on_compute(*args, **kwargs):
-    raise AssertionError("the graph was computed while it was being built")
-
-
 # --------------------------------------------------------------------------- laziness
 
 
 def test_building_the_graph_computes_nothing_and_loads_no_model():
     xs2mask.models.clear_cache()
     cube = xs2mask.data.demo_scene(chunks=256)  # lazily read from the GeoTIFF
-    with dask.config.set(scheduler=_raise_on_compute):
+    with raise_if_dask_computes():
         ds = cube.s2mask.predict(model="ukis-csmask-4b-l2a", output="both")
         coarse = cube.s2mask.predict(model="ukis-csmask-4b-l2a", processing_resolution=20, tta=3)
     assert isinstance(coarse.mask.data, dsa.Array)

@@ -1,8 +1,9 @@
 """Read faults: real COGs over real HTTP (127.0.0.1) that answer 503, truncate, stall or 404.
 
-Every test reads the real-pixel COGs of the ``stac_pc`` catalogue through :class:`servers.FlakyFileServer`
-and compares with the same items read from the local files: a retried read must give the very same
-pixels, and a read that cannot succeed must fail loudly (or, if asked, become recorded no-data).
+Every test reads the real-pixel COGs of the ``stac_pc`` catalogue through
+:class:`support.faults.FlakyFileServer` and compares with the same items read from the local files: a
+retried read must give the very same pixels, and a read that cannot succeed must fail loudly (or, if
+asked, become recorded no-data).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import servers
+from support.faults import FlakyFileServer
+from support.stac_api import serve_items
 
 import xs2mask
 from xs2mask import stac, store
@@ -27,7 +29,7 @@ JUNE = "2020-06-01/2020-06-30"  # the 3-date time series of the PC catalogue
 FAST = {"read_retries": 2, "read_timeout": 2.0}
 
 
-def _over_http(item: dict, cog_server: servers.FlakyFileServer, tag: str) -> dict:
+def _over_http(item: dict, cog_server: FlakyFileServer, tag: str) -> dict:
     """``item`` with its assets served by ``cog_server``; ``tag`` makes the URLs new to GDAL's HTTP cache,
     which would otherwise answer from what an earlier test read."""
     item = copy.deepcopy(item)
@@ -36,7 +38,7 @@ def _over_http(item: dict, cog_server: servers.FlakyFileServer, tag: str) -> dic
     return item
 
 
-def _path(item: dict, asset: str, cog_server: servers.FlakyFileServer) -> str:
+def _path(item: dict, asset: str, cog_server: FlakyFileServer) -> str:
     """The server path of a local asset (what ``missing`` holds)."""
     return str(Path(item["assets"][asset]["href"]).resolve().relative_to(cog_server.root))
 
@@ -105,7 +107,7 @@ def june_api(stac_pc, flaky, request):
     new to this test."""
     tag = request.node.name
     items = [_over_http(i, flaky, tag) for i in stac_pc.items if i["id"] in stac_pc.groups["timeseries"]]
-    with servers.serve_items(items, stac_pc.collection_docs) as url:
+    with serve_items(items, stac_pc.collection_docs) as url:
         yield url
 
 

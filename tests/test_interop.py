@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 import xarray as xr
 from support.catalogue import build_catalogue
+from support.dask_checks import raise_if_dask_computes
 
 import xs2mask
 from xs2mask.exceptions import InputError, InputWarning, OptionError
@@ -228,15 +229,9 @@ def test_cube_without_crs_warns_and_is_masked(demo, reference: np.ndarray) -> No
 
 def test_a_cube_from_stac_load_is_not_read_at_the_call(items) -> None:
     """stac.load's cubes are reflectance by construction: the call reads nothing (the blocks still check)."""
-    import dask
-
     from xs2mask import stac
 
     cube = stac.load([items["baseline_0400"]], model="xs2mask-4b")
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("predict read the cube at the call")
-
-    with dask.config.set(scheduler=refuse):
+    with raise_if_dask_computes("predict read the cube at the call"):
         masks = xs2mask.predict(cube, model="xs2mask-4b")
     assert masks.mask.chunks is not None

@@ -1,9 +1,9 @@
 """Adversarial network answers: secrets in URLs, slow lorises, malformed STAC answers, failing COG hosts.
 
-Every server is real and on 127.0.0.1 (:class:`servers.FaultServer`, rustac,
-:class:`servers.FlakyFileServer`).
+Every server is real and on 127.0.0.1 (:class:`support.faults.FaultServer`, rustac,
+:class:`support.faults.FlakyFileServer`).
 Every STAC test opens the API with credentials and a signature in its URL, and every COG href is
-signed: no error, warning, record or exception chain may show them (:func:`servers.exception_texts`).
+signed: no error, warning, record or exception chain may show them (:func:`support.faults.exception_texts`).
 
 Families: redaction of URLs; malformed landing pages; malformed item search answers; paging loops;
 deadlines (a server that sends one byte at a time); HTTP errors; COG reads with signed hrefs.
@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import pystac_client  # noqa: F401  (imported before any timing: its import is slow)
 import pytest
-import servers
-from servers import Fault, FaultServer
+from support.faults import Fault, FaultServer, FlakyFileServer, exception_texts, self_signed_cert
+from support.stac_api import serve_items
 
 from xs2mask import classes, stac, store
 from xs2mask.exceptions import ReadError, ReadWarning, StacError
@@ -37,7 +37,7 @@ TIMEOUT, MARGIN = 1.0, 1.0
 
 def assert_no_secret(*texts_or_errors: Any) -> None:
     for thing in texts_or_errors:
-        texts = servers.exception_texts(thing) if isinstance(thing, BaseException) else [str(thing)]
+        texts = exception_texts(thing) if isinstance(thing, BaseException) else [str(thing)]
         for text in texts:
             leaked = [s for s in SECRETS if s in text]
             assert not leaked, f"{leaked} leaked in: {text}"
@@ -346,7 +346,7 @@ def test_the_deadline_is_per_answer_not_per_search() -> None:
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     pytest.importorskip("cryptography")
-    return servers.self_signed_cert(tmp_path_factory.mktemp("tls"))
+    return self_signed_cert(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture
@@ -413,7 +413,7 @@ def test_connection_refused_names_the_url_without_secrets(unreachable_url: str) 
 MODEL = "ukis-csmask-4b-l2a"
 
 
-def _signed(item: dict, cog_server: servers.FlakyFileServer, tag: str) -> dict:
+def _signed(item: dict, cog_server: FlakyFileServer, tag: str) -> dict:
     """``item``, its assets served by ``cog_server`` under signed hrefs (``tag`` keeps GDAL's cache out)."""
     item = copy.deepcopy(item)
     for asset in item["assets"].values():
@@ -463,7 +463,7 @@ def test_pipeline_records_and_warns_without_the_signature(stac_pc, flaky, cog_se
     items = [_signed(i, flaky, "pipeline") for i in stac_pc.items if i["id"] == bad]
     cog_server.kind, cog_server.faults, cog_server.only = "503", -1, bad
     out = tmp_path / "m.zarr"
-    with servers.serve_items(items, stac_pc.collection_docs) as url:
+    with serve_items(items, stac_pc.collection_docs) as url:
         job = Job(Search(url, stac_pc.collections[:1], stac_pc.bbox, "2020-06-13"), Store(str(out)),
                   load=Load(read_retries=0, on_read_error="nodata"), predict=Predict(MODEL))  # fmt: skip
         with pytest.warns(ReadWarning) as caught:

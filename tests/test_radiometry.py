@@ -14,6 +14,7 @@ import pytest
 import rasterio
 import xarray as xr
 from dask.callbacks import Callback
+from support.sources import TEMPLATES
 
 from xs2mask.bands import BAND_NAMES, canonical_band
 from xs2mask.exceptions import BandError, InputError, RadiometryWarning
@@ -50,10 +51,13 @@ def _read(path: Path) -> np.ndarray:
         return src.read()
 
 
-def _features(shared_data: Path, name: str) -> list[dict]:
-    """Real items of one provider file that have assets (some c1-l2a search hits carry none)."""
+def _features(data: Path, name: str) -> list[dict]:
+    """Real items of one provider file that have assets (some c1-l2a search hits carry none).
+
+    ``data``: ``../shared/data``, or the shipped :data:`support.sources.TEMPLATES` (their first item only).
+    """
     folder = "api_responses" if name.startswith(("earth-search", "planetarycomputer")) else "odc_stac"
-    path = shared_data / "stac_items" / folder / name
+    path = data / "stac_items" / folder / name
     data = json.loads(path.read_text())
     feats = data["features"] if data.get("type") == "FeatureCollection" else [data]
     return [f for f in feats if f.get("assets")]
@@ -276,27 +280,27 @@ def test_stac11_bands_form(shared_data: Path, provider: str, asset_level: bool) 
                 assert r.source.startswith("asset raster:" if asset_level else "bands scale 0.0001")
 
 
-def test_pystac_items(shared_data: Path) -> None:
-    pc = pystac.Item.from_dict(_features(shared_data, PC)[0])
+def test_pystac_items() -> None:
+    pc = pystac.Item.from_dict(_features(TEMPLATES, PC)[0])
     props = pc.to_dict(transform_hrefs=False)["properties"]
     assert "proj:code" in props and "proj:epsg" not in props  # migrated by pystac
     assert item_radiometry(pc, "B04").source == "s2:processing_baseline 02.12 < 04.00"
-    es = pystac.Item.from_dict(_features(shared_data, ES_L2A)[0])
+    es = pystac.Item.from_dict(_features(TEMPLATES, ES_L2A)[0])
     assert item_radiometry(es, "red").offset == 0.0
     assert item_radiometry(es, "red-jp2").offset == -0.1
 
 
-def test_band_alias_finds_asset(shared_data: Path) -> None:
-    item = _features(shared_data, ES_L2A)[0]
+def test_band_alias_finds_asset() -> None:
+    item = _features(TEMPLATES, ES_L2A)[0]
     assert "'red'" in item_radiometry(item, "B04").source
     assert item_radiometry(item, "B04-jp2").offset == -0.1
     with pytest.raises(InputError, match="no asset 'B99'"):
         item_radiometry(item, "B99")
 
 
-def test_flag_false_falls_back_to_raster(shared_data: Path) -> None:
+def test_flag_false_falls_back_to_raster() -> None:
     """boa_offset_applied=false (Earth Search #66/#71): metadata says offset; the pixel check decides."""
-    item = copy.deepcopy(_features(shared_data, ES_L2A)[0])
+    item = copy.deepcopy(_features(TEMPLATES, ES_L2A)[0])
     item["properties"]["earthsearch:boa_offset_applied"] = False
     _check_raster(item, "red", item_radiometry(item, "red"))
 

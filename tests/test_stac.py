@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import warnings
 
-import dask
 import numpy as np
 import pytest
+from support.dask_checks import raise_if_dask_computes
 
 from xs2mask import radiometry, stac
 from xs2mask.exceptions import BandError, InputError, RadiometryWarning, StacError
@@ -20,13 +20,6 @@ def _search(cat, role=None):
         return list(stac.search(cat.url, collections=cat.collections, bbox=cat.bbox, datetime=cat.datetime))
     # Some roles lie outside the main test area: search everywhere, keep the one item.
     return [i for i in stac.search(cat.url, collections=cat.collections) if i.id == cat.ids[role]]
-
-
-class _NoCompute:
-    """A Dask scheduler that fails the test if anything is computed."""
-
-    def __call__(self, *args, **kwargs):
-        raise AssertionError("something was computed while building the graph")
 
 
 def test_search_finds_items_by_bbox_and_dates(stac_pc):
@@ -53,7 +46,7 @@ def test_search_finds_items_by_bbox_and_dates(stac_pc):
 def test_every_provider_variant_loads_to_the_same_true_reflectance(request, catalogue, role):
     cat = request.getfixturevalue(catalogue)
     items = _search(cat, role)
-    with dask.config.set(scheduler=_NoCompute()):
+    with raise_if_dask_computes():
         cube = stac.load(items, bands=BANDS, chunks=256)  # lazy: nothing read
     assert cube.dims == ("time", "band", "y", "x")
     assert cube.dtype == np.float32
@@ -87,7 +80,8 @@ def test_offset_is_recorded_per_time_step(stac_pc):
     np.testing.assert_array_equal(cube.isel(time=0).values, cube.isel(time=1).values)
 
 
-def test_lying_metadata_is_caught_by_the_sanity_check(stac_es):
+def test_lying_metadata_is_caught_by_the_sanity_check(stac_es, shared_data):
+    # The lying item is chip khas of ../shared/data: its dark water betrays the wrong offset.
     cube = stac.load(_search(stac_es, "lying"), bands=BANDS)
     fraction = float(radiometry.negative_fraction(cube).max())
     with pytest.warns(RadiometryWarning, match="lying|" + stac_es.ids["lying"]):
@@ -121,7 +115,8 @@ def test_items_in_another_utm_zone_are_reprojected_onto_one_grid(stac_pc):
     assert np.mean(a[both] == b[both]) > 0.6
 
 
-def test_twenty_metre_bands_are_resampled_onto_the_ten_metre_grid(stac_pc):
+def test_twenty_metre_bands_are_resampled_onto_the_ten_metre_grid(stac_pc, shared_data):
+    # The multires item is a BigEarthNet patch of ../shared/data (10, 20 and 60 m bands).
     cube = stac.load(_search(stac_pc, "multires"), bands=["B04", "B11"], resolution=10)
     truth = stac_pc.truth_of("multires")
     b11 = truth.reflectance("B11")
@@ -255,7 +250,7 @@ def test_a_day_mixing_one_and_two_tile_mosaics_loads(stac_pc):
 
 @pytest.mark.parametrize(("catalogue", "max_cloud"), [("stac_pc", None), ("stac_pc", 50), ("stac_es", None)])
 def test_the_job_masks_the_whole_served_range(request, tmp_path, catalogue, max_cloud):
-    # `xs2mask mask-stac` as tests/servers.py suggests it: the whole range, with and without a cloud
+    # `xs2mask mask-stac` as `python tests/servers.py` suggests it: the whole range, with and without a cloud
     # limit that drops one tile of a pair and the only item of a day. Each day is reloaded on its own
     # per slab; the store must equal the masks of one full load.
     import xs2mask

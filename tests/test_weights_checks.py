@@ -4,7 +4,7 @@ downloads end at their deadline without showing the secrets of their URL.
 
 Families: model descriptions (JSON); sha256 records; content changes that keep size and mtime (same
 process, forked process, new process); conversion of pickles; downloads (slow loris, failures with a
-signed URL). Every server is real and on 127.0.0.1 (:class:`servers.FaultServer`).
+signed URL). Every server is real and on 127.0.0.1 (:class:`support.faults.FaultServer`).
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import servers
-from servers import Fault, FaultServer
+from support.faults import Fault, FaultServer, exception_texts, self_signed_cert
 
 from xs2mask.exceptions import WeightsError, XS2MaskError
 from xs2mask.models import Weights, hub, registry
@@ -276,7 +275,7 @@ def _signed(server: FaultServer, path: str) -> str:
 
 
 def _assert_no_secret(err: BaseException) -> None:
-    for text in servers.exception_texts(err):
+    for text in exception_texts(err):
         assert not [s for s in SECRETS if s in text], text
 
 
@@ -346,7 +345,7 @@ def test_a_quick_download_is_not_cut_off(isolated_dirs: Path) -> None:
 def trusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
     """A test certificate for 127.0.0.1, trusted by urllib (OpenSSL's default paths) for this test."""
     pytest.importorskip("cryptography")
-    tls = servers.self_signed_cert(tmp_path)
+    tls = self_signed_cert(tmp_path)
     monkeypatch.setenv("SSL_CERT_FILE", str(tls[0]))
     return tls
 

@@ -4,22 +4,24 @@ A catalogue here is what an ordinary search returns, not one feature at a time: 
 mosaic of overlapping MGRS tiles (one of them in the neighbouring UTM zone) covers the area, a day
 of another relative orbit whose swath edge cuts the scene, processing baselines before and after
 04.00, and reprocessed duplicates of one datatake and tile. :func:`build_catalogue` writes the COGs
-and items; :func:`serve` serves them with ``rustac serve`` (a real STAC API on 127.0.0.1); the
-:class:`Catalogue` it returns knows what it holds (:class:`Scene` per item), so a test can say which
-solar days a search must yield without asking the loader (:meth:`Catalogue.expected_days`).
+and items; :func:`serve` (:func:`support.stac_api.serve_catalogue`) serves them with ``rustac serve``
+(a real STAC API on 127.0.0.1); the :class:`Catalogue` it returns knows what it holds (:class:`Scene`
+per item), so a test can say which solar days a search must yield without asking the loader
+(:meth:`Catalogue.expected_days`).
 
 Everything real is shipped with the project, so this works on a clean clone without ``../shared``:
 
 * pixels: the demo scene of the package (:func:`xs2mask.data.demo_path`: chip "adwp" of the "On
   Cloud N" challenge, Planetary Computer L2A of 2020-04-29, B02 B03 B04 B08, 512 x 512 at 10 m,
   UTM 36S, DN without offset) and its human cloud label (``templates/adwp_label.tif``, for
-  ``eo:cloud_cover``); CC BY 4.0. Bigger scenes (``size`` > 512) mirror the real pixels
-  (``numpy.pad(mode="symmetric")``): every pixel is a real L2A value, the texture repeats;
+  ``eo:cloud_cover``); CC BY 4.0, laid out by :mod:`support.sources`. Bigger scenes (``size`` > 512)
+  mirror the real pixels (``numpy.pad(mode="symmetric")``): every pixel is a real L2A value, the
+  texture repeats;
 * item JSON: one real item each of Planetary Computer ``sentinel-2-l2a``, Earth Search
   ``sentinel-2-l2a`` and ``sentinel-2-c1-l2a``, and the real Planetary Computer collection
   (``templates/stac_items``, Apache-2.0 metadata, trimmed from ``../shared/data/stac_items``).
 
-Items are written by ``tests/servers.py`` (``_build_item``: the provider's asset keys, extensions,
+Items are written by :func:`support.items.build_item` (the provider's asset keys, extensions,
 ``raster:bands`` and properties kept; geometry, ``proj:*``, dates, tile names, sun angles and
 ``file:*`` rewritten; files hold DN + 1000 exactly where the provider's do). This module only lays
 the real files out the way that builder reads them, says which items to make, and retags what the
@@ -52,40 +54,33 @@ dates, sun angles and tile names are consistent with each other.
 
 Not covered: 20 and 60 m bands, Earth Search items of baselines before 04.00, the L1C collections.
 
-Examples
---------
->>> cat = build_catalogue("pc", tmp / "pc")  # doctest: +SKIP
->>> with serve(cat) as served:  # doctest: +SKIP
-...     bbox = served.bbox_of(row=100, col=250, height=128, width=128)
-...     days = served.expected_days(bbox, "2020-04-01/2020-05-31")
+Example (needs files and servers, so not a doctest)::
+
+    cat = build_catalogue("pc", tmp / "pc")
+    with serve(cat) as served:
+        bbox = served.bbox_of(row=100, col=250, height=128, width=128)
+        days = served.expected_days(bbox, "2020-04-01/2020-05-31")
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import json
-import shutil
-import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-_TESTS = Path(__file__).resolve().parents[1]
-if str(_TESTS) not in sys.path:  # benchmarks import this module without conftest
-    sys.path.insert(0, str(_TESTS))
-
-import servers  # noqa: E402
+from . import items as it
+from .sources import demo_scene, write_chips
+from .stac_api import serve_catalogue as serve
 
 __all__ = ["PROVIDERS", "Catalogue", "Scene", "build_catalogue", "serve", "solar_day"]
 
 PROVIDERS = ("pc", "es")
-TEMPLATES = Path(__file__).resolve().parent / "templates"
-BANDS = servers.BANDS_10M
-#: The demo scene as a source chip of the servers' builder, and two copies with data missing.
+BANDS = it.BANDS_10M
+#: The demo scene as a source chip of the item builder, and two copies with data missing.
 CHIP = "adwp"
 _SWATH_CHIP = "adwp-swath"
 _GAP_CHIP = "adwp-gap"
@@ -146,7 +141,7 @@ class Catalogue:
     scenes: tuple[Scene, ...]
     items: tuple[dict[str, Any], ...] = field(repr=False)
     collection_docs: tuple[dict[str, Any], ...] = field(repr=False)
-    truth: Mapping[str, servers.ItemTruth] = field(repr=False)
+    truth: Mapping[str, it.ItemTruth] = field(repr=False)
     #: CRS and 10 m affine transform (6 numbers) of the scene grid (pc: UTM 36S, es: UTM 57S).
     grid: tuple[str, tuple[float, ...]] = field(repr=False)
     folder: Path = field(repr=False)
@@ -312,27 +307,6 @@ def _plans(provider: str, missing_band: str | None) -> tuple[_Plan, ...]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _scene_pixels(size: int) -> tuple[dict[str, np.ndarray], np.ndarray, Any, Any]:
-    """Real DN per band (mirrored up to ``size``), the cloud label, CRS and transform of the demo scene."""
-    import rasterio
-
-    from xs2mask.data import demo_path
-
-    with rasterio.open(demo_path()) as ds:
-        dn = dict(zip(ds.descriptions, ds.read(), strict=True))
-        crs, transform = ds.crs, ds.transform
-    with rasterio.open(TEMPLATES / "adwp_label.tif") as ds:
-        label = ds.read(1)
-
-    def grow(a: np.ndarray) -> np.ndarray:
-        pad = size - a.shape[0]
-        if pad <= 0:
-            return a[:size, :size]
-        return np.pad(a, ((0, pad), (0, pad)), mode="symmetric")
-
-    return {b: grow(dn[b]) for b in BANDS}, grow(label), crs, transform
-
-
 def _swath_valid(size: int) -> np.ndarray:
     """True where the swath-edge scene has data: pixel centres west of the slanted line."""
     rows, cols = np.mgrid[0:size, 0:size] + 0.5
@@ -340,23 +314,18 @@ def _swath_valid(size: int) -> np.ndarray:
 
 
 def _lay_out_sources(root: Path, size: int, crs: str) -> None:
-    """Write the real files where ``servers._build_item`` reads them (``root`` = its ``data``).
+    """Write the real files where :func:`support.items.build_item` reads them (``root`` = its ``data``).
 
     The grid is the demo scene's (x, y), in UTM zone ``crs``: its own (36S) or a borrowed one.
     """
-    dn, label, _, transform = _scene_pixels(size)
+    dn, label, _, transform = demo_scene(size)
     rows = np.arange(size)[:, None] + 0.5
     gap = np.broadcast_to((rows < _GAP[0] * size) | (rows >= _GAP[1] * size), (size, size))
-    for chip, keep in ((CHIP, None), (_SWATH_CHIP, _swath_valid(size)), (_GAP_CHIP, gap)):
-        folder = root / servers._CHIPS / chip
-        for band, a in dn.items():
-            servers.write_raster(
-                folder / f"{band}.tif", a if keep is None else np.where(keep, a, 0), crs, transform
-            )
-        servers.write_raster(folder / "label.tif", label, crs, transform)
-    quality = [{"chip": c, "label_quality": "trusted"} for c in (CHIP, _SWATH_CHIP, _GAP_CHIP)]
-    (root / servers._CHIPS / "chips.json").write_text(json.dumps(quality))
-    shutil.copytree(TEMPLATES / "stac_items", root / "stac_items", dirs_exist_ok=True)
+    chips = {
+        chip: ({b: a if keep is None else np.where(keep, a, 0) for b, a in dn.items()}, label)
+        for chip, keep in ((CHIP, None), (_SWATH_CHIP, _swath_valid(size)), (_GAP_CHIP, gap))
+    }
+    write_chips(root, chips, crs, transform)
 
 
 def _window(fractions: tuple[float, float, float, float], size: int) -> tuple[int, int, int, int]:
@@ -366,7 +335,7 @@ def _window(fractions: tuple[float, float, float, float], size: int) -> tuple[in
     return r0, c0, min(size - r0, round(h + row - r0)), min(size - c0, round(w + col - c0))
 
 
-def _swath_footprint(truth: servers.ItemTruth, size: int) -> dict[str, Any]:
+def _swath_footprint(truth: it.ItemTruth, size: int) -> dict[str, Any]:
     """lon/lat polygon of the valid data of the swath-edge item (the providers publish that, not the tile)."""
     from affine import Affine
     from rasterio.warp import transform_geom
@@ -401,7 +370,7 @@ def _retag(item: dict[str, Any], template: Mapping[str, Any], plan: _Plan) -> di
         if "s2:sequence" in props:
             props["s2:sequence"] = str(plan.sequence)
     assets = item.pop("assets")
-    item = servers._replace_strings(item, subs)
+    item = it.replace_strings(item, subs)
     item["assets"] = assets
     return item
 
@@ -423,11 +392,11 @@ def build_catalogue(
     missing_band
         Add a day whose item lacks this band's asset (a loader must refuse it with ``BandError``).
 
-    Examples
-    --------
-    >>> cat = build_catalogue("es", tmp / "es", size=1024)  # doctest: +SKIP
-    >>> [s.role for s in cat.scenes if s.solar_day.isoformat() == "2025-07-11"]  # doctest: +SKIP
-    ['duplicate_old', 'duplicate_new']
+    Example (needs files and servers, so not a doctest)::
+
+        cat = build_catalogue("es", tmp / "es", size=1024)
+        [s.role for s in cat.scenes if s.solar_day.isoformat() == "2025-07-11"]
+        # -> ['duplicate_old', 'duplicate_new']
     """
     from rasterio.crs import CRS
     from shapely.geometry import shape
@@ -439,12 +408,12 @@ def build_catalogue(
     out = Path(out)
     root = out / "_sources"
     _lay_out_sources(root, size, _PLACES[provider][0])
-    quality = servers._chip_quality(root)
+    quality = it.chip_quality(root)
     templates: dict[str, dict[str, Any]] = {}
     items, scenes, truths, roles = [], [], {}, {}
     for k, plan in enumerate(_plans(provider, missing_band)):
-        template = templates.setdefault(plan.template, servers._load_template(root, plan.template))
-        spec = servers._Spec(
+        template = templates.setdefault(plan.template, it.load_template(root, plan.template))
+        spec = it.ItemSpec(
             plan.role,
             plan.template,
             plan.when.date(),
@@ -458,7 +427,7 @@ def build_catalogue(
             when=plan.when,
         )
         # one folder per item: a duplicate has its original's id until it is retagged
-        item, truth = servers._build_item(root, spec, out / f"{k:02d}", template, quality)
+        item, truth = it.build_item(root, spec, out / f"{k:02d}", template, quality)
         item = _retag(item, template, plan)
         if plan.swath:
             item["geometry"] = _swath_footprint(truth, size)
@@ -487,7 +456,7 @@ def build_catalogue(
                 collection=item["collection"],
                 datetime=when,
                 solar_day=solar_day(when, centre.x),
-                tile=servers._template_tile(props),
+                tile=it.template_tile(props),
                 relative_orbit=plan.orbit,
                 epsg=int(CRS.from_user_input(truth.crs).to_epsg()),
                 baseline=props["s2:processing_baseline"],
@@ -504,22 +473,12 @@ def build_catalogue(
     if len({i["id"] for i in items}) != len(items):
         raise AssertionError(f"duplicate item ids in catalogue {provider}: {[i['id'] for i in items]}")
     order = sorted(range(len(items)), key=lambda i: (items[i]["properties"]["datetime"], items[i]["id"]))
-    collections = tuple(dict.fromkeys(i["collection"] for i in items))
-    if provider == "pc":
-        doc = json.loads(
-            (TEMPLATES / "stac_items" / "odc_stac" / "sentinel-2-l2a.collection.json").read_text()
-        )
-        doc["links"] = [lk for lk in doc["links"] if lk.get("rel") not in ("self", "root", "parent", "items")]
-        docs: tuple[dict[str, Any], ...] = (doc,)
-    else:
-        docs = tuple(
-            servers.es_collection(c, [i for i in items if i["collection"] == c]) for c in collections
-        )
+    docs = it.collection_docs(provider, root, items)
     base = truths[roles["mosaic_west"]]
     return Catalogue(
         provider=provider,
         url="",
-        collections=collections,
+        collections=tuple(c["id"] for c in docs),
         size=size,
         scenes=tuple(scenes[i] for i in order),
         items=tuple(items[i] for i in order),
@@ -528,12 +487,3 @@ def build_catalogue(
         grid=base.source_grid,
         folder=out,
     )
-
-
-@contextlib.contextmanager
-def serve(cat: Catalogue, *, startup_timeout: float = 20.0) -> Iterator[Catalogue]:
-    """Serve a built catalogue with ``rustac serve`` on 127.0.0.1; yield it with ``url`` set."""
-    with servers.serve_items(
-        cat.items, cat.collection_docs, workdir=cat.folder / "_api", startup_timeout=startup_timeout
-    ) as url:
-        yield replace(cat, url=url)
