@@ -2,13 +2,13 @@
 """Set up a virtual environment and run xs2mask's main job or its tests.
 
     python3 dev.py demo     # mask the shipped Sentinel-2 scene with the default model
-    python3 dev.py test     # lint, run the test suite, check the wheel and build the docs
+    python3 dev.py test     # lint, type-check, run the test suite, check the wheel and build the docs
 
 Needs only Python >= 3.10: the first run creates ``.venv`` and installs xs2mask
 with its optional models, torch, the test tools and the docs tools; later runs
 reuse it (reinstalling only when ``pyproject.toml`` changes). Extra arguments go
 to the command (``python3 dev.py test -k chunk``, ``python3 dev.py demo --tta 7``);
-``test`` with arguments runs only lint and pytest.
+``test`` with arguments runs only lint, the type check and pytest.
 
 ``test`` without arguments first also does what a user's install does: it builds the
 wheel, installs it with no extras (so without torch) into a fresh virtual
@@ -35,8 +35,10 @@ BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 STAMP = VENV / ".xs2mask-installed"
 CONSTRAINTS = ROOT / ".ci" / "constraints.txt"
 PIP = ["-m", "pip", "install", "--disable-pip-version-check", "-q"]
-# Files the wheel must carry: the demo scene and the shipped models' weights.
+# Files the wheel must carry: the demo scene and the shipped models' weights (every file of these
+# folders), and the marker that tells type checkers to read xs2mask's annotations (PEP 561).
 PACKAGE_DATA = ("src/xs2mask/data", "src/xs2mask/models/weights")
+PACKAGE_FILES = ("src/xs2mask/py.typed",)
 
 
 def _python(bin_dir: Path = BIN) -> Path:
@@ -78,12 +80,9 @@ def check_wheel() -> bool:
         subprocess.run(build, check=True)
         (wheel,) = work.glob("xs2mask-*.whl")
         inside = set(zipfile.ZipFile(wheel).namelist())
-        shipped = {
-            p.relative_to(ROOT / "src").as_posix()
-            for folder in PACKAGE_DATA
-            for p in (ROOT / folder).iterdir()
-            if p.is_file() and p.suffix != ".pyc"
-        }
+        files = [p for folder in PACKAGE_DATA for p in (ROOT / folder).iterdir() if p.is_file()]
+        files += [ROOT / f for f in PACKAGE_FILES]
+        shipped = {p.relative_to(ROOT / "src").as_posix() for p in files if p.suffix != ".pyc"}
         if not shipped <= inside:
             print(f"the wheel lacks {sorted(shipped - inside)}: list them in [tool.setuptools.package-data]")
             return _step("wheel", started, False)
@@ -103,6 +102,16 @@ def check_wheel() -> bool:
         code = subprocess.call(_offline([str(bin_dir / "xs2mask"), "demo"]), cwd=demo, env=env)
         ok = code == 0 and (demo / "xs2mask-demo" / "demo_mask.tif").is_file()
         return _step(f"wheel {wheel.name} -> fresh venv without torch -> xs2mask demo offline", started, ok)
+
+
+def type_check() -> bool:
+    """mypy over the package, with the settings in ``pyproject.toml``; any error fails the step."""
+    started = time.perf_counter()
+    run = subprocess.run([str(BIN / "mypy")], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    print(run.stdout, end="", flush=True)
+    # mypy's last line counts: "Found 3 errors in 2 files (...)" or "Success: no issues found in ..."
+    summary = (run.stdout.strip().splitlines() or [f"exit status {run.returncode}"])[-1]
+    return _step(f"types (mypy: {summary})", started, run.returncode == 0)
 
 
 def build_docs() -> bool:
@@ -125,10 +134,11 @@ def main(argv: list[str]) -> int:
     lint = subprocess.call(
         [str(BIN / "ruff"), "check", "src", "tests", "benchmarks", "docs", "dev.py"], cwd=ROOT
     )
+    typed = type_check()
     # Before pytest, so that its summary stays the last line a CI log shows.
     packaged = True if rest else all([check_wheel(), build_docs()])
     tests = subprocess.call([str(_python()), "-m", "pytest", *rest], cwd=ROOT)
-    return lint or tests or (0 if packaged else 1)
+    return lint or tests or (0 if typed and packaged else 1)
 
 
 if __name__ == "__main__":

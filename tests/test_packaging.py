@@ -1,4 +1,5 @@
 """Installing without torch: the CPU path never imports it; torch models say what to install.
+Installed, xs2mask's annotations reach a user's type checker (``py.typed``).
 
 The wheel itself (its files, a fresh environment without torch, ``xs2mask demo`` offline) is
 checked by ``python3 dev.py test``, which builds and installs it.
@@ -6,6 +7,7 @@ checked by ``python3 dev.py test``, which builds and installs it.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -90,3 +92,25 @@ def test_the_cpu_path_never_imports_torch(tmp_path):
     assert run.returncode == 0, run.stderr
     assert "imported: []" in run.stdout.splitlines()
     assert (tmp_path / "demo_mask.tif").is_file()
+
+
+@pytest.mark.slow
+def test_a_type_checker_reads_the_annotations_of_the_installed_package(tmp_path):
+    pytest.importorskip("mypy")
+    script = tmp_path / "user.py"
+    script.write_text('import xs2mask\n\nmasks = xs2mask.predict(xs2mask.data.demo_scene(), tta="seven")\n')
+    # xs2mask found on the interpreter's path, as an installed package: mypy reads it only with py.typed.
+    env = {**os.environ, "PYTHONPATH": str(Path(xs2mask.__file__).parents[1])}
+    env.pop("MYPYPATH", None)
+    run = subprocess.run(
+        [sys.executable, "-m", "mypy", "user.py"],
+        cwd=tmp_path,  # no project config: a user's bare mypy
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 1, run.stdout + run.stderr
+    wrong = 'user.py:3: error: Argument "tta" to "predict" has incompatible type "str"; expected "int"'
+    assert wrong in run.stdout
+    assert "Found 1 error in 1 file" in run.stdout

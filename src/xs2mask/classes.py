@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 CLEAR = 0
 THICK_CLOUD = 1
 THIN_CLOUD = 2
@@ -25,7 +27,17 @@ CLASS_COLOURS: dict[int, tuple[int, int, int, int]] = {
 }
 
 
-def mask_attrs() -> dict[str, object]:
+class MaskAttrs(TypedDict):
+    """The CF attributes :func:`mask_attrs` gives."""
+
+    long_name: str
+    flag_values: list[int]
+    flag_meanings: str
+    valid_range: list[int]
+    missing_value: int
+
+
+def mask_attrs() -> MaskAttrs:
     """CF attributes of the ``mask`` variable.
 
     Examples

@@ -27,7 +27,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import requests
 import urllib3
@@ -84,10 +84,12 @@ class _Socket:
 
     def makefile(self, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
         if mode not in ("r", "rb"):
-            return self._sock.makefile(mode, *args, **kwargs)
+            # passed through as given: typeshed's overloads take only literal modes
+            return self._sock.makefile(mode, *args, **kwargs)  # type: ignore[call-overload]
         # As socket.makefile does: the socket closes only once its files are closed too.
-        self._sock._io_refs += 1
-        return io.BufferedReader(socket.SocketIO(self, "rb"))
+        self._sock._io_refs += 1  # type: ignore[attr-defined]  # CPython's private count, not in typeshed
+        # SocketIO reads through recv_into (ours) and reaches the rest through __getattr__
+        return io.BufferedReader(socket.SocketIO(cast(socket.socket, self), "rb"))
 
     def recv_into(self, buffer: Any, *args: Any) -> int:
         deadline = self._conn.deadline
@@ -113,10 +115,13 @@ class _Deadline:
     """Mixin for http.client and urllib3 connections: reads stop at the deadline of the last request."""
 
     deadline: tuple[float, float] | None = None
+    # the connection's socket, then its _Socket stand-in
+    sock: Any
 
+    # super(): the connection class this is mixed into, which mypy cannot see from the mixin
     def connect(self) -> None:
         super().connect()  # type: ignore[misc]
-        self.sock = _Socket(self.sock, self)  # type: ignore[has-type]
+        self.sock = _Socket(self.sock, self)
 
     def request(self, *args: Any, **kwargs: Any) -> Any:
         seconds = getattr(_budget, "seconds", None)

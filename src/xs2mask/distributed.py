@@ -181,7 +181,7 @@ def _worker_names(client: Any, wanted: Sequence[str | int]) -> tuple[str | int, 
             f"inference_workers {list(wanted)}: no worker named {missing or 'at all'} in this cluster "
             f"(its workers: {sorted(by_name)}). Name workers with `dask worker --name gpu-0`."
         )
-    return found
+    return tuple(f for f in found if f is not None)
 
 
 def _is_named(worker: Any, names: tuple[str | int, ...]) -> bool:

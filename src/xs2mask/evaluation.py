@@ -249,7 +249,7 @@ class _ReadOnlyDict(dict):
     def _readonly(self, *args: Any, **kwargs: Any) -> None:
         raise TypeError("Scores.per_class is read-only")
 
-    __setitem__ = __delitem__ = _readonly  # type: ignore[assignment]
+    __setitem__ = __delitem__ = _readonly
     clear = pop = popitem = setdefault = update = __ior__ = _readonly  # type: ignore[assignment]
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -561,7 +561,8 @@ def _count(reference: Any, predicted: Any, ignore: np.ndarray) -> np.ndarray:
 def _as_array_like(x: Any, what: str) -> Any:
     if isinstance(x, xr.Dataset):
         if "mask" not in x.data_vars:
-            raise InputError(f"{what} is a Dataset without a 'mask' variable (has {sorted(x.data_vars)})")
+            names = sorted(map(str, x.data_vars))
+            raise InputError(f"{what} is a Dataset without a 'mask' variable (has {names})")
         x = x["mask"]
     if isinstance(x, xr.DataArray):
         return x
@@ -868,7 +869,7 @@ def combine(
     finer = [s for s in schemes if _FINENESS[s] > _FINENESS[reference_scheme]]
     if finer:
         raise InputError(f"scores on the {finer[0]!r} scheme cannot be refined to {reference_scheme!r}")
-    total = sum(_coarsen(s.confusion, s.reference_scheme, reference_scheme) for s in items)
+    total = np.sum([_coarsen(s.confusion, s.reference_scheme, reference_scheme) for s in items], axis=0)
     merge = items[0].merge_cloud if merge_cloud is None else merge_cloud
     if classes is None and reference_scheme == items[0].reference_scheme and merge == items[0].merge_cloud:
         classes = items[0]._class_names

@@ -448,7 +448,7 @@ def _as_band_array(
             "the band dim has no coordinate: add one with .assign_coords(band=['B02', 'B03', ...])"
         )
     obj = _described_bands(obj)
-    names = []
+    names: list[str | None] = []
     for raw in obj["band"].values:
         if str(raw).lower() in _NON_SPECTRAL:
             names.append(None)
@@ -557,11 +557,13 @@ def _dataset_to_array(
     return cube.assign_coords(band=list(bands)), offset
 
 
-def _resolve_models(model: object, bands: list[str], model_dir=None) -> tuple[ModelSpec, ...]:
-    items = [model] if isinstance(model, str | ModelSpec) else list(model)  # type: ignore[arg-type]
+def _resolve_models(
+    model: str | ModelSpec | Sequence[str | ModelSpec], bands: list[str], model_dir=None
+) -> tuple[ModelSpec, ...]:
+    items = [model] if isinstance(model, str | ModelSpec) else list(model)
     if not items:
         raise OptionError("model list is empty: pass a model name, 'default', or a list of names")
-    specs = tuple(resolve_default(bands) if m == "default" else get(m) for m in items)  # type: ignore[arg-type]
+    specs = tuple(resolve_default(bands) if m == "default" else get(m) for m in items)
     if model_dir is not None:
         specs = tuple(s.with_model_dir(model_dir) for s in specs)
     for spec in specs:
@@ -675,12 +677,14 @@ def _resolution(da: xr.DataArray) -> float | None:
 def _model_resolution(da: xr.DataArray, specs: tuple[ModelSpec, ...]) -> float | None:
     """The models' own processing resolution, when they agree and the input is finer."""
     wanted = {s.processing_resolution for s in specs}
-    if len(wanted) != 1 or None in wanted:
+    if len(wanted) != 1:
+        return None
+    (wanted_res,) = wanted
+    if wanted_res is None:
         return None
     res = _resolution(da)
     if res is None:
         return None  # resolution unknown: run on the input's grid (recorded as such)
-    (wanted_res,) = wanted
     return wanted_res if res < wanted_res else None
 
 

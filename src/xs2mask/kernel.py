@@ -523,10 +523,10 @@ def _blend(
     py, px = layout.patch
     acc = np.zeros((len(plan.classes), *layout.shape), np.float32)
     wsum = np.zeros(layout.shape, np.float32)
-    channel = np.array([plan.classes.index(c) for c in run.spec.classes])
+    order = np.array([plan.classes.index(c) for c in run.spec.classes])
     # A model with every output class, in order, accumulates through a view instead of a
     # fancy-indexed gather and scatter of the whole patch.
-    channel = slice(None) if channel.tolist() == list(range(len(plan.classes))) else channel
+    channel: slice | np.ndarray = slice(None) if order.tolist() == list(range(len(plan.classes))) else order
     # summed in the order of ``work`` whatever runs concurrently: the same floats every time
     for (transform, chunk), probs in zip(work, results, strict=True):
         for (y, x), p in zip(chunk, probs, strict=True):

@@ -46,9 +46,14 @@ def legend_handles(labels: Mapping[int, str]) -> list[Patch]:
     from matplotlib.patches import Patch
 
     return [
-        Patch(facecolor=np.array(CLASS_COLOURS[code]) / 255, edgecolor="0.5", label=label)
+        Patch(facecolor=_rgba(CLASS_COLOURS[code]), edgecolor="0.5", label=label)
         for code, label in labels.items()
     ]
+
+
+def _rgba(colour: tuple[int, int, int, int]) -> tuple[float, float, float, float]:
+    r, g, b, a = colour
+    return r / 255, g / 255, b / 255, a / 255
 
 
 def plot_masks(masks: xr.DataArray | xr.Dataset, col_wrap: int = 4, size: float = 3.0) -> MaskPlot:
@@ -113,10 +118,10 @@ def plot_masks(masks: xr.DataArray | xr.Dataset, col_wrap: int = 4, size: float 
 
 def _extent(mask: xr.DataArray) -> tuple[float, float, float, float] | None:
     """Pixel-edge extent in the grid's coordinates, so panels share the map's axes; None without them."""
-    coords = [mask.coords.get(d) for d in ("x", "y")]
-    if any(c is None or c.size < 2 or not np.issubdtype(c.dtype, np.number) for c in coords):
+    x, y = mask.coords.get("x"), mask.coords.get("y")
+    if x is None or y is None or any(c.size < 2 or not np.issubdtype(c.dtype, np.number) for c in (x, y)):
         return None
-    (x0, x1), (y0, y1) = ((float(c[0]), float(c[-1])) for c in coords)
-    dx = (x1 - x0) / (coords[0].size - 1) / 2
-    dy = (y1 - y0) / (coords[1].size - 1) / 2
+    (x0, x1), (y0, y1) = ((float(c[0]), float(c[-1])) for c in (x, y))
+    dx = (x1 - x0) / (x.size - 1) / 2
+    dy = (y1 - y0) / (y.size - 1) / 2
     return x0 - dx, x1 + dx, y1 + dy, y0 - dy

@@ -54,7 +54,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, SupportsFloat
 
 import numpy as np
 import xarray as xr
@@ -623,7 +623,7 @@ def negative_fraction(reflectance: xr.DataArray, *, threshold: float = -0.05) ->
     return fraction
 
 
-def check_reflectance(fraction: float, *, label: str, limit: float = 0.01) -> str | None:
+def check_reflectance(fraction: SupportsFloat, *, label: str, limit: float = 0.01) -> str | None:
     """Warn when too many pixels are far below 0: the offset was probably applied twice.
 
     Parameters

@@ -103,7 +103,7 @@ class RetryingEnv(LayeredEnv):
         return {"policy": self.policy, "names": self.names, "extra": self.extra}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(**state)
+        RetryingEnv.__init__(self, **state)
 
 
 class RetryingReader(AutoParallelRioReader):
@@ -116,6 +116,8 @@ class RetryingReader(AutoParallelRioReader):
     (nearest resampling of an aligned grid is the identity) at a fraction of the
     cost. Other files (another zone, another pixel size) go through the warper.
     """
+
+    gdal_env: LayeredEnv  # set by stackstac's __init__
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

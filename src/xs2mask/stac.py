@@ -127,6 +127,7 @@ def search(
     retries = check_integer("retries", retries, 0, what="a whole number >= 0")
     timeout = check_real("timeout", timeout, lambda v: v > 0, "a positive number of seconds")
     stac_io = _checked_stac_io()(url, max_retries=retry, timeout=timeout)
+    failure: Exception
     try:
         # timeout again: Client.open hands its own (default None) to the IO, replacing the one given.
         client = pystac_client.Client.open(url, stac_io=stac_io, modifier=_signer(sign), timeout=timeout)
@@ -366,6 +367,8 @@ def _checked_stac_io() -> type:
     from . import deadline
 
     class CheckedStacApiIO(StacApiIO):
+        timeout: float  # xs2mask gives one number of seconds, never a (connect, read) pair
+
         def __init__(self, root: str, *, max_retries: Any, timeout: float) -> None:
             super().__init__(max_retries=None, timeout=timeout)
             self.session = deadline.session(max_retries)

@@ -56,7 +56,7 @@ from collections import Counter
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import xarray as xr
@@ -165,11 +165,11 @@ def prepare(ds: xr.Dataset | xr.DataArray, *, chunks: Mapping[str, int] | None =
     ds.attrs = _plain_attrs(ds.attrs)
     sizes = _chunk_sizes(ds, chunks)
     ds = ds.chunk({dim: sizes.get(dim, -1) for dim in ds.dims})
-    for var in ds.variables.values():
-        var.attrs = _plain_attrs(var.attrs)
-        kept = {k: v for k, v in var.encoding.items() if k in _KEEP_ENCODING}
-        var.encoding.clear()
-        var.encoding.update(kept)
+    for variable in ds.variables.values():
+        variable.attrs = _plain_attrs(variable.attrs)
+        kept = {k: v for k, v in variable.encoding.items() if k in _KEEP_ENCODING}
+        variable.encoding.clear()
+        variable.encoding.update(kept)
     ds["time"].encoding.update(TIME_ENCODING)
     if "mask" in ds and ds["mask"].dtype == np.uint8:
         attrs = ds["mask"].attrs
@@ -185,7 +185,7 @@ def prepare(ds: xr.Dataset | xr.DataArray, *, chunks: Mapping[str, int] | None =
     for var in ds.data_vars.values():
         # Named explicitly: xarray leaves a grid-mapping variable out of `coordinates`, and a
         # plain reader then loses the CRS.
-        coords = [c for c, v in ds.coords.items() if c not in ds.dims and set(v.dims) <= set(var.dims)]
+        coords = [str(c) for c, v in ds.coords.items() if c not in ds.dims and set(v.dims) <= set(var.dims)]
         if coords:
             var.encoding["coordinates"] = " ".join(sorted(coords))
         if "spatial_ref" in ds.coords:
@@ -447,7 +447,7 @@ class MaskStore:
         return attrs
 
     def _create(
-        self, encoding: Mapping[str, Any], layout: Mapping[str, Any], record: Mapping[str, Any]
+        self, encoding: Mapping[Hashable, Any], layout: Mapping[str, Any], record: Mapping[str, Any]
     ) -> None:
         ds = self.template.copy()
         ds.attrs = {
@@ -703,7 +703,8 @@ class MaskStore:
                 # zarr-python warns that v3 consolidated metadata are not in the spec yet; xarray reads them.
                 warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
                 zarr.consolidate_metadata(
-                    _mapper(self.path, self.storage_options), zarr_format=self.zarr_format
+                    _mapper(self.path, self.storage_options),
+                    zarr_format=cast(Literal[2, 3], self.zarr_format),  # open() checks it, or zarr says it
                 )
 
     @property
@@ -1029,8 +1030,8 @@ def _plain_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _chunk_sizes(ds: xr.Dataset, chunks: Mapping[str, int] | None) -> dict[str, int]:
-    sizes: dict[str, int] = {"time": 1}
+def _chunk_sizes(ds: xr.Dataset, chunks: Mapping[str, int] | None) -> dict[Hashable, int]:
+    sizes: dict[Hashable, int] = {"time": 1}
     for dim in ("y", "x"):
         if chunks and dim in chunks:
             sizes[dim] = int(chunks[dim])
@@ -1068,8 +1069,8 @@ def _default_format() -> int:
 
 def _encoding(
     ds: xr.Dataset, chunks: Mapping[str, int] | None, shards: Mapping[str, int] | None, zarr_format: int
-) -> dict[str, dict[str, Any]]:
-    encoding: dict[str, dict[str, Any]] = {}
+) -> dict[Hashable, dict[str, Any]]:
+    encoding: dict[Hashable, dict[str, Any]] = {}
     for name, var in ds.data_vars.items():
         dask_chunks = tuple(c[0] for c in var.chunks) if var.chunks else var.shape
         # `coordinates` stays in the variable's encoding, where xarray's CF encoder reads it.
@@ -1082,14 +1083,16 @@ def _encoding(
         if shards:
             enc["shards"] = dask_chunks
             enc["chunks"] = tuple(
-                (chunks or {}).get(d, size) if d in shards else size
+                (chunks or {}).get(str(d), size) if d in shards else size
                 for d, size in zip(var.dims, dask_chunks, strict=True)
             )
         encoding[name] = enc
     return encoding
 
 
-def _layout(ds: xr.Dataset, encoding: Mapping[str, Mapping[str, Any]], block: int | None) -> dict[str, Any]:
+def _layout(
+    ds: xr.Dataset, encoding: Mapping[Hashable, Mapping[str, Any]], block: int | None
+) -> dict[str, Any]:
     """What must match, beside provenance and grid, for a store to be resumed or appended to."""
     cy = _first_chunk(ds, "y")
     return {
@@ -1113,7 +1116,9 @@ def _mapper(store: str, storage_options: dict[str, Any] | None):
     return str(store)
 
 
-def _open_group(store: str, storage_options: dict[str, Any] | None, mode: str = "r"):
+def _open_group(
+    store: str, storage_options: dict[str, Any] | None, mode: Literal["r", "r+", "a", "w", "w-"] = "r"
+):
     """The group itself, never its consolidated metadata (which are stale while a store is written)."""
     import zarr
 

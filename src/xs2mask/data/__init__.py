@@ -42,6 +42,7 @@ def demo_scene(chunks: int | dict | None = None) -> xr.DataArray:
     import rioxarray
 
     da = rioxarray.open_rasterio(demo_path(), chunks=chunks, mask_and_scale=False)
+    assert isinstance(da, xr.DataArray)  # a GeoTIFF without subdatasets opens as one array
     names = list(da.attrs.get("long_name") or ())
     da = da.assign_coords(band=names).rename("reflectance_dn")
     da.attrs = {k: v for k, v in da.attrs.items() if k in ("DATETIME", "PLACE", "LEVEL", "SOURCE")}

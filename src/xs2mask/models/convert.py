@@ -137,7 +137,7 @@ def export_onnx(model, name: str, out: Path, *, source: Path, source_sha256: str
     # A multiple of 32 traces DynamicUnet's size-matching branches the way every engine patch takes them.
     dummy = torch.zeros(1, len(C2M_BANDS), 256, 256)
     torch.onnx.export(
-        model, dummy, str(onnx_path), input_names=["x"], output_names=["logits"], opset_version=17,
+        model, (dummy,), str(onnx_path), input_names=["x"], output_names=["logits"], opset_version=17,
         dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}, "logits": {0: "n", 2: "h", 3: "w"}}, dynamo=False,
     )  # fmt: skip
     # clone: safetensors refuses tensors that share memory

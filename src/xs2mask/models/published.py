@@ -23,6 +23,7 @@ Examples
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 from ..classes import CLEAR, CLOUD_SHADOW, THICK_CLOUD, THIN_CLOUD
 from .spec import ModelSpec, Weights
@@ -60,8 +61,14 @@ OCM_MEMBERS = (
     ),
 )
 
+
+class _Tiling(TypedDict):
+    patch_size: int
+    overlap: int
+
+
 # OmniCloudMask runs patches of 1000 px with 300 px overlap; the engine needs multiples of 32.
-_OCM_TILING = {"patch_size": 1024, "overlap": 320}
+_OCM_TILING: _Tiling = {"patch_size": 1024, "overlap": 320}
 
 
 def ocm_url(filename: str, revision: str = OCM_REVISION) -> str:

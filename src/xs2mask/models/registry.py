@@ -146,7 +146,7 @@ def shipped(folder=None) -> list[ModelSpec]:
         meta, problem = _description(entry)
         if meta is None and problem is None:
             continue
-        if problem is None:
+        if meta is not None:
             try:
                 specs += _shipped_specs(meta, folder, package)
             except ValueError as err:  # ModelSpec refuses inconsistent fields
@@ -159,7 +159,12 @@ def shipped(folder=None) -> list[ModelSpec]:
     return specs
 
 
-_LIST_FIELDS = {"bands": str, "classes": int, "mean": (int, float), "std": (int, float)}
+_LIST_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "bands": str,
+    "classes": int,
+    "mean": (int, float),
+    "std": (int, float),
+}
 
 
 def _description(entry) -> tuple[dict | None, str | None]:

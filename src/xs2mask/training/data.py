@@ -83,7 +83,9 @@ def make_pools(
     >>> make_pools([], []).clear
     ()
     """
-    clear, cloudy, held = [], [], []
+    clear: list[Scene] = []
+    held: list[Scene] = []
+    cloudy: list[tuple[Scene, PseudoLabels]] = []
     for scene, pl in zip(scenes, labels, strict=True):
         if scene.split != "train":
             continue

@@ -392,7 +392,7 @@ def simulate(
     for (layer, levels, weight), a in zip(drawn, alphas, strict=True):
         if weight <= 0:
             continue
-        cast = np.zeros((height, width), np.float32)
+        cast: np.ndarray = np.zeros((height, width), np.float32)
         for j, (dy, dx) in enumerate(levels):
             part = a[oy - dy : oy - dy + height, ox - dx : ox - dx + width]
             # Level j of n (base to top) holds only the parts whose opacity reaches j/n: thicker parts of
@@ -589,7 +589,7 @@ def _opacity(
     shape: tuple[int, int],
     inside: tuple[slice, slice],
     resolution_m: float,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """Layer opacity over the domain, logistic in the field, ``label_alpha`` at its coverage quantile;
     and the standardised field itself."""
     z = _fractal_field(rng, layer, shape, resolution_m)

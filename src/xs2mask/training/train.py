@@ -26,6 +26,7 @@ and a model card.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -146,9 +147,9 @@ class TrainConfig:
         >>> cfg.stages[0].patch  # doctest: +SKIP
         128
         """
-        try:
+        if sys.version_info >= (3, 11):
             import tomllib
-        except ModuleNotFoundError:  # Python 3.10
+        else:
             import tomli as tomllib
 
         raw = tomllib.loads(Path(path).read_text())
@@ -467,9 +468,10 @@ def export(model, config: TrainConfig, mean, std, out: Path) -> dict[str, str]:
     onnx_path = out / f"{config.name}.onnx"
     dummy = torch.zeros(1, len(config.bands), 256, 256)
     torch.onnx.export(
-        model, dummy, str(onnx_path), input_names=["x"], output_names=["logits"], opset_version=17,
+        model, (dummy,), str(onnx_path), input_names=["x"], output_names=["logits"], opset_version=17,
         dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}, "logits": {0: "n", 2: "h", 3: "w"}}, dynamo=False,
     )  # fmt: skip
+    digests = {"safetensors": sha256_file(weights), "onnx": sha256_file(onnx_path)}
     meta = {
         "name": config.name,
         "bands": list(config.bands),
@@ -484,8 +486,8 @@ def export(model, config: TrainConfig, mean, std, out: Path) -> dict[str, str]:
         "architecture": {k: v for k, v in architecture(config)},
         "description": f"xs2mask U-Net ({config.encoder}), {' '.join(config.bands)}; "
         "4 classes: clear, thick cloud, thin cloud, shadow",
-        "sha256": {"safetensors": sha256_file(weights), "onnx": sha256_file(onnx_path)},
+        "sha256": digests,
         "licence": config.licence,
     }
     (out / f"{config.name}.json").write_text(json.dumps(meta, indent=1, default=list))
-    return meta["sha256"]
+    return digests

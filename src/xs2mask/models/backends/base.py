@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -22,10 +23,13 @@ if TYPE_CHECKING:
 class Predictor(Protocol):
     """A loaded model: normalised ``(N, C, H, W) float32`` in, ``(N, K, H, W) float32`` out."""
 
-    #: patches per call this model runs best at (1 on the CPU; fitted to free memory on a GPU)
-    batch_size: int
-    #: calls that may run at once, each on one core (the ONNX CPU path); 1: one at a time
-    concurrency: int
+    @property
+    def batch_size(self) -> int:
+        """Patches per call this model runs best at (1 on the CPU; fitted to free memory on a GPU)."""
+
+    @property
+    def concurrency(self) -> int:
+        """Calls that may run at once, each on one core (the ONNX CPU path); 1: one at a time."""
 
     def __call__(self, batch: np.ndarray) -> np.ndarray: ...
 
@@ -57,6 +61,25 @@ class FunctionPredictor:
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.run(batch)
+
+
+def verified_weights(spec: ModelSpec) -> Path:
+    """The checked weights file of a one-file model, for a backend's ``load``.
+
+    Examples
+    --------
+    >>> import xs2mask
+    >>> verified_weights(xs2mask.models.get("omnicloudmask-v4"))
+    Traceback (most recent call last):
+    ...
+    xs2mask.exceptions.BackendError: model 'omnicloudmask-v4' is an ensemble: ...
+    """
+    if spec.weights is None:
+        raise BackendError(
+            f"model {spec.name!r} is an ensemble: it has no weights file of its own. "
+            "Load it with xs2mask.models.load, which loads each member with its own weights."
+        )
+    return spec.weights.verified_path()
 
 
 def runs_on_cpu(kind: str) -> bool | None:

@@ -8,14 +8,14 @@ import numpy as np
 
 from ...exceptions import WeightsError
 from ..spec import ModelSpec
-from .base import Backend, FunctionPredictor, Predictor, Runtime
+from .base import Backend, FunctionPredictor, Predictor, Runtime, verified_weights
 
 
 def load_lightgbm(spec: ModelSpec, runtime: Runtime) -> Predictor:
     """A LightGBM booster whose probability of class 1 becomes two channels: ``1 - p`` and ``p``."""
     from lightgbm import Booster
 
-    path = spec.weights.verified_path()
+    path = verified_weights(spec)
     try:
         booster = Booster(model_file=str(path))
     except Exception as err:  # lightgbm raises LightGBMError for any parse failure
@@ -25,7 +25,7 @@ def load_lightgbm(spec: ModelSpec, runtime: Runtime) -> Predictor:
     def predict(batch: np.ndarray) -> np.ndarray:
         n, c, h, w = batch.shape
         pixels = np.moveaxis(batch, 1, -1).reshape(-1, c)
-        p = booster.predict(pixels, num_threads=threads).astype(np.float32)
+        p = np.asarray(booster.predict(pixels, num_threads=threads), dtype=np.float32)
         p = np.moveaxis(p.reshape(n, h, w, 1), -1, 1)
         return np.concatenate([1.0 - p, p], axis=1)
 

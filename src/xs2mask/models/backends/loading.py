@@ -186,6 +186,7 @@ def _load_members(spec: ModelSpec, runtime: Runtime) -> Predictor:
             if as_probabilities:
                 out = softmax(out)
             total = out if total is None else total + out
+        assert total is not None  # ModelSpec refuses an ensemble without members
         return total / np.float32(len(members))
 
     return FunctionPredictor(

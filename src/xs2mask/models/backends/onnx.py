@@ -8,14 +8,14 @@ import numpy as np
 
 from ...exceptions import WeightsError
 from ..spec import ModelSpec
-from .base import Backend, FunctionPredictor, Predictor, Runtime
+from .base import Backend, FunctionPredictor, Predictor, Runtime, verified_weights
 
 
 def load_onnx(spec: ModelSpec, runtime: Runtime) -> Predictor:
     """An onnxruntime session of the spec's verified weights, on the CPU or a CUDA device."""
     import onnxruntime
 
-    path = spec.weights.verified_path()
+    path = verified_weights(spec)
     options = onnxruntime.SessionOptions()
     cpu = runtime.device == "cpu"
     # On the CPU, patches run side by side, one core each, rather than one after another
@@ -24,7 +24,7 @@ def load_onnx(spec: ModelSpec, runtime: Runtime) -> Predictor:
     concurrency = (runtime.threads or os.cpu_count() or 1) if cpu else 1
     options.intra_op_num_threads = 1 if cpu else runtime.threads
     options.inter_op_num_threads = 1
-    providers = ["CPUExecutionProvider"]
+    providers: list[str | tuple[str, dict[str, int]]] = ["CPUExecutionProvider"]
     if runtime.device.startswith("cuda"):
         index = int(runtime.device.split(":")[1]) if ":" in runtime.device else 0
         providers.insert(0, ("CUDAExecutionProvider", {"device_id": index}))

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ...exceptions import WeightsError
 from ..spec import ModelSpec
-from .base import Backend, Predictor, Runtime, batch_size_for
+from .base import Backend, Predictor, Runtime, batch_size_for, verified_weights
+
+if TYPE_CHECKING:
+    import torch
 
 _CPU_TORCH = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
 
@@ -21,7 +24,7 @@ def load_torch(spec: ModelSpec, runtime: Runtime) -> Predictor:
 
     if runtime.threads:
         torch.set_num_threads(runtime.threads)
-    path = spec.weights.verified_path()
+    path = verified_weights(spec)
     arch = dict(spec.architecture)
     model = smp.create_model(
         **arch, encoder_weights=None, in_channels=len(spec.bands), classes=len(spec.classes)
@@ -80,7 +83,7 @@ class TorchPredictor:
         with torch.inference_mode():
             if self._copy_stream is None:
                 return self._forward(x.to(self.device)).float().cpu().numpy()
-            return self._overlapped(x)
+            return self._overlapped(x, self._copy_stream)
 
     def _forward(self, x: Any) -> Any:
         import torch
@@ -89,14 +92,14 @@ class TorchPredictor:
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self._autocast):
             return self.module(x)
 
-    def _overlapped(self, x: Any) -> np.ndarray:
+    def _overlapped(self, x: Any, copy: torch.cuda.Stream) -> np.ndarray:
         import torch
 
         n, step = len(x), self.micro_batch
         if n % step:  # a static shape per call (torch.compile): pad the last micro-batch
             x = torch.cat([x, x.new_zeros((step - n % step, *x.shape[1:]))])
         host = x.pin_memory()
-        compute, copy = torch.cuda.current_stream(self.device), self._copy_stream
+        compute = torch.cuda.current_stream(self.device)
         with torch.cuda.stream(copy):
             upload = host[:step].to(self.device, non_blocking=True)
         outputs = []
