@@ -115,6 +115,7 @@ def quicklook(rgb_reflectance: np.ndarray, mask: np.ndarray, path: str | Path, t
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.layout_engine import ConstrainedLayoutEngine
 
     from .plotting import legend_handles
 
@@ -133,7 +134,9 @@ def quicklook(rgb_reflectance: np.ndarray, mask: np.ndarray, path: str | Path, t
     fig.legend(handles=legend_handles(labels), loc="lower center", ncol=5, frameon=False)
     if title:
         fig.suptitle(title)
-    fig.get_layout_engine().set(rect=(0, 0.06, 1, 0.94))
+    engine = fig.get_layout_engine()
+    assert isinstance(engine, ConstrainedLayoutEngine)  # the figure was made with layout="constrained"
+    engine.set(rect=(0, 0.06, 1, 0.94))
     fig.savefig(path, dpi=90)
     return Path(path)
 

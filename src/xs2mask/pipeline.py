@@ -458,7 +458,7 @@ def run(
     plan = _share_cores(plan, size * _blocks(writer.slabs[0], job.load.chunks) if writer.slabs else 1)
     signed: tuple[float, np.datetime64, list] | None = None
     for slab in zstore.with_progress(todo, progress):
-        day = np.datetime64(slab.date, "D")
+        day = slab.date.astype("datetime64[D]")
         if signed is None or signed[1] != day or time.monotonic() - signed[0] > _RESIGN_AFTER_S:
             # Signed here, just before the day's slabs run: signatures expire after ~45 minutes.
             signed = (time.monotonic(), day, resign(by_day[day], sign))
@@ -568,7 +568,7 @@ def _flush(
                 continue
             outcomes.append((pending, fraction))
     for pending, fraction in outcomes:
-        day = np.datetime64(pending.slab.date, "D")
+        day = pending.slab.date.astype("datetime64[D]")
         _check_slab(findings, day, by_day[day], float(np.max(fraction)))
     batch.clear()
 

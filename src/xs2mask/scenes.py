@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
+from affine import Affine
 
 from .bands import BAND_NAMES, canonical_band
 from .exceptions import BandError, InputError, RadiometryWarning, XS2MaskError
@@ -57,7 +58,7 @@ class _BandFile:
     path: Path
     index: int  # 1-based band index in the file
     crs: object
-    transform: object  # rasterio Affine
+    transform: Affine
     width: int
     height: int
     dtype: str
@@ -667,7 +668,7 @@ def _decide_radiometry(files, metadata: _Metadata, path: Path, harmonize, offset
             "taken as reflectance: drop offset= (or convert the file to DN)"
         )
     as_is = Radiometry(scale=1e-4, offset=0.0, source="float values taken as reflectance as they are")
-    decided = {bf.band: as_is for bf in floats}
+    decided: dict[str, Radiometry | None] = {bf.band: as_is for bf in floats}
     files = [bf for bf in files if bf not in floats]
     if harmonize is False:
         plain = Radiometry(scale=1e-4, offset=0.0, source="harmonize=False: DN / 10000, no offset removed")
