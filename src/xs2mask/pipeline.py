@@ -5,10 +5,12 @@ masks); a :class:`Job` holds its checked options in four parts: :class:`Search`,
 :class:`Load`, :class:`Predict` and :class:`Store`. It searches once, builds the
 whole output grid lazily (nothing is read) and opens the store with
 :class:`xs2mask.store.MaskStore` (which checks an existing store's provenance, grid
-and dates); then each day's items are reloaded with freshly signed URLs (again when a day takes
-longer than the signatures last) into one lazy cube, and each slab (one day x
-one spatial block) is a slice of it: predicted, written and recorded, so a slab's
-graph is built in the same time whatever the area. A rerun of an interrupted job
+and dates); then each slab (one day x one spatial block) is loaded on its own, the
+slab and the halo its patches need, from the day's items with freshly signed URLs
+(signed again when a day takes longer than the signatures last): predicted, written
+and recorded. Nothing is read twice, a slab's graph is built in the same time and
+its memory is the same whatever the area, and the masks are those of
+:func:`xs2mask.predict` on the whole day's cube. A rerun of an interrupted job
 writes only the missing slabs (see :mod:`xs2mask.store`). The loop is plain code
 here: the store never calls back into the job.
 
