@@ -59,10 +59,17 @@ def run_case(case: str, url: str, collections: list[str], bbox: list[float], mod
 
     if case == "job":
         store = Path(work) / "job.zarr"
-        # Imported before the clock, as the predict case imports them with its (untimed) load.
+        # Imported before the clock, as the predict case imports them with its (untimed) load; the job
+        # also imports distributed (Dask looks for a client) and planetary_computer (re-signing).
+        import contextlib
+
+        import distributed  # noqa: F401
         import rioxarray  # noqa: F401
         import stackstac  # noqa: F401
         import zarr  # noqa: F401
+
+        with contextlib.suppress(ImportError):
+            import planetary_computer  # noqa: F401
 
         with harness.Stopwatch() as watch:
             search = Search(url, tuple(collections), tuple(bbox), DATETIME)
