@@ -12,7 +12,7 @@ from stackstac.raster_spec import RasterSpec
 from stackstac.rio_reader import AutoParallelRioReader
 
 import xs2mask
-from xs2mask.reading import ReadPolicy, RetryingEnv, RetryingReader, _grid_shift
+from xs2mask.reading import ReadPolicy, RetryingReader, _grid_shift, read_env
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def band_file(tmp_path_factory):
 def _readers(path, spec):
     kw = dict(
         url=str(path), spec=spec, resampling=Resampling.nearest, dtype=np.dtype("float32"),
-        fill_value=np.float32(np.nan), scale_offset=(1, 0), gdal_env=RetryingEnv(ReadPolicy(), {}),
+        fill_value=np.float32(np.nan), scale_offset=(1, 0), gdal_env=read_env(ReadPolicy()),
     )  # fmt: skip
     return RetryingReader(**kw), AutoParallelRioReader(**kw)
 
@@ -85,3 +85,25 @@ def test_the_reader_travels_and_reopens(band_file):
     fast.close()
     again = pickle.loads(pickle.dumps(fast)).read(Window(0, 0, 64, 64))
     np.testing.assert_array_equal(first, again)
+
+
+def test_the_reader_travels_to_workers_with_its_policy_and_names(band_file):
+    """stackstac rebuilds a pickled reader from its own arguments: the retry policy and the names its
+    errors give must survive the trip to a Dask worker, and the GDAL options come from stackstac's
+    public ``LayeredEnv.updated``."""
+    import pickle
+
+    from xs2mask.reading import reader
+
+    with rasterio.open(band_file) as ds:
+        left, top, epsg = ds.transform.c, ds.transform.f, ds.crs.to_epsg()
+    spec = RasterSpec(epsg, (left, top - 5120, left + 5120, top), (10, 10))
+    policy = ReadPolicy(retries=1, timeout=7)
+    made = reader(policy, {str(band_file): ("item-1", "B04")})(
+        url=str(band_file), spec=spec, resampling=Resampling.nearest, dtype=np.dtype("float32"),
+        fill_value=np.float32(np.nan), scale_offset=(1, 0), gdal_env=read_env(policy), errors_as_nodata=(),
+    )  # fmt: skip
+    travelled = pickle.loads(pickle.dumps(made))
+    assert travelled.policy == policy and travelled.names == {str(band_file): ("item-1", "B04")}
+    assert "'GDAL_HTTP_TIMEOUT': '7'" in repr(travelled.gdal_env)
+    np.testing.assert_array_equal(travelled.read(Window(0, 0, 64, 64)), made.read(Window(0, 0, 64, 64)))

@@ -25,10 +25,11 @@ the signed href): a read never returns pixels it did not get.
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,39 +72,28 @@ class ReadPolicy:
         }
 
 
-class RetryingEnv(LayeredEnv):
-    """stackstac's GDAL options plus the read policy and, per href, its item id and asset key.
+def read_env(policy: ReadPolicy) -> LayeredEnv:
+    """stackstac's GDAL options plus the read policy's HTTP retries and timeouts.
 
-    It travels in the graph with every reader, so the reader knows how to retry
-    and what to call a file in its error.
+    Examples
+    --------
+    >>> "GDAL_HTTP_MAX_RETRY" in repr(read_env(ReadPolicy(retries=1)))
+    True
     """
+    return DEFAULT_GDAL_ENV.updated(always=policy.gdal_options())
 
-    def __init__(
-        self,
-        policy: ReadPolicy,
-        names: Mapping[str, tuple[str, str]],
-        extra: Mapping[str, str] | None = None,
-    ) -> None:
-        always = {**DEFAULT_GDAL_ENV._always, **policy.gdal_options(), **(extra or {})}
-        super().__init__(
-            always=always,
-            open=DEFAULT_GDAL_ENV._open,
-            open_vrt=DEFAULT_GDAL_ENV._open_vrt,
-            read=DEFAULT_GDAL_ENV._read,
-        )
-        self.policy = policy
-        self.names = dict(names)
-        self.extra = dict(extra or {})
 
-    def uncached(self, href: str) -> RetryingEnv:
-        """The same options with GDAL's HTTP cache off for ``href``."""
-        return RetryingEnv(self.policy, self.names, {**self.extra, "CPL_VSIL_CURL_NON_CACHED": _vsi(href)})
+def reader(policy: ReadPolicy, names: Mapping[str, tuple[str, str]]) -> Callable[..., RetryingReader]:
+    """The ``reader=`` for ``stackstac.stack``: :class:`RetryingReader` with the read policy and, per
+    href, the item id and asset key its errors name (stackstac passes a reader only its own options).
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"policy": self.policy, "names": self.names, "extra": self.extra}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        RetryingEnv.__init__(self, **state)
+    Examples
+    --------
+    >>> make = reader(ReadPolicy(), {"https://x/b04.tif": ("item-1", "B04")})
+    >>> make.keywords["names"]["https://x/b04.tif"]
+    ('item-1', 'B04')
+    """
+    return functools.partial(RetryingReader, policy=policy, names=dict(names))
 
 
 class RetryingReader(AutoParallelRioReader):
@@ -117,13 +107,25 @@ class RetryingReader(AutoParallelRioReader):
     cost. Other files (another zone, another pixel size) go through the warper.
     """
 
-    gdal_env: LayeredEnv  # set by stackstac's __init__
+    gdal_env: LayeredEnv  # set by stackstac's reader; replaced by an uncached one to retry
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        policy: ReadPolicy | None = None,
+        names: Mapping[str, tuple[str, str]] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
+        self.policy = policy or ReadPolicy()
+        self.names = dict(names or {})
         self._local = threading.local()  # per thread, a rasterio dataset is not thread-safe
         self._opened: list[Any] = []
         self._opened_lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # stackstac rebuilds a pickled reader from its constructor arguments: ours travel too (Dask workers).
+        return {**super().__getstate__(), "policy": self.policy, "names": self.names}
 
     def read(self, window: Any, **kwargs: Any) -> np.ndarray:
         attempt = 0
@@ -135,20 +137,17 @@ class RetryingReader(AutoParallelRioReader):
             except Exception as err:  # rasterio, GDAL and stackstac raise many types
                 reason = describe(err)
             # Out of the except block, so that the ReadError carries no chain holding the signed href.
-            env = self.gdal_env
-            policy = getattr(env, "policy", ReadPolicy())
             status = _status(reason)
             permanent = status is not None and 400 <= status < 500 and status not in _TRANSIENT_4XX
-            if permanent or attempt >= policy.retries:
-                item, asset = getattr(env, "names", {}).get(self.url, (None, None))
+            if permanent or attempt >= self.policy.retries:
+                item, asset = self.names.get(self.url, (None, None))
                 raise ReadError.of(
                     self.url, reason, attempts=attempt + 1, item=item, asset=asset, permanent=permanent
                 )
-            time.sleep(policy.backoff * 2**attempt)
+            time.sleep(self.policy.backoff * 2**attempt)
             attempt += 1
-            self.close()  # the next attempt reopens the file, uncached
-            if isinstance(env, RetryingEnv):
-                self.gdal_env = env.uncached(self.url)
+            self.close()  # the next attempt reopens the file with GDAL's HTTP cache off for it
+            self.gdal_env = self.gdal_env.updated(always={"CPL_VSIL_CURL_NON_CACHED": _vsi(self.url)})
 
     def _read_own(self, window: Any) -> np.ndarray:
         """The window on the output grid: as stored when the file lies on that grid, else warped."""

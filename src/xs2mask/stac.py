@@ -235,7 +235,7 @@ def load(
     import stackstac
 
     from .radiometry import item_radiometry
-    from .reading import ReadPolicy, RetryingEnv, RetryingReader
+    from .reading import ReadPolicy, read_env, reader
 
     chunks = chunks or 2048
     items = [_as_item(i) for i in items]
@@ -277,8 +277,8 @@ def load(
         xy_coords="center",
         properties=False,
         band_coords=False,
-        reader=RetryingReader,
-        gdal_env=RetryingEnv(policy, names),
+        reader=reader(policy, names),
+        gdal_env=read_env(policy),
         # stackstac's default reads a 404 as no-data with a mere warning: masks of missing pixels.
         errors_as_nodata=(),
     )
