@@ -172,12 +172,7 @@ def predict(
         model_dir=model_dir,
         compile=compile,
     )
-    plan, data = prepared.plan, prepared.cube.data
-    if _is_dask(data):
-        result = _map_dask(data, plan)
-    else:
-        result = predict_block(np.asarray(data), plan, (0, plan.height), (0, plan.width))
-    return prepared.dataset(result)
+    return prepared.predict()
 
 
 @dataclass(frozen=True)
@@ -194,6 +189,15 @@ class Prepared:
     processing_resolution: float | None
     had_time: bool
     crs: Any
+
+    def predict(self) -> xr.Dataset:
+        """:func:`predict`'s output: lazy for a Dask cube, computed now for a numpy one."""
+        plan, data = self.plan, self.cube.data
+        if _is_dask(data):
+            result = _map_dask(data, plan)
+        else:
+            result = predict_block(np.asarray(data), plan, (0, plan.height), (0, plan.width))
+        return self.dataset(result)
 
     def dataset(self, result: Any) -> xr.Dataset:
         """The output Dataset of ``result`` (``(time, n_out, y, x)``) on the cube's coordinates."""

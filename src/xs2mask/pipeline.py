@@ -36,6 +36,7 @@ from .exceptions import InputError, ReadError, ReadWarning, StacError
 from .redaction import redact_url
 
 if TYPE_CHECKING:
+    from .inference import Prepared
     from .kernel import Plan
     from .store import Progress
 
@@ -216,22 +217,10 @@ class Predict:
             metres = check_real("processing_resolution", self.processing_resolution, _positive, "positive")
             object.__setattr__(self, "processing_resolution", metres)
 
-    def masks(self, cube: xr.DataArray) -> xr.Dataset:
-        """The cube's lazy masks (:func:`xs2mask.predict`) made with these options."""
-        from .inference import predict
-
-        return predict(
-            cube,
-            model=self.model,
-            tta=self.tta,
-            processing_resolution=self.processing_resolution,
-            device=self.device,
-            compile=self.compile,
-        )
-
-    def plan(self, cube: xr.DataArray) -> Plan:
-        """How :meth:`masks` runs its blocks (:func:`xs2mask.inference.prepare`): the job runs them
-        itself, each slab from its own window."""
+    def prepare(self, cube: xr.DataArray) -> Prepared:
+        """:func:`xs2mask.predict` of the cube with these options, planned and not run
+        (:func:`xs2mask.inference.prepare`): ``.predict()`` gives the lazy masks, ``.plan`` how their
+        blocks run (the job runs them itself, each slab from its own window)."""
         from .inference import prepare
 
         return prepare(
@@ -241,7 +230,7 @@ class Predict:
             processing_resolution=self.processing_resolution,
             device=self.device,
             compile=self.compile,
-        ).plan
+        )
 
 
 @dataclass(frozen=True)
@@ -423,8 +412,8 @@ def run(
         "%d items (%d after --max-cloud, %d kept of reprocessed duplicates) in %d solar days, %s px",
         found, len(items), len(used), len(by_day), "x".join(map(str, full.shape[-2:])),
     )  # fmt: skip
-    template = predict.masks(full)
-    plan = predict.plan(full)
+    prepared = predict.prepare(full)
+    template, plan = prepared.predict(), prepared.plan
     template.attrs.update(
         {
             # Credentials in the URL (user:password@, tokens) are never stored.
