@@ -7,18 +7,30 @@ from pathlib import Path
 
 import pytest
 
-# The real test data live beside the project (../shared/data); a fresh clone has none.
+# The real test data live beside the project (../shared/data); a fresh clone has none, but it has
+# tests/data: the few files of it (byte-identical, same layout) that most tests need (see its README).
 _SHARED_DATA = Path(
     os.environ.get("XS2MASK_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
 )
+_SHIPPED_DATA = Path(__file__).resolve().parent / "data"
+#: ``../shared/data`` when present, else the shipped subset ``tests/data``.
+REAL_DATA = _SHARED_DATA if _SHARED_DATA.is_dir() else _SHIPPED_DATA
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """Folder of the real Sentinel-2 test data, or skip the test when it is absent."""
+    """Folder of all the real Sentinel-2 test data, or skip the test when it is absent: for tests of
+    files that ``tests/data`` does not ship (the other tests take :func:`real_data`)."""
     if not _SHARED_DATA.is_dir():
         pytest.skip(f"real test data not found at {_SHARED_DATA} (set XS2MASK_SHARED_DATA)")
     return _SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """``../shared/data``, or without it the shipped subset ``tests/data`` (same layout): for tests of
+    the files listed in ``tests/data/README.md``."""
+    return REAL_DATA
 
 
 # --------------------------------------------------------------------------------------------------
@@ -38,8 +50,7 @@ from support import faults, s3, stac_api, variants  # noqa: E402
 def _serve(name: str, tmp_path_factory: pytest.TempPathFactory):
     pytest.importorskip("rasterio")
     pytest.importorskip("rustac", reason="rustac (STAC API server) is not installed")
-    shared = _SHARED_DATA if _SHARED_DATA.is_dir() else None
-    catalogue = variants.build_catalogue(name, tmp_path_factory.mktemp(f"stac_{name}"), shared=shared)
+    catalogue = variants.build_catalogue(name, tmp_path_factory.mktemp(f"stac_{name}"), shared=REAL_DATA)
     with stac_api.serve_catalogue(catalogue) as served:
         yield served
 
@@ -50,9 +61,8 @@ def stac_pc(tmp_path_factory: pytest.TempPathFactory):
 
     Returns a :class:`support.variants.StacCatalogue` (url, collections, bbox, datetime, ids by role,
     groups, truth per item id, items, collection_docs, folder); its table of roles is in
-    :mod:`support.variants`. Built from the demo scene of the package, so it needs no ``../shared``;
-    the role ``multires`` (a BigEarthNet patch) is there only when ``../shared/data`` is: a test of it
-    also asks for the ``shared_data`` fixture.
+    :mod:`support.variants`. Built from the demo scene of the package and, for the role ``multires``
+    (a BigEarthNet patch), from ``tests/data`` when ``../shared/data`` is absent.
 
     The time series is honest about one thing only: its dates. Dates 1 and 2 carry REAL pixels of
     windows of the demo scene (adwp-clear: 3 % cloud; adwp-overcast: 100 % cloud) mirrored to its
@@ -69,7 +79,8 @@ def stac_es(tmp_path_factory: pytest.TempPathFactory):
     Same :class:`support.variants.StacCatalogue` fields as ``stac_pc``. Collections
     ``sentinel-2-l2a``, ``sentinel-2-l1c``, ``sentinel-2-c1-l2a``; items rewritten from real Earth
     Search items (common-name asset keys, ``raster:bands`` scale 1e-4 offset -0.1). The roles
-    ``lying`` (chip khas, dark water) and ``multires`` are there only when ``../shared/data`` is.
+    ``lying`` (chip khas, dark water) and ``multires`` take their files from ``../shared/data`` or,
+    without it, from ``tests/data``.
     """
     yield from _serve("es", tmp_path_factory)
 

@@ -2,9 +2,10 @@
 the CLI offline. It prints the ``xs2mask predict`` command to try.
 
 The catalogue is that of the ``stac_pc`` / ``stac_es`` fixtures (:mod:`support.variants`, built from
-the demo scene of the package; with ``SHARED`` = ``../shared/data``, the default where it exists, also
-the roles that need it). The helpers live in ``tests/support``; ``serve_items`` and ``write_raster``
-are importable from here too, for ``benchmarks/bench_pipeline.py`` and ``bench_scale.py``.
+the demo scene of the package, plus the roles ``lying`` and ``multires`` from ``SHARED``: by default
+``../shared/data`` where it exists, else the shipped subset ``tests/data``). The helpers live in
+``tests/support``; ``serve_items`` and ``write_raster`` are importable from here too, for
+``benchmarks/bench_pipeline.py`` and ``bench_scale.py``.
 """
 
 from __future__ import annotations
@@ -23,14 +24,15 @@ from support.variants import build_catalogue
 __all__ = ["serve_items", "write_raster"]
 
 _SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+_SHIPPED = Path(__file__).resolve().parent / "data"
 
 
 def _serve_forever(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("name", choices=("pc", "es"))
-    parser.add_argument("shared", nargs="?", default=str(_SHARED) if _SHARED.is_dir() else None)
+    parser.add_argument("shared", nargs="?", type=Path, default=_SHARED if _SHARED.is_dir() else _SHIPPED)
     args = parser.parse_args(argv)
-    shared = Path(args.shared) if args.shared else None
+    shared = args.shared
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"xs2mask-{args.name}-")))
         served = stack.enter_context(serve_catalogue(build_catalogue(args.name, tmp, shared=shared)))

@@ -393,9 +393,9 @@ def test_scores_are_frozen_and_picklable():
 # ---------------------------------------------------------------------------------------------------
 # Real labels: the trusted On Cloud N chips
 # ---------------------------------------------------------------------------------------------------
-def _trusted_labels(shared_data: Path) -> dict[str, np.ndarray]:
+def _trusted_labels(real_data: Path) -> dict[str, np.ndarray]:
     rasterio = pytest.importorskip("rasterio")
-    folder = shared_data / "cloud_cover_chips"
+    folder = real_data / "cloud_cover_chips"
     chips = json.loads((folder / "chips.json").read_text())
     labels = {}
     for chip in chips:
@@ -406,8 +406,8 @@ def _trusted_labels(shared_data: Path) -> dict[str, np.ndarray]:
     return labels
 
 
-def test_real_labels_trivial_prediction_and_self(shared_data: Path):
-    labels = _trusted_labels(shared_data)
+def test_real_labels_trivial_prediction_and_self(real_data: Path):
+    labels = _trusted_labels(real_data)
     trivial, perfect = [], []
     for chip, label in labels.items():
         all_clear = evaluate(np.zeros_like(label), label, reference_classes=ONCLOUDN)
@@ -429,11 +429,11 @@ def test_real_labels_trivial_prediction_and_self(shared_data: Path):
     assert pooled_self.n_pixels == sum(label.size for label in labels.values())
 
 
-def test_real_label_lazy_through_xarray(shared_data: Path):
+def test_real_label_lazy_through_xarray(real_data: Path):
     pytest.importorskip("rioxarray")
     import rioxarray
 
-    path = shared_data / "cloud_cover_chips" / "adwp" / "label.tif"
+    path = real_data / "cloud_cover_chips" / "adwp" / "label.tif"
     label = rioxarray.open_rasterio(path, chunks={"y": 256, "x": 256})  # band, y, x; lazy
     counter = _CountingScheduler()
     with dask.config.set(scheduler=counter):

@@ -141,7 +141,7 @@ def test_tile_edge_gives_one_seamless_mask_equal_to_the_whole_scene(tmp_path, st
     np.testing.assert_array_equal(run("2020-05-04", "edge.zarr"), run("2020-04-29", "whole.zarr"))
 
 
-def test_metadata_that_lies_is_reported(tmp_path, stac_es, shared_data):
+def test_metadata_that_lies_is_reported(tmp_path, stac_es):
     truth = stac_es.truth_of("lying")
     day = truth.datetime[:10]
     job = Job(

@@ -42,8 +42,8 @@ ES_LEGACY = "earth-search_aws_element84_com__sentinel-s2-l2a-cogs.json"
 
 
 @pytest.fixture(scope="module")
-def l1c(shared_data: Path) -> Path:
-    return shared_data / "l1c_radiometry"
+def l1c(real_data: Path) -> Path:
+    return real_data / "l1c_radiometry"
 
 
 def _read(path: Path) -> np.ndarray:
@@ -54,7 +54,8 @@ def _read(path: Path) -> np.ndarray:
 def _features(data: Path, name: str) -> list[dict]:
     """Real items of one provider file that have assets (some c1-l2a search hits carry none).
 
-    ``data``: ``../shared/data``, or the shipped :data:`support.sources.TEMPLATES` (their first item only).
+    ``data``: ``real_data`` (``../shared/data`` or ``tests/data``), or the shipped
+    :data:`support.sources.TEMPLATES` (their first item only).
     """
     folder = "api_responses" if name.startswith(("earth-search", "planetarycomputer")) else "odc_stac"
     path = data / "stac_items" / folder / name
@@ -249,9 +250,9 @@ CHECKS = {
 
 
 @pytest.mark.parametrize("provider", list(CHECKS))
-def test_every_real_item(shared_data: Path, provider: str) -> None:
+def test_every_real_item(real_data: Path, provider: str) -> None:
     check, n_items = CHECKS[provider]
-    items = _features(shared_data, provider)
+    items = _features(real_data, provider)
     assert len(items) == n_items
     n_assets = 0
     with warnings.catch_warnings():
@@ -269,8 +270,8 @@ def test_every_real_item(shared_data: Path, provider: str) -> None:
 
 @pytest.mark.parametrize("provider", [ES_L1C, ES_L2A, ES_C1])
 @pytest.mark.parametrize("asset_level", [False, True], ids=["bands", "asset-level"])
-def test_stac11_bands_form(shared_data: Path, provider: str, asset_level: bool) -> None:
-    for item in _features(shared_data, provider)[:2]:
+def test_stac11_bands_form(real_data: Path, provider: str, asset_level: bool) -> None:
+    for item in _features(real_data, provider)[:2]:
         new = _to_stac11(item, asset_level=asset_level)
         assert "raster:bands" not in json.dumps(new)
         for key in _reflectance_assets(item):
@@ -312,9 +313,9 @@ def _strip(item: dict, *keys: str) -> dict:
     return item
 
 
-def test_no_metadata_2025_item(shared_data: Path) -> None:
+def test_no_metadata_2025_item(real_data: Path) -> None:
     """The legacy sentinel-s2-l2a-cogs item without its sentinel:* radiometric properties."""
-    real = _features(shared_data, ES_LEGACY)[0]
+    real = _features(real_data, ES_LEGACY)[0]
     item = _strip(real, "sentinel:boa_offset_applied", "sentinel:processing_baseline", "sentinel:product_id")
     with pytest.warns(RadiometryWarning, match=r"S2B_20EPT_20250731_0_L2A.*assumed") as rec:
         r = item_radiometry(item, "B04")
@@ -334,9 +335,9 @@ def test_no_metadata_2025_item(shared_data: Path) -> None:
     assert (r.offset, r.source) == (-0.1, "sentinel:product_id baseline 05.11 >= 04.00")
 
 
-def test_earth_search_v0_item(shared_data: Path) -> None:
+def test_earth_search_v0_item(real_data: Path) -> None:
     """A 2020 sentinel-s2-l2a-cogs item (STAC 1.0.0-beta.1): baseline only in sentinel:product_id."""
-    item = _features(shared_data, "S2A_28QCH_20200714_0_L2A.json")[0]
+    item = _features(real_data, "S2A_28QCH_20200714_0_L2A.json")[0]
     r = item_radiometry(item, "B04")
     assert (r.offset, r.source) == (0.0, "sentinel:product_id baseline 02.14 < 04.00")
     with pytest.warns(RadiometryWarning, match="2020-07-14 < 2022-01-25"):

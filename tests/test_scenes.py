@@ -1,7 +1,8 @@
 """Reading one scene from files (``.SAFE``, band folder, multi-band GeoTIFF) and ``xs2mask mask``.
 
-Every input here is built from real Sentinel-2 pixels and real product metadata in
-``../shared/data``; the tests skip when that folder is absent.
+Every input here is built from real Sentinel-2 pixels and real product metadata: the demo scene of
+the package and ``l1c_radiometry/`` of ``../shared/data`` or, without it, of the shipped ``tests/data``.
+The tests of ``l1c_jp2_partial/`` (not shipped) skip when ``../shared/data`` is absent.
 
 How the SAFE products are built: the N0400 crop in ``l1c_radiometry/`` is stored with all
 13 bands on its 10 m grid, but its 20 m and 60 m bands are constant over the 2x2 and 6x6
@@ -133,29 +134,27 @@ def _build_l2a_safe(shared: Path, root: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def toa(shared_data) -> xr.DataArray:
+def toa(real_data) -> xr.DataArray:
     """ESA's expected top-of-atmosphere reflectance of the N0400 crop (13 bands, 10 m)."""
-    with rasterio.open(shared_data / "l1c_radiometry" / f"{N0400}_toa.tif") as src:
+    with rasterio.open(real_data / "l1c_radiometry" / f"{N0400}_toa.tif") as src:
         return xr.DataArray(src.read(), dims=("band", "y", "x"), coords={"band": list(BAND_NAMES)})
 
 
 @pytest.fixture(scope="module")
-def l1c_safe(shared_data, tmp_path_factory) -> Path:
-    return _build_l1c_safe(shared_data, tmp_path_factory.mktemp("l1c"), N0400)
+def l1c_safe(real_data, tmp_path_factory) -> Path:
+    return _build_l1c_safe(real_data, tmp_path_factory.mktemp("l1c"), N0400)
 
 
 @pytest.fixture(scope="module")
-def chip_tif(shared_data, tmp_path_factory) -> Path:
-    """A 4-band GeoTIFF (B02 B03 B04 B08, L2A DN) cut from a real cloud cover chip, bands named."""
-    chip = shared_data / "cloud_cover_chips" / "adwp"
-    stack = []
-    for band in ("B02", "B03", "B04", "B08"):
-        with rasterio.open(chip / f"{band}.tif") as src:
-            window = rasterio.windows.Window(128, 64, 256, 192)
-            stack.append(src.read(1, window=window))
-            transform, crs = src.window_transform(window), src.crs
+def chip_tif(tmp_path_factory) -> Path:
+    """A 4-band GeoTIFF (B02 B03 B04 B08, L2A DN) cut from a real cloud cover chip, bands named: the
+    demo scene of the package is chip adwp, the same pixels and grid as its band files."""
+    with rasterio.open(xs2mask.data.demo_path()) as src:
+        window = rasterio.windows.Window(128, 64, 256, 192)
+        bands = [src.descriptions.index(b) + 1 for b in ("B02", "B03", "B04", "B08")]
+        stack, transform, crs = src.read(bands, window=window), src.window_transform(window), src.crs
     path = tmp_path_factory.mktemp("chip") / "adwp_chip.tif"
-    return _write(path, np.stack(stack), transform, crs, descriptions=["B02", "B03", "B04", "B08"], nodata=0)
+    return _write(path, stack, transform, crs, descriptions=["B02", "B03", "B04", "B08"], nodata=0)
 
 
 def _quiet_read(*args, **kwargs) -> xr.DataArray:
@@ -180,10 +179,10 @@ def test_l1c_safe_equals_esa_toa(l1c_safe, toa):
     assert "B01: nearest 60 m -> 10 m" in cube.attrs["xs2mask_resampling"]
 
 
-def test_l1c_safe_grid_and_crs(l1c_safe, shared_data):
+def test_l1c_safe_grid_and_crs(l1c_safe, real_data):
     cube = read_scene(l1c_safe, bands=["B04", "B8A"])
     assert list(cube.band.values) == ["B04", "B8A"]  # the order asked for
-    with rasterio.open(shared_data / "l1c_radiometry" / f"{N0400}.tif") as src:
+    with rasterio.open(real_data / "l1c_radiometry" / f"{N0400}.tif") as src:
         assert cube.rio.crs == src.crs
         assert cube.rio.transform() == src.transform
         assert cube.shape[1:] == (src.height, src.width)
@@ -209,9 +208,9 @@ def test_l1c_safe_at_20m_averages_the_10m_bands(l1c_safe, toa):
     np.testing.assert_allclose(cube.sel(band="B02").values[0, 4], b02[:2, 8].mean(), rtol=1e-6)
 
 
-def test_n0209_safe_has_no_offset(shared_data, tmp_path):
-    safe = _build_l1c_safe(shared_data, tmp_path, N0209)
-    dn, transform, _ = _crop(shared_data, N0209)
+def test_n0209_safe_has_no_offset(real_data, tmp_path):
+    safe = _build_l1c_safe(real_data, tmp_path, N0209)
+    dn, transform, _ = _crop(real_data, N0209)
     cube = read_scene(safe, resolution=None)
     assert cube.rio.resolution() == (60.0, -60.0) and cube.rio.transform() == transform
     expected = np.where(dn == 0, np.nan, dn / np.float32(10000)).astype(np.float32)
@@ -221,8 +220,8 @@ def test_n0209_safe_has_no_offset(shared_data, tmp_path):
     assert np.isnan(cube.values).any()  # DN 0 of the real crop is no-data
 
 
-def test_l2a_safe_takes_each_band_at_its_finest(shared_data, tmp_path, toa):
-    safe = _build_l2a_safe(shared_data, tmp_path)
+def test_l2a_safe_takes_each_band_at_its_finest(real_data, tmp_path, toa):
+    safe = _build_l2a_safe(real_data, tmp_path)
     cube = read_scene(safe)
     assert list(cube.band.values) == [b for b in BAND_NAMES if b != "B10"]  # SCL ignored, no B10
     np.testing.assert_array_equal(cube.values, toa.drop_sel(band="B10").values)
@@ -279,9 +278,9 @@ def test_folder_lazy_at_10m(shared_data):
     np.testing.assert_array_equal(window[0], np.kron(b8a, np.ones((2, 2), np.float32)))
 
 
-def test_folder_offset_from_name_and_user(shared_data, tmp_path):
+def test_folder_offset_from_name_and_user(real_data, tmp_path):
     folder = tmp_path / N0400
-    dn, transform, crs = _crop(shared_data, N0400)
+    dn, transform, crs = _crop(real_data, N0400)
     for i, name in enumerate(("blue", "green", "red", "nir")):  # STAC common names
         _write(folder / f"{name}.tif", dn[i + 1], transform, crs)
     (folder / "label.tif").write_bytes(b"not a band")  # ignored: no band in its name
@@ -296,10 +295,10 @@ def test_folder_offset_from_name_and_user(shared_data, tmp_path):
     np.testing.assert_array_equal(cube2.values, cube.values)
 
 
-def test_folder_uses_a_product_xml(shared_data, tmp_path, toa):
-    dn, transform, crs = _crop(shared_data, N0400)
+def test_folder_uses_a_product_xml(real_data, tmp_path, toa):
+    dn, transform, crs = _crop(real_data, N0400)
     _write(tmp_path / "B03.tif", dn[2], transform, crs)
-    shutil.copy(shared_data / "l1c_radiometry" / f"{N0400}_MTD.xml", tmp_path / "MTD_MSIL1C.xml")
+    shutil.copy(real_data / "l1c_radiometry" / f"{N0400}_MTD.xml", tmp_path / "MTD_MSIL1C.xml")
     cube = read_scene(tmp_path)
     np.testing.assert_array_equal(cube.values, toa.sel(band=["B03"]).values)
 
@@ -328,9 +327,9 @@ def test_multiband_geotiff_without_descriptions(chip_tif, tmp_path):
     np.testing.assert_array_equal(cube.values, _quiet_read(chip_tif).values)
 
 
-def test_float_geotiff_is_taken_as_reflectance(shared_data, toa):
+def test_float_geotiff_is_taken_as_reflectance(real_data, toa):
     # ESA's expected TOA file: float32, bands described as Band_1 ... (not band names), nodata -3.4e38.
-    tif = shared_data / "l1c_radiometry" / f"{N0400}_toa.tif"
+    tif = real_data / "l1c_radiometry" / f"{N0400}_toa.tif"
     with pytest.raises(BandError, match="Band_1"):
         read_scene(tif)
     cube = read_scene(tif, bands=BAND_NAMES)
@@ -340,12 +339,12 @@ def test_float_geotiff_is_taken_as_reflectance(shared_data, toa):
         read_scene(tif, bands=BAND_NAMES, offset=-1000)
 
 
-def test_offset_applied_twice_is_flagged(shared_data, tmp_path):
+def test_offset_applied_twice_is_flagged(real_data, tmp_path):
     # Harmonised DN (offset already removed) with the product's XML beside them: removing the offset
     # again drives the dark pixels (B10 cirrus here) far below 0.
-    dn, transform, crs = _crop(shared_data, N0400)
+    dn, transform, crs = _crop(real_data, N0400)
     _write(tmp_path / "B10.tif", (dn[10] - 1000 + 5).astype(np.uint16), transform, crs)
-    shutil.copy(shared_data / "l1c_radiometry" / f"{N0400}_MTD.xml", tmp_path / "MTD_MSIL1C.xml")
+    shutil.copy(real_data / "l1c_radiometry" / f"{N0400}_MTD.xml", tmp_path / "MTD_MSIL1C.xml")
     with pytest.warns(RadiometryWarning, match="far below 0"):
         read_scene(tmp_path)
 
@@ -374,8 +373,8 @@ def test_duplicate_band_files(shared_data, tmp_path):
         read_scene(tmp_path)
 
 
-def test_mixed_crs(shared_data, tmp_path):
-    dn, transform, crs = _crop(shared_data, N0400)
+def test_mixed_crs(real_data, tmp_path):
+    dn, transform, crs = _crop(real_data, N0400)
     _write(tmp_path / "B02.tif", dn[1], transform, crs)
     _write(tmp_path / "B03.tif", dn[2], transform, "EPSG:32633")
     with pytest.raises(InputError, match=r"different CRSs \(B02: EPSG:32632, B03: EPSG:32633\)"):

@@ -95,9 +95,8 @@ def test_search_by_bbox_and_datetime(catalogue: StacCatalogue) -> None:
     main_area = {catalogue.ids[r] for r in catalogue.ids if r not in ELSEWHERE}
     assert _search_ids(catalogue, bbox=catalogue.bbox, datetime=catalogue.datetime) == main_area
     assert _search_ids(catalogue, datetime=catalogue.datetime) == set(catalogue.truth)
-    if "multires" in catalogue.ids:  # with ../shared/data only
-        multires = catalogue.truth_of("multires")
-        assert _search_ids(catalogue, bbox=multires.bbox) == {multires.item_id}
+    multires = catalogue.truth_of("multires")
+    assert _search_ids(catalogue, bbox=multires.bbox) == {multires.item_id}
     # datetime filtering: the dates of the time series hold nothing else
     series = catalogue.groups["timeseries"]
     first, last = catalogue.truth[series[0]].datetime, catalogue.truth[series[-1]].datetime
@@ -241,7 +240,7 @@ def test_each_item_loads_to_its_ground_truth(catalogue: StacCatalogue) -> None:
                 np.testing.assert_allclose(as_metadata_says, expected - 0.1, rtol=0, atol=1e-6)
 
 
-def test_lying_item_is_detectable(stac_es: StacCatalogue, shared_data: Path) -> None:
+def test_lying_item_is_detectable(stac_es: StacCatalogue) -> None:
     item, truth = stac_es.item("lying"), stac_es.truth_of("lying")
     assert item["properties"]["earthsearch:boa_offset_applied"] is False
     assert item["properties"]["s2:processing_baseline"] == "05.11"
@@ -308,7 +307,7 @@ def test_timeseries_truth(catalogue: StacCatalogue) -> None:
     assert truths[0].labels().shape == truths[0].reflectance("B02").shape
 
 
-def test_multires_item(catalogue: StacCatalogue, shared_data: Path) -> None:
+def test_multires_item(catalogue: StacCatalogue) -> None:
     item, truth = catalogue.item("multires"), catalogue.truth_of("multires")
     shapes = {truth.asset_bands[k]: tuple(a["proj:shape"]) for k, a in item["assets"].items()}
     assert shapes["B02"] == (120, 120) and shapes["B05"] == (60, 60) and shapes["B01"] == (20, 20)

@@ -33,17 +33,17 @@ def _idx(bands: tuple[str, ...], name: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def wright(shared_data: Path) -> tuple[np.ndarray, tuple[str, ...]]:
+def wright(real_data: Path) -> tuple[np.ndarray, tuple[str, ...]]:
     """A real clear 10-band L2A scene (Australia), (band, y, x) reflectance, cropped to 256 x 256."""
-    z = np.load(shared_data / "wright_time_series" / "clear_20160101.npz")
+    z = np.load(real_data / "wright_time_series" / "clear_20160101.npz")
     refl = np.moveaxis(z["reflectance"], -1, 0)[:, :256, :256]
     return np.ascontiguousarray(refl, dtype=np.float32), tuple(str(b) for b in z["band_order"])
 
 
 @pytest.fixture(scope="module")
-def eolearn(shared_data: Path) -> tuple[np.ndarray, tuple[str, ...]]:
+def eolearn(real_data: Path) -> tuple[np.ndarray, tuple[str, ...]]:
     """A real clear 13-band L1C scene (Slovenia), 101 x 100."""
-    z = np.load(shared_data / "eolearn_reference_scenes" / "scenes.npz")
+    z = np.load(real_data / "eolearn_reference_scenes" / "scenes.npz")
     refl = np.moveaxis(z["reflectance"][4], -1, 0)
     return np.ascontiguousarray(refl, dtype=np.float32), tuple(str(b) for b in z["band_order"])
 

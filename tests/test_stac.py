@@ -80,8 +80,8 @@ def test_offset_is_recorded_per_time_step(stac_pc):
     np.testing.assert_array_equal(cube.isel(time=0).values, cube.isel(time=1).values)
 
 
-def test_lying_metadata_is_caught_by_the_sanity_check(stac_es, shared_data):
-    # The lying item is chip khas of ../shared/data: its dark water betrays the wrong offset.
+def test_lying_metadata_is_caught_by_the_sanity_check(stac_es):
+    # The lying item is chip khas (tests/data or ../shared/data): its dark water betrays the wrong offset.
     cube = stac.load(_search(stac_es, "lying"), bands=BANDS)
     fraction = float(radiometry.negative_fraction(cube).max())
     with pytest.warns(RadiometryWarning, match="lying|" + stac_es.ids["lying"]):
@@ -115,8 +115,8 @@ def test_items_in_another_utm_zone_are_reprojected_onto_one_grid(stac_pc):
     assert np.mean(a[both] == b[both]) > 0.6
 
 
-def test_twenty_metre_bands_are_resampled_onto_the_ten_metre_grid(stac_pc, shared_data):
-    # The multires item is a BigEarthNet patch of ../shared/data (10, 20 and 60 m bands).
+def test_twenty_metre_bands_are_resampled_onto_the_ten_metre_grid(stac_pc):
+    # The multires item is a BigEarthNet patch (tests/data or ../shared/data) with 10, 20 and 60 m bands.
     cube = stac.load(_search(stac_pc, "multires"), bands=["B04", "B11"], resolution=10)
     truth = stac_pc.truth_of("multires")
     b11 = truth.reflectance("B11")

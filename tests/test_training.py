@@ -231,7 +231,7 @@ def test_transfer_maps_the_first_convolution_by_band_name():
     np.testing.assert_array_equal(dst.state_dict()[first].numpy(), src.state_dict()[first][:, :4].numpy())
 
 
-def test_tiny_run_trains_exports_and_registers(tmp_path, shared_data):
+def test_tiny_run_trains_exports_and_registers(tmp_path, real_data):
     config = TrainConfig(
         name="tiny-4b",
         bands=BANDS,
@@ -241,7 +241,7 @@ def test_tiny_run_trains_exports_and_registers(tmp_path, shared_data):
                 "hard", patch=64, epochs=1, samples_per_epoch=8, batch_size=8, hard_examples=4, hard_pool=8
             ),
         ),
-        data=str(shared_data),
+        data=str(real_data),
         sources=("eolearn", "sen12ms"),
         out=str(tmp_path / "runs"),
         cache=str(tmp_path / "cache"),

@@ -15,6 +15,14 @@ Examples
 --------
 >>> with answers_within(5.0):  # doctest: +SKIP
 ...     text = session().get("https://earth-search.aws.element84.com/v1", timeout=5).text
+
+A passed deadline is told from other failures however deeply the libraries wrap it:
+
+>>> import requests
+>>> exceeded(requests.ConnectionError(DeadlineExceeded("answer not complete within 5 s")))
+True
+>>> exceeded(requests.ConnectionError(ConnectionRefusedError()))
+False
 """
 
 from __future__ import annotations

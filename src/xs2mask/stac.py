@@ -102,6 +102,14 @@ def search(
     ...     "https://earth-search.aws.element84.com/v1", collections="sentinel-2-l2a",
     ...     bbox=[13.3, 52.4, 13.5, 52.6], datetime="2024-06-01/2024-06-30",
     ... )
+
+    Arguments are checked before any request is sent:
+
+    >>> search("https://earth-search.aws.element84.com/v1", collections="sentinel-2-l2a",
+    ...        datetime="June 2024")
+    Traceback (most recent call last):
+    ...
+    xs2mask.exceptions.InputError: datetime 'June 2024' is not a date or a date range; write e.g. ...
     """
     import pystac
     import pystac_client
@@ -229,6 +237,13 @@ def load(
     --------
     >>> cube = load(items, bounds_latlon=[13.3, 52.4, 13.5, 52.6])  # doctest: +SKIP
     >>> masks = cube.s2mask.predict()  # doctest: +SKIP
+
+    A search that matched nothing is told with what to change:
+
+    >>> load([])
+    Traceback (most recent call last):
+    ...
+    xs2mask.exceptions.StacError: no items to load: the search matched nothing. Widen the bbox or ...
     """
     import dask.array
     import rioxarray  # noqa: F401  (registers .rio)

@@ -880,9 +880,13 @@ def open_masks(
 
     Examples
     --------
-    >>> masks = open_masks("masks.zarr")  # doctest: +SKIP
-    >>> masks.mask.rio.crs  # doctest: +SKIP
-    CRS.from_epsg(32736)
+    >>> import xs2mask
+    >>> cube = xs2mask.data.demo_scene().isel(y=slice(0, 128), x=slice(0, 128))
+    >>> cube = cube.expand_dims(time=[np.datetime64("2020-04-29")])
+    >>> _ = xs2mask.to_zarr(cube.s2mask.predict(), "masks.zarr")
+    >>> masks = open_masks("masks.zarr")
+    >>> masks.mask.rio.crs.to_epsg()
+    32736
     """
     group = _open_group(store, storage_options)
     attrs = dict(group.attrs)

@@ -5,10 +5,11 @@ Each item has a role (``baseline_0212``, ``harmonised``, ``tile_edge_left``...) 
 with what it must give. The pixels are the demo scene of the package (chip "adwp", see
 :mod:`support.sources`) and two windows of it mirrored to the chip's size (real values, repeated
 texture): "adwp-clear" (3 % cloud) and "adwp-overcast" (100 % cloud), which the time series borrows
-for its second and third dates. So they build on a clean clone. Two roles need chips that only
-``../shared/data`` has and are there only when ``shared`` is given: ``lying`` (chip khas: dark water
-that a wrong -0.1 offset drives below zero; the demo scene has none) and ``multires`` (a BigEarthNet
-patch with native 10/20/60 m bands; the demo scene has 10 m bands only).
+for its second and third dates. So they build on a clean clone. Two roles need files that the demo
+scene lacks and are there only when ``shared`` is given (``../shared/data``, or the shipped subset
+``tests/data``): ``lying`` (chip khas: dark water that a wrong -0.1 offset drives below zero; the demo
+scene has none) and ``multires`` (a BigEarthNet patch with native 10/20/60 m bands; the demo scene has
+10 m bands only).
 
 pc: collection ``sentinel-2-l2a`` (the real Planetary Computer collection JSON); items rewritten from a
 real PC item (asset keys B02...; no raster extension):
@@ -74,7 +75,7 @@ __all__ = ["CLEAR", "OVERCAST", "StacCatalogue", "build_catalogue"]
 #: mirrored to its size, picked for their cloud cover (3 % and 100 % of the human label).
 CLEAR, OVERCAST = "adwp-clear", "adwp-overcast"
 _WINDOWS = {CLEAR: (104, 0, 128, 128), OVERCAST: (144, 208, 128, 128)}
-#: Folders of ``../shared/data`` behind the roles ``lying`` and ``multires``.
+#: Folders of ``../shared/data`` (and of ``tests/data``) behind the roles ``lying`` and ``multires``.
 _KHAS = f"{it.CHIPS}/khas"
 _BEN = f"bigearthnet/example_patches/{it.BEN_PATCH}"
 
@@ -147,7 +148,7 @@ _ES_SPECS = (
     # Collection 1 reprocessing of a 2017 product: processing baseline 05.00, offset present.
     _S("multires", "es-c1-l2a", it.BEN_TIME.date(), "ben", baseline="05.00"),
 )
-#: Roles whose source only ``../shared/data`` has.
+#: Roles whose source the demo scene lacks: from ``shared``.
 _SHARED_ROLES = {"lying": _KHAS, "multires": _BEN}
 _GROUPS = {
     "pc": {
@@ -187,7 +188,8 @@ def _lay_out(root: Path, shared: Path | None) -> None:
 def build_catalogue(name: str, out: Path, *, shared: Path | None = None) -> StacCatalogue:
     """Write the COGs and items of catalogue ``name`` ("pc" or "es") under ``out`` (not served: url "").
 
-    ``shared``: ``../shared/data``, for the roles ``lying`` and ``multires``; without it they are left out.
+    ``shared``: ``../shared/data`` or ``tests/data``, for the roles ``lying`` and ``multires``; without it
+    they are left out.
     """
     root = out / "_sources"
     _lay_out(root, shared)

@@ -76,6 +76,14 @@ def convert_clouds2mask(
     --------
     >>> convert_clouds2mask("clouds2mask/models")  # doctest: +SKIP
     [PosixPath('/home/me/.cache/xs2mask/models/clouds2mask-10m.onnx'), ...]
+
+    A folder without CloudS2Mask's pickles is refused before anything is read:
+
+    >>> Path("empty").mkdir()
+    >>> convert_clouds2mask("empty")
+    Traceback (most recent call last):
+    ...
+    xs2mask.exceptions.XS2MaskError: no CloudS2Mask .pkl file at empty
     """
     source = Path(path)
     pickles = sorted(source.glob("*.pkl")) if source.is_dir() else [source]

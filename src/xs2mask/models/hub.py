@@ -182,6 +182,13 @@ def fetch(
     >>> fetch("model.safetensors", "https://example.org/model.safetensors", None,
     ...       model="my-model")  # doctest: +SKIP
     PosixPath('/home/me/.cache/xs2mask/models/model.safetensors')
+
+    A file already in the folder is returned without any download:
+
+    >>> _ = Path("weights").mkdir(), Path("weights/model.safetensors").write_bytes(b"...")
+    >>> fetch("model.safetensors", "https://example.org/model.safetensors", None,
+    ...       model="my-model", model_dir="weights")
+    PosixPath('weights/model.safetensors')
     """
     found = find(filename, model_dir)
     if found is not None:
@@ -210,6 +217,15 @@ def download(
     --------
     >>> download("https://example.org/w.onnx", Path("/tmp/w.onnx"), "ab12...")  # doctest: +SKIP
     PosixPath('/tmp/w.onnx')
+
+    Any URL urllib opens will do, ``file:`` too; without a sha256 the digest is recorded beside it:
+
+    >>> source = Path("published.onnx")
+    >>> _ = source.write_bytes(b"weights")
+    >>> download(source.resolve().as_uri(), Path("models/w.onnx"), None)
+    PosixPath('models/w.onnx')
+    >>> record_path(Path("models/w.onnx")).read_text().split()[0][:12]
+    '9a129038d9a0'
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

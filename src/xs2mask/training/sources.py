@@ -165,6 +165,11 @@ def scenes(
     >>> val = scenes(Path("../shared/data"), split="validation")  # doctest: +SKIP
     >>> [s.name for s in val][:2]  # doctest: +SKIP
     ['cloud_cover_chips/adwp', 'cloud_cover_chips/adwz']
+
+    The names ``only`` takes:
+
+    >>> sorted(SOURCES)
+    ['bigearthnet', 'cloud_cover_chips', 'eolearn', 'eurosat', 'sen12ms', 'wright']
     """
     out = []
     for name, source in SOURCES.items():

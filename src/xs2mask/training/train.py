@@ -146,6 +146,21 @@ class TrainConfig:
         >>> cfg = TrainConfig.from_toml("configs/xs2mask-4b.toml")  # doctest: +SKIP
         >>> cfg.stages[0].patch  # doctest: +SKIP
         128
+
+        A file of one's own (``configs/`` is in the repository, not in the package):
+
+        >>> _ = Path("tiny.toml").write_text(
+        ...     'name = "tiny-4b"\\nbands = ["B02", "B03", "B04", "B08"]\\n'
+        ...     '[[stages]]\\nname = "p64"\\npatch = 64\\n'
+        ... )
+        >>> cfg = TrainConfig.from_toml("tiny.toml")
+        >>> cfg.bands, cfg.stages[0].patch
+        (('B02', 'B03', 'B04', 'B08'), 64)
+        >>> _ = Path("typo.toml").write_text('name = "x"\\nbands = ["B02"]\\nepoch = 3\\n')
+        >>> TrainConfig.from_toml("typo.toml")
+        Traceback (most recent call last):
+        ...
+        xs2mask.exceptions.InputError: typo.toml: unknown keys ['epoch']; allowed: [...]
         """
         if sys.version_info >= (3, 11):
             import tomllib
@@ -241,6 +256,13 @@ def train(config: TrainConfig, *, log=print) -> Path:
     Examples
     --------
     >>> run = train(TrainConfig.from_toml("configs/xs2mask-4b.toml"))  # doctest: +SKIP
+
+    The run reads the real scenes of ``config.data``; the config is checked before, when it is made:
+
+    >>> TrainConfig("tiny-4b", ("B02", "B03", "B04", "B08"), (Stage("p64", patch=64),), ema_decay=1.0)
+    Traceback (most recent call last):
+    ...
+    xs2mask.exceptions.InputError: ema_decay must lie in [0, 1), got 1.0
     """
     from ..models.backends import require_backend
 
