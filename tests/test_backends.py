@@ -143,3 +143,24 @@ def test_only_the_backends_compare_backend_names() -> None:
             ):
                 offenders.append(f"{path.relative_to(SRC)}:{node.lineno}")
     assert not offenders, f"backend names compared outside models/backends: {offenders}"
+
+
+def test_a_model_whose_backend_is_missing_is_not_listed_as_installed(
+    threshold_spec: ModelSpec, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Weights on disk are not enough: `available()`, "default" and `xs2mask models` know what the model
+    lacks to run."""
+    from xs2mask import cli
+    from xs2mask.models import available, missing_modules, registry
+
+    needs = Backend("test-needy", _load_threshold, modules=("no_such_module_xs2mask",), extra="needy")
+    register_backend(needs, overwrite=True)
+    needy = replace(threshold_spec, name="test-needy-model", backend="test-needy")
+    monkeypatch.setitem(registry._REGISTRY, needy.name, needy)  # undone after the test
+    monkeypatch.setattr(registry, "_DEFAULT_ORDER", [needy.name, *registry._DEFAULT_ORDER])
+    assert needy.is_available() and missing_modules(needy) == ["no_such_module_xs2mask"]
+    assert "test-needy-model" not in available() and "xs2mask-4b" in available()
+    assert registry.resolve_default(["B02", "B03", "B04", "B08"]) != needy.name
+    assert cli.main(["models"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("test-needy-model"))
+    assert "[not runnable: no_such_module_xs2mask missing: pip install 'xs2mask[needy]']" in line

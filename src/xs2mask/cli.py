@@ -68,6 +68,12 @@ def _models(args: argparse.Namespace) -> int:
         spec = models.get(name)
         if name in installed:
             state = "installed"
+        elif spec.is_available():  # the weights are here, the library that runs them is not
+            parts = spec.members or (spec,)
+            extras = sorted({models.get_backend(p.backend).extra for p in parts} - {""})
+            state = f"not runnable: {', '.join(models.missing_modules(spec))} missing: " + " ".join(
+                f"pip install 'xs2mask[{extra}]'" for extra in extras
+            )
         else:
             missing = next(w for w in spec.all_weights() if not w.is_available())
             hint = missing.install_hint or ("downloaded on first use" if missing.url else "")

@@ -9,8 +9,8 @@ Examples
 ('B02', 'B03', 'B04', 'B08', 'B11', 'B12')
 """
 
-from .backends import Backend, Runtime, clear_cache, load, load_counts, register_backend
-from .registry import available, get, register, registered, resolve_default
+from .backends import Backend, Runtime, clear_cache, get_backend, load, load_counts, register_backend
+from .registry import available, get, missing_modules, register, registered, resolve_default
 from .spec import ModelSpec, Weights, sha256_file
 
 __all__ = [
@@ -21,8 +21,10 @@ __all__ = [
     "available",
     "clear_cache",
     "get",
+    "get_backend",
     "load",
     "load_counts",
+    "missing_modules",
     "register",
     "register_backend",
     "registered",

@@ -283,7 +283,24 @@ def available() -> list[str]:
     >>> "ukis-csmask-6b-l2a" in xs2mask.models.available()  # with xs2mask[ukis]
     True
     """
-    return sorted(name for name, spec in _REGISTRY.items() if spec.is_available())
+    return sorted(
+        name for name, spec in _REGISTRY.items() if spec.is_available() and not missing_modules(spec)
+    )
+
+
+def missing_modules(spec: ModelSpec) -> list[str]:
+    """The modules the model's backends (an ensemble's members' too) need and this machine lacks.
+
+    Nothing is imported: a torch model whose weights are here still cannot run without torch.
+
+    Examples
+    --------
+    >>> missing_modules(get("xs2mask-4b"))  # onnxruntime comes with xs2mask
+    []
+    """
+    parts = spec.members or (spec,)
+    found = (m for part in parts for m in get_backend(part.backend).missing_modules())
+    return list(dict.fromkeys(found))
 
 
 def get(name: str | ModelSpec) -> ModelSpec:
@@ -319,7 +336,12 @@ def resolve_default(bands: Iterable[str]) -> ModelSpec:
     """
     bands = set(bands)
     level = "L1C" if "B10" in bands else "L2A"
-    candidates = [_REGISTRY[n] for n in _DEFAULT_ORDER if _REGISTRY[n].is_available()]
+    # Only models that can run here: weights on disk and their backend's modules installed.
+    candidates = [
+        _REGISTRY[n]
+        for n in _DEFAULT_ORDER
+        if _REGISTRY[n].is_available() and not missing_modules(_REGISTRY[n])
+    ]
     fitting = [s for s in candidates if set(s.bands) <= bands]
     # Stable sort: keep the ranking, but put models trained on this level first.
     fitting.sort(key=lambda s: level not in s.levels)
