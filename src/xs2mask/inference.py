@@ -761,11 +761,7 @@ def _map_dask(data, plan: Plan):
         chunks[axis] = tuple(c)
     if tuple(chunks) != data.chunks:
         data = data.rechunk(tuple(chunks))
-    if plan.runtime.threads == 0 and plan.runtime.device == "cpu":
-        # Dask already runs blocks in parallel: a model call per block using every core
-        # oversubscribes the CPU (measured 20-25 % slower). Split the cores between blocks.
-        blocks = math.prod(len(c) for c in data.chunks)
-        plan = replace(plan, runtime=replace(plan.runtime, threads=max(1, (os.cpu_count() or 1) // blocks)))
+    plan = share_cores(plan, math.prod(len(c) for c in data.chunks))
     # Axes in one chunk need no halo; the kernel finds the same from the array edges.
     depth = {axis: plan.halo if len(data.chunks[axis]) > 1 else 0 for axis in (2, 3)}
     extended = data
@@ -781,6 +777,18 @@ def _map_dask(data, plan: Plan):
         meta=np.empty((0, 0, 0, 0), plan.out_dtype),
         token="xs2mask-predict",  # a prefix: `name=` would give every predict the same keys
     )
+
+
+def share_cores(plan: Plan, blocks: int) -> Plan:
+    """The plan with the CPU's cores split between ``blocks`` blocks that Dask runs at once.
+
+    A model call per block using every core oversubscribes the CPU (measured 20-25 % slower). Left
+    as it is when the user chose ``threads`` or the model runs on a GPU.
+    """
+    if plan.runtime.threads or plan.runtime.device != "cpu":
+        return plan
+    threads = max(1, (os.cpu_count() or 1) // max(blocks, 1))
+    return replace(plan, runtime=replace(plan.runtime, threads=threads))
 
 
 def _align_chunks(chunks: tuple[int, ...], factor: int) -> tuple[int, ...]:

@@ -37,7 +37,6 @@ from .redaction import redact_url
 
 if TYPE_CHECKING:
     from .inference import Prepared
-    from .kernel import Plan
     from .store import Progress
 
 log = logging.getLogger("xs2mask")
@@ -380,7 +379,7 @@ def run(
     120
     """
     from . import store as zstore
-    from .inference import predict_window, window_rows
+    from .inference import predict_window, share_cores, window_rows
     from .stac import group_days, resign, resolve_model, search
 
     items = list(
@@ -446,7 +445,7 @@ def run(
     findings: dict[str, float] = {}
     batch: list[_Pending] = []
     size = job.store.batch or writer.batch
-    plan = _share_cores(plan, size * _blocks(writer.slabs[0], job.load.chunks) if writer.slabs else 1)
+    plan = share_cores(plan, size * _blocks(writer.slabs[0], job.load.chunks) if writer.slabs else 1)
     signed: tuple[float, np.datetime64, list] | None = None
     for slab in zstore.with_progress(todo, progress):
         day = slab.date.astype("datetime64[D]")
@@ -584,18 +583,6 @@ def _blocks(slab: Any, block: int) -> int:
     """Model blocks of at most ``block`` px a side in a slab (predict_window's split)."""
     height, width = slab.y.stop - slab.y.start, slab.x.stop - slab.x.start
     return -(-height // block) * -(-width // block)
-
-
-def _share_cores(plan: Plan, blocks: int) -> Plan:
-    """Split the CPU's cores between the blocks Dask runs at once (as predict does for its chunks):
-    a model call per block using every core oversubscribes the CPU."""
-    import os
-    from dataclasses import replace
-
-    if plan.runtime.threads or plan.runtime.device != "cpu":
-        return plan
-    threads = max(1, (os.cpu_count() or 1) // max(blocks, 1))
-    return replace(plan, runtime=replace(plan.runtime, threads=threads))
 
 
 def _check_slab(

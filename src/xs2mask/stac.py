@@ -299,8 +299,9 @@ def load(
     )
     # stackstac leaves out the items that miss the bounds: each day mosaics the items left, and a day
     # with none left is no-data.
-    ids = [item.id for item in items]
-    kept = [ids.index(str(i)) for i in stack["id"].values] if stack.sizes["band"] else []
+    position = {item.id: i for i, item in enumerate(items)}
+    kept = [position[str(i)] for i in stack["id"].values] if stack.sizes["band"] else []
+    left = {items[i].id for i in kept}
     nodata = xr.DataArray(
         dask.array.full(
             (len(wanted), stack.sizes["y"], stack.sizes["x"]), np.nan, dtype=np.float32,
@@ -309,7 +310,7 @@ def load(
         dims=("band", "y", "x"),
         coords={"band": list(wanted), "y": stack["y"].values, "x": stack["x"].values},
     )  # fmt: skip
-    counts = [sum(ids.index(m.id) in kept for m in members) for members in days.values()]
+    counts = [sum(m.id in left for m in members) for members in days.values()]
     layers: list[xr.DataArray] = [nodata] * len(days)
     if kept:
         # (DN + offset_dn) / quantification, as ESA defines it: exact in float32, unlike DN * 1e-4.
