@@ -78,7 +78,7 @@ import xarray as xr
 from .classes import CLASS_NAMES, NODATA
 from .exceptions import InputError
 
-__all__ = ["SCHEMES", "ClassScores", "Scores", "combine", "evaluate"]
+__all__ = ["SCHEMES", "ClassScores", "Scores", "coarsen", "coarsen_labels", "combine", "evaluate"]
 
 Scheme = Literal["full", "cloud/shadow/clear", "cloud"]
 
@@ -880,3 +880,47 @@ def combine(
         class_names=_select_classes(reference_scheme, merge, classes),
         n_ignored=sum(s.n_ignored for s in items),
     )
+
+
+def coarsen(reflectance: np.ndarray, factor: int) -> np.ndarray:
+    """Area-average ``(..., y, x)`` reflectance over ``factor`` x ``factor`` blocks: coarser pixels.
+
+    This is how a sensor (or a resampled cube) at ``factor`` times the pixel size sees the same
+    ground. Edges that do not fill a block are cut; a block with any NaN is NaN (no data).
+
+    Examples
+    --------
+    >>> a = np.arange(16, dtype=np.float32).reshape(4, 4)
+    >>> coarsen(a, 2)
+    array([[ 2.5,  4.5],
+           [10.5, 12.5]], dtype=float32)
+    """
+    if factor == 1:
+        return reflectance
+    a = np.asarray(reflectance)
+    h, w = (a.shape[-2] // factor) * factor, (a.shape[-1] // factor) * factor
+    blocks = a[..., :h, :w].reshape(*a.shape[:-2], h // factor, factor, w // factor, factor)
+    return blocks.mean(axis=(-3, -1), dtype=np.float64).astype(a.dtype)
+
+
+def coarsen_labels(labels: np.ndarray, factor: int, classes: Sequence[int] = (0, 1, 2, 3)) -> np.ndarray:
+    """The most frequent of ``classes`` in each ``factor`` x ``factor`` block (ties: the higher code,
+    so that a block half cloud is cloud); blocks with no pixel of ``classes`` are ``NODATA``.
+
+    Examples
+    --------
+    >>> labels = np.array([[0, 1, 3, 3], [0, 0, 3, 0], [1, 1, 2, 2], [0, 1, 255, 255]], np.uint8)
+    >>> coarsen_labels(labels, 2)
+    array([[0, 3],
+           [1, 2]], dtype=uint8)
+    """
+    if factor == 1:
+        return labels
+    h, w = (labels.shape[0] // factor) * factor, (labels.shape[1] // factor) * factor
+    blocks = labels[:h, :w].reshape(h // factor, factor, w // factor, factor)
+    counts = np.stack([(blocks == c).sum(axis=(1, 3)) for c in classes])
+    # argmax takes the first maximum: search the reversed list so that ties go to the higher code.
+    best = len(classes) - 1 - counts[::-1].argmax(axis=0)
+    out = np.asarray(classes, np.uint8)[best]
+    out[counts.sum(axis=0) == 0] = NODATA
+    return out
