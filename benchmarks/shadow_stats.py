@@ -4,7 +4,8 @@ Real: the human 4-class labels of CloudSEN12 — the cloudy RGB+NIR patch of
 ``cloudsen12_rgbn/patches.npz`` (L2A) and the dense ``manual_hq.tif`` patches of
 ``cloudsen12_rgb/figures`` that hold clouds or shadows (RGB only, L1C). Simulated:
 :func:`xs2mask.training.simulate.simulate` with a thick layer in every sample (``p_thick=1``, the
-rest of ``CloudConfig`` at its defaults), sun drawn by ``sun_geometry``, on real clear backgrounds
+rest of ``CloudConfig`` at its defaults or a training config's ``[clouds]``), sun drawn by
+``sun_geometry``, on real clear backgrounds
 (Wright et al.'s clear scene, CloudSEN12's clear city patch, two clear On Cloud N chips: land, city,
 water). Both are measured by the same functions of :mod:`xs2mask.training.shadow_stats`.
 
@@ -12,7 +13,7 @@ CloudSEN12 is CC BY-NC 4.0: it is read from ``--data`` for this measurement only
 
 Usage::
 
-    python benchmarks/shadow_stats.py [--samples 32] [--json shadow_stats.json]
+    python benchmarks/shadow_stats.py [--samples 32] [--json shadow_stats.json] [--config CONFIG.toml]
 
 Prints markdown tables; exits 0 with a message when the shared data is missing.
 """
@@ -20,6 +21,7 @@ Prints markdown tables; exits 0 with a message when the shared data is missing.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,6 +34,7 @@ import harness
 
 from xs2mask.training import shadow_stats as ss
 from xs2mask.training.simulate import CloudConfig, simulate, sun_geometry
+from xs2mask.training.train import TrainConfig
 
 RGBN = ("B02", "B03", "B04", "B08")
 RGB_TIF = ("B04", "B03", "B02")  # band order of CloudSEN12's S2L1C.tif
@@ -110,16 +113,24 @@ def measure(refl: np.ndarray, labels: np.ndarray, bands: Sequence[str]) -> dict[
 
 
 def simulated(
-    backgrounds: list[tuple[str, np.ndarray, tuple[str, ...]]], samples: int
+    backgrounds: list[tuple[str, np.ndarray, tuple[str, ...]]],
+    samples: int,
+    base: CloudConfig | None = None,
 ) -> list[dict[str, Any]]:
-    config = CloudConfig(p_thick=1.0, p_thin=0.0)
+    config = dataclasses.replace(base or CloudConfig(), p_thick=1.0, p_thin=0.0)
     runs = []
     for seed in range(samples):
         name, clear, bands = backgrounds[seed % len(backgrounds)]
         rng = np.random.default_rng(seed)
         azimuth, elevation = sun_geometry(rng, config)
         cloudy, labels = simulate(
-            clear, bands, rng=rng, config=config, sun_azimuth=azimuth, sun_elevation=elevation
+            clear,
+            bands,
+            rng=rng,
+            config=config,
+            sun_azimuth=azimuth,
+            sun_elevation=elevation,
+            level=name[:3],
         )
         result = measure(cloudy, labels, bands)
         runs.append(
@@ -251,13 +262,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=harness.DEFAULT_DATA, help="the shared data folder")
     parser.add_argument("--samples", type=int, default=32, help="simulated samples (seeds 0..n-1)")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    parser.add_argument(
+        "--config", type=Path, help="a training config whose [clouds] table the simulator uses"
+    )
     args = parser.parse_args(argv)
     if harness.data_missing(args.data, "cloudsen12_rgbn"):
         return 0
     real = [
         {"name": name, **measure(refl, labels, bands)} for name, refl, labels, bands in real_scenes(args.data)
     ]
-    sim = simulated(clear_backgrounds(args.data), args.samples)
+    base = TrainConfig.from_toml(args.config).cloud_config if args.config else CloudConfig()
+    sim = simulated(clear_backgrounds(args.data), args.samples, base)
     print(tables(real, sim))
     harness.write_json(args.json, {"real": real, "simulated": sim})
     return 0

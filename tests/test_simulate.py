@@ -394,3 +394,53 @@ def test_bad_input_is_refused():
         simulate(refl, ("B02", "B02", "B04"), rng=rng)
     with pytest.raises(ValueError, match="elevation"):
         simulate(refl, ("B02", "B03", "B04"), rng=rng, sun_azimuth=0.0, sun_elevation=0.0)
+
+
+def test_extra_shadow_blur_softens_shadow_edges_only():
+    bands = ("B02", "B03", "B04", "B08")
+    refl = _constant(bands, (192, 192))
+    sharp = replace(THICK_ONLY, thick_top_m=(1000.0, 1000.0), thick_depth_m=(100.0, 100.0))
+    soft = replace(sharp, shadow_blur_m=(40.0, 40.0))
+
+    def edge_width(config: CloudConfig) -> float:
+        out, labels = simulate(refl, bands, rng=np.random.default_rng(5), config=config, sun_elevation=45.0)
+        nir = out[_idx(bands, "B08")]
+        ground = refl[_idx(bands, "B08")]
+        rel = 1.0 - nir / ground  # darkening, cloud pixels excluded below
+        partial = (rel > 0.02) & (rel < 0.9 * rel[labels == CLOUD_SHADOW].max()) & (labels != THICK_CLOUD)
+        return partial.sum() / max(int((labels == CLOUD_SHADOW).sum()), 1)
+
+    # The same cloud (drawn before the blur): the blurred one has a wider band of half-shaded pixels.
+    assert edge_width(soft) > 1.5 * edge_width(sharp)
+
+
+def test_l1c_path_reflectance_is_not_shaded_and_blue_keeps_most_of_it():
+    bands = ("B02", "B03", "B04", "B08")
+    refl = _constant(bands)
+    config = replace(THICK_ONLY, path_reflectance=(0.05, 0.05))
+    for seed in range(3):
+        l2a, labels = simulate(refl, bands, rng=np.random.default_rng(seed), config=config, level="L2A")
+        l1c, labels_l1c = simulate(refl, bands, rng=np.random.default_rng(seed), config=config, level="L1C")
+        np.testing.assert_array_equal(labels, labels_l1c)  # the same clouds: the level changes only shadows
+        shadow = labels == CLOUD_SHADOW
+        if not shadow.any():
+            continue
+        rel_l2a = 1.0 - l2a[:, shadow] / refl[:, shadow]
+        rel_l1c = 1.0 - l1c[:, shadow] / refl[:, shadow]
+        blue, nir = _idx(bands, "B02"), _idx(bands, "B08")
+        # path 0.05 (550 nm) is ~0.08 at 490 nm, above the 0.07 blue ground: blue is barely shaded in L1C.
+        assert (rel_l1c[blue] < 0.5 * rel_l2a[blue] + 1e-6).all()
+        np.testing.assert_allclose(rel_l1c[nir], rel_l2a[nir], atol=0.06)  # NIR path is under 0.01
+        clear = labels == CLEAR
+        np.testing.assert_array_equal(l1c[:, clear], refl[:, clear])
+
+
+def test_new_options_off_draw_the_same_samples_as_before():
+    # Configs without the options keep their random sequence: reproducible runs of shipped recipes.
+    bands = ("B02", "B03", "B04", "B08")
+    refl = _constant(bands)
+    a = simulate(refl, bands, rng=np.random.default_rng(9), config=THICK_ONLY)
+    off = replace(THICK_ONLY, shadow_blur_m=(0.0, 0.0))
+    b = simulate(refl, bands, rng=np.random.default_rng(9), config=off)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)

@@ -301,3 +301,47 @@ def test_an_ensemble_of_teachers_averages_their_probabilities():
     assert mixed.teacher == "ukis-csmask-4b-l2a+ukis-csmask-4b-l1c"
     expected = (alone[0].astype(np.float32) + alone[1].astype(np.float32)) / 2
     np.testing.assert_allclose(mixed.probability.astype(np.float32), expected, atol=2e-3)
+
+
+def test_coarse_samples_are_area_averaged_and_keep_the_patch_size():
+    coarse = tdata.Augment(gain=0.0, offset=0.0, noise=0.0, coarsen=(3.0, 3.0), coarsen_probability=1.0)
+    pools = _pools()
+    big = _scene("big", 0.1, size=400)
+    prob = np.zeros((3, 400, 400), np.float16)
+    prob[0, :, :200], prob[1, :, 200:] = 1.0, 1.0  # clear west, cloud east
+    pl = PseudoLabels("big", "t", np.where(prob[1] > 0, 4, 0).astype(np.uint8), np.ones((400, 400)), prob,
+                      (0, 4, 3))  # fmt: skip
+    pools = tdata.Pools(pools.clear, ((big, pl),), pools.clear_validation)
+    kw = dict(patch=64, seed=3, augment=coarse, teacher_targets="sampled")
+    teacher = tdata.SampleMaker(pools, BANDS, np.zeros(4), np.ones(4), simulated_fraction=0.0, **kw)
+    x, target, _ = teacher(0, 2)
+    assert x.shape == (4, 64, 64) and target.shape == (64, 64)
+    # 3 x 3 averages of noise of sd 0.02: sd 0.0067 (the scale jitter's nearest resize keeps values)
+    assert 0.004 < float(x.std(axis=(1, 2)).mean()) < 0.01
+    simulated = tdata.SampleMaker(pools, BANDS, np.zeros(4), np.ones(4), simulated_fraction=1.0, **kw)
+    x, target, _ = simulated(0, 2)
+    assert x.shape == (4, 64, 64) and set(np.unique(target)) <= {0, 1, 2, 3}
+    # A 48 px cloudy scene is never mirrored to reach a coarse window: its factor shrinks to 1.
+    small = tdata.SampleMaker(_pools(), BANDS, np.zeros(4), np.ones(4), simulated_fraction=0.0, patch=64,
+                              seed=3, augment=coarse)  # fmt: skip
+    assert 0.015 < float(small(0, 2)[0].std(axis=(1, 2)).mean()) < 0.03
+    with pytest.raises(ValueError, match="coarsen"):
+        tdata.Augment(coarsen=(0.5, 2.0))
+
+
+def test_human_labels_override_the_teachers_cloud_and_keep_its_shadow():
+    from xs2mask.training.pseudo import with_human_labels
+
+    prob = np.zeros((3, 2, 3), np.float16)
+    prob[:, 0] = np.array([[0.1, 0.8, 0.1], [0.9, 0.0, 0.1], [0.5, 0.0, 0.5]]).T  # codes 0, 4, 3
+    prob[:, 1, :2] = np.array([[0.0, 1.0, 0.0], [0.2, 0.2, 0.6]]).T  # pixel (1, 2): no data
+    pl = PseudoLabels("s", "t", np.zeros((2, 3), np.uint8), np.ones((2, 3)), prob, (0, 4, 3))
+    human = np.array([[0, 1, 0], [0, 1, 1]], np.uint8)
+    out = with_human_labels(pl, human)
+    assert out.target.tolist() == [[0, 4, 0], [0, 4, 255]]
+    p = out.probability.astype(np.float32)
+    # the teacher's cloud dropped, the rest rescaled
+    np.testing.assert_allclose(p[:, 0, 0], [0.5, 0.0, 0.5], atol=1e-3)
+    np.testing.assert_allclose(p[:, 1, 0], [1.0, 0.0, 0.0])  # all cloud for the teacher, none for the person
+    np.testing.assert_allclose(p[:, 1, 1], [0.0, 1.0, 0.0])
+    assert (p[:, 1, 2] == 0).all()

@@ -12,11 +12,13 @@ is the loss that accepts either cloud class for code 4.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..evaluation import coarsen, coarsen_labels
 from .pseudo import CLOUD_ANY, IGNORE, PseudoLabels, draw_targets
 from .sources import Scene
 
@@ -43,6 +45,10 @@ class Augment:
     offset: float = 0.01  # per-band additive jitter, +- reflectance
     noise: float = 0.004  # Gaussian band noise (reflectance)
     illumination: float = 0.0  # one multiplicative gain for all bands, +-: sun and terrain (off: 0)
+    # Coarser pixels: with this probability a sample is area-averaged by an integer factor drawn
+    # log-uniformly from ``coarsen`` (1-6: 10-60 m from 10 m data), clouds simulated at that pixel size.
+    coarsen: tuple[float, float] = (1.0, 1.0)
+    coarsen_probability: float = 0.0
 
     def __post_init__(self) -> None:
         lo, hi = self.scale
@@ -53,6 +59,10 @@ class Augment:
                 raise ValueError(f"Augment.{name} must lie in [0, 1), got {getattr(self, name)}")
         if self.offset < 0 or self.noise < 0:
             raise ValueError("Augment.offset and Augment.noise must be >= 0")
+        if not 1 <= self.coarsen[0] <= self.coarsen[1]:
+            raise ValueError(f"Augment.coarsen must be (lo, hi) with 1 <= lo <= hi, got {self.coarsen}")
+        if not 0 <= self.coarsen_probability <= 1:
+            raise ValueError(f"Augment.coarsen_probability must be in [0, 1]: {self.coarsen_probability}")
 
 
 def stable_fraction(name: str) -> float:
@@ -165,11 +175,12 @@ class SampleMaker:
     def __call__(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rng = np.random.default_rng((self.seed, epoch, index))
         size = self._window_size(rng)
+        factor = self._coarsening(rng)
         if not self.pools.cloudy or rng.random() < self.simulated_fraction:
-            refl, target, weight = self._simulated(rng, size, self.pools.clear)
+            refl, target, weight = self._simulated(rng, size, self.pools.clear, factor)
             per_code = self._simulated_weights
         else:
-            refl, target, weight = self._pseudo(rng, size)
+            refl, target, weight = self._pseudo(rng, size, factor)
             per_code = self._teacher_weights
         refl, target, weight = self._resize(refl, target, weight)
         refl, target, weight = self._geometry(rng, refl, target, weight)
@@ -193,6 +204,16 @@ class SampleMaker:
         lo, hi = self.augment.scale
         return max(8, round(self.patch / rng.uniform(lo, hi)))
 
+    def _coarsening(self, rng: np.random.Generator) -> int:
+        """The factor by which this sample's pixels are coarser than the data's (1: as they are)."""
+        a = self.augment
+        if a.coarsen_probability <= 0:  # drawn only when asked for: other configs keep their sequence
+            return 1
+        # Integers lo..hi, each about as likely as its share of a log scale.
+        lo, hi = a.coarsen
+        factor = min(int(math.exp(rng.uniform(math.log(lo), math.log(hi + 1)))), int(hi))
+        return factor if rng.random() < a.coarsen_probability else 1
+
     def _crop(self, rng: np.random.Generator, arrays: list[np.ndarray], size: int) -> list[np.ndarray]:
         h, w = arrays[0].shape[-2:]
         pad_y, pad_x = max(0, size - h), max(0, size - w)
@@ -204,26 +225,46 @@ class SampleMaker:
         y0, x0 = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
         return [a[..., y0 : y0 + size, x0 : x0 + size] for a in arrays]
 
-    def _simulated(self, rng, size, pool):
+    def _simulated(self, rng, size, pool, factor: int = 1):
         from .simulate import CloudConfig, simulate
 
         scene = pool[self._pick(rng, pool)]
-        (refl,) = self._crop(rng, [scene.select(self.bands)], size)
+        # The clear ground is coarsened first, so that clouds and shadows are drawn at the coarse
+        # pixel size with their physical extent and exact labels.
+        (refl,) = self._crop(rng, [scene.select(self.bands)], size * factor)
+        refl = coarsen(refl, factor)
         config = self.cloud_config or CloudConfig()
-        cloudy, labels = simulate(np.ascontiguousarray(refl), self.bands, rng=rng, config=config)
+        cloudy, labels = simulate(
+            np.ascontiguousarray(refl),
+            self.bands,
+            rng=rng,
+            config=config,
+            resolution_m=10.0 * factor,
+            level=scene.level,
+        )
         return cloudy, labels, np.ones(labels.shape, np.float32)
 
-    def _pseudo(self, rng, size):
+    def _pseudo(self, rng, size, factor: int = 1):
         scene, pl = self.pools.cloudy[self._pick(rng, self.pools.cloudy)]
+        # Real clouds are not mirrored into a window larger than the scene: the factor shrinks to fit.
+        factor = max(1, min(factor, min(scene.reflectance.shape[-2:]) // size))
         if self.teacher_targets == "sampled":
             if pl.probability is None:
                 raise ValueError(
                     f"teacher_targets='sampled' needs the teacher's probabilities; {pl.scene} has none"
                 )
-            refl, probability = self._crop(rng, [scene.select(self.bands), pl.probability], size)
+            refl, probability = self._crop(rng, [scene.select(self.bands), pl.probability], size * factor)
+            # Averaged probabilities of the fine pixels: the chance that a coarse pixel is each class.
+            refl, probability = coarsen(refl, factor), coarsen(probability.astype(np.float32), factor)
             target = draw_targets(probability, pl.codes, rng)
             return refl, target, np.ones(target.shape, np.float32)
-        refl, target, confidence = self._crop(rng, [scene.select(self.bands), pl.target, pl.confidence], size)
+        refl, target, confidence = self._crop(
+            rng, [scene.select(self.bands), pl.target, pl.confidence], size * factor
+        )
+        if factor > 1:
+            refl, confidence = coarsen(refl, factor), coarsen(confidence, factor)
+            # Blocks without a confident pixel come out as 255, ignored.
+            target = coarsen_labels(target, factor, (0, 1, 2, 3, CLOUD_ANY))
         return refl, target, confidence.astype(np.float32)
 
     def _resize(self, refl, target, weight):

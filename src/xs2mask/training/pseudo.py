@@ -28,6 +28,7 @@ ones become backgrounds for simulated clouds (:mod:`xs2mask.training.simulate`).
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,6 +160,48 @@ def pseudo_label(
     )
 
 
+def with_human_labels(labels: PseudoLabels, human: np.ndarray) -> PseudoLabels:
+    """The teacher's targets with the cloud taken from human labels (0 not cloud, 1 cloud).
+
+    Where a person drew cloud the target is cloud (either kind) with probability 1; elsewhere the
+    teacher's clear and shadow probabilities are scaled up to fill the pixel, so the teacher still
+    says which of the not-cloud pixels are shadow. No-data pixels stay no data.
+
+    Examples
+    --------
+    >>> p = np.array([[[0.2, 0.6]], [[0.6, 0.2]], [[0.2, 0.2]]], np.float16)  # codes 0, 4, 3
+    >>> pl = PseudoLabels("s", "t", np.zeros((1, 2), np.uint8), np.ones((1, 2)), p, (0, 4, 3))
+    >>> out = with_human_labels(pl, np.array([[0, 1]], np.uint8))
+    >>> out.probability.astype(float).round(2).tolist(), out.target.tolist()
+    ([[[0.5, 0.0]], [[0.0, 1.0]], [[0.5, 0.0]]], [[0, 4]])
+    """
+    if labels.probability is None or CLOUD_ANY not in labels.codes:
+        raise ValueError(f"{labels.scene}: human labels need the teacher's probabilities of a cloud class")
+    probs = labels.probability.astype(np.float32)
+    cloud = labels.codes.index(CLOUD_ANY)
+    valid = probs.sum(axis=0) > 0
+    is_cloud = (human == 1) & valid
+    rest = 1.0 - probs[cloud]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scale = np.where(rest > 1e-3, (~is_cloud) / rest, 0.0)
+    probs *= scale
+    # Not cloud for the person, cloud for the teacher throughout: clear.
+    unsure = valid & ~is_cloud & (rest <= 1e-3)
+    probs[labels.codes.index(0), unsure] = 1.0
+    probs[cloud] = is_cloud
+    top = probs.argmax(axis=0)
+    codes = np.asarray(labels.codes, np.uint8)[top]
+    codes[~valid] = IGNORE
+    return PseudoLabels(
+        labels.scene,
+        f"{labels.teacher}+human",
+        codes,
+        probs.max(axis=0),
+        probs.astype(np.float16),
+        labels.codes,
+    )
+
+
 def draw_targets(probability: np.ndarray, codes: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
     """One target code per pixel drawn from the teacher's ``probability`` ``(len(codes), y, x)``.
 
@@ -187,6 +230,7 @@ def _teacher_probability(
     """One teacher's class probabilities ``(class, y, x)`` (float32, NaN no-data) and class codes."""
     import xarray as xr
 
+    from ..exceptions import InputWarning
     from ..inference import predict
     from ..models import get
 
@@ -197,7 +241,10 @@ def _teacher_probability(
         return saved["probability"].astype(np.float32), tuple(int(c) for c in saved["classes"])
     bands = get(teacher).bands
     cube = xr.DataArray(scene.select(bands), dims=("band", "y", "x"), coords={"band": list(bands)})
-    out = predict(cube, model=teacher, output="probability", probability_dtype="float16")
+    with warnings.catch_warnings():
+        # Training scenes are bare arrays: a mask without a CRS is what is wanted here.
+        warnings.filterwarnings("ignore", "the input has no CRS", InputWarning)
+        out = predict(cube, model=teacher, output="probability", probability_dtype="float16")
     probs = out["probability"].values.astype(np.float32)
     classes = tuple(int(c) for c in out["class"].values)
     if path is not None:

@@ -151,6 +151,11 @@ class CloudConfig:
     thin_shadow_weight : share of a thin layer's opacity that shades the ground.
     shadow_darkness : share of the direct beam a fully opaque cloud removes from its shadow.
     shadow_label_darkening : relative NIR darkening above which a pixel is shadow; weaker is removed.
+    shadow_blur_m : Gaussian blur (sigma, metres) of cast shadows on top of the sun-disc penumbra: the
+        cloud's soft fringe and adjacency widen real shadow edges to 7-11 px at 10 m; (0, 0): off.
+    path_reflectance : atmospheric path reflectance at 550 nm, scaled as ``lambda^-4`` (Rayleigh), that
+        top-of-atmosphere (``level="L1C"``) reflectance holds and a shadow on the ground cannot remove;
+        (0, 0): off. Measured real L1C shadows keep most of their blue (``docs/training.md``).
     aerosol_optical_depth : at 550 nm; sets with Rayleigh scattering how much skylight fills shadows.
     sun_azimuth_deg, sun_elevation_deg : drawn by :func:`sun_geometry` when not given.
     max_shadow_shift : longest shadow displacement, in image sizes (longer ones are clamped).
@@ -191,6 +196,8 @@ class CloudConfig:
     thin_shadow_weight: float = 0.5
     shadow_darkness: Range = (0.5, 0.85)
     shadow_label_darkening: float = 0.2
+    shadow_blur_m: Range = (0.0, 0.0)
+    path_reflectance: Range = (0.0, 0.0)
     aerosol_optical_depth: Range = (0.05, 0.3)
     sun_azimuth_deg: Range = (0.0, 360.0)
     sun_elevation_deg: Range = (20.0, 70.0)
@@ -216,6 +223,9 @@ class CloudConfig:
             raise ValueError("sun_elevation_deg must lie in (0, 90]")
         if not (self.thick_top_slope_deg[0] >= 0.0 and self.thick_top_slope_deg[1] < 90.0):
             raise ValueError("thick_top_slope_deg must lie in [0, 90)")
+        path = self.path_reflectance
+        if self.shadow_blur_m[0] < 0.0 or not 0.0 <= path[0] <= path[1] < 0.2:
+            raise ValueError("shadow_blur_m must be >= 0 and path_reflectance lie in [0, 0.2)")
         if not 0.0 < self.top_shading_limits[0] <= 1.0 <= self.top_shading_limits[1]:
             raise ValueError("top_shading_limits must be (lo, hi) with 0 < lo <= 1 <= hi")
 
@@ -267,6 +277,7 @@ def simulate(
     sun_elevation: float | None = None,
     resolution_m: float = 10.0,
     cloud_height_m: tuple[float, float] | None = None,
+    level: str = "L2A",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Add clouds and cloud shadows to clear reflectance and return the exact labels.
 
@@ -288,6 +299,9 @@ def simulate(
         Pixel size in metres: converts cloud sizes and shadow displacements to pixels.
     cloud_height_m
         ``(lo, hi)`` cloud-top heights in metres, for every layer, instead of the config's ranges.
+    level
+        ``"L1C"`` (top of atmosphere: its path reflectance is not shaded, see
+        ``CloudConfig.path_reflectance``) or ``"L2A"`` (surface reflectance).
 
     Returns
     -------
@@ -343,6 +357,9 @@ def simulate(
     vapour = rng.uniform(*config.water_vapour)
     thick = _draw_layer(rng, config, thin=False, heights=cloud_height_m, vapour=vapour) if has_thick else None
     thin = _draw_layer(rng, config, thin=True, heights=cloud_height_m, vapour=vapour) if has_thin else None
+    # Drawn only when asked for: configs without them keep their random sequence.
+    extra_blur_m = _uniform(rng, config.shadow_blur_m) if config.shadow_blur_m[1] > 0 else 0.0
+    path_550 = _uniform(rng, config.path_reflectance) if config.path_reflectance[1] > 0 else 0.0
     if thick is None and thin is None:
         return out, labels
 
@@ -400,7 +417,9 @@ def simulate(
             np.maximum(cast, part, out=cast, where=part >= np.float32(0.95 * j / len(levels)) if j else True)
         mean_height = 0.5 * (layer.top_m + layer.base_m)
         penumbra_px = mean_height * _SUN_DISC_RAD / math.sin(math.radians(elevation)) / resolution_m
-        cast = _blur(cast, penumbra_px / 2.355)
+        # Gaussian sigmas add in quadrature: the sun disc's (FWHM / 2.355) and the extra blur.
+        sigma_px = math.hypot(penumbra_px / 2.355, extra_blur_m / resolution_m)
+        cast = _blur(cast, sigma_px)
         shade = 1.0 - (1.0 - shade) * (1.0 - weight * np.clip(cast, 0.0, 1.0))
     direct = _direct_fraction(_WAVELENGTH_NM, elevation, aot)
     nir_darkening = shade * darkness * _direct_fraction(np.array([_NIR_NM]), elevation, aot)[0]
@@ -410,7 +429,12 @@ def simulate(
         idx = np.flatnonzero(shaded)
         darkening = (darkness * direct[band_index]).astype(np.float32)[:, None] * shade.ravel()[idx]
         np.subtract(1.0, darkening, out=darkening)
-        darkening *= np.take(flat, idx, axis=1)
+        ground = np.take(flat, idx, axis=1)
+        # Top-of-atmosphere reflectance = path + ground: only the ground part is shaded.
+        path = _path_reflectance(path_550 if level.upper() == "L1C" else 0.0)[band_index][:, None]
+        path = np.minimum(path, ground)
+        darkening *= ground - path
+        darkening += path
         flat[:, idx] = darkening
         labels[shaded] = CLOUD_SHADOW
 
@@ -517,6 +541,11 @@ def _cloud_spectrum(
     factor[BAND_NAMES.index("B12")] = swir[0] * swir[1]
     # Kept below 1 so that the multiple-reflection denominator 1 - alpha C g stays positive.
     return np.clip(brightness * factor * jitter, 0.0, 0.98).astype(np.float32)
+
+
+def _path_reflectance(at_550: float) -> np.ndarray:
+    """Rayleigh-like path reflectance of the 13 bands (``lambda^-4``), ``at_550`` at 550 nm."""
+    return (at_550 * (_WAVELENGTH_NM / 550.0) ** -4.0).astype(np.float32)
 
 
 def _shadow_direction(azimuth_deg: float, elevation_deg: float) -> np.ndarray:

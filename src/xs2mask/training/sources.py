@@ -7,8 +7,9 @@ here, in one place, so that nothing trains on them:
 
 * **validation**: the six ``trusted`` On Cloud N chips (human cloud labels) -- never
   trained on, neither their labels nor their pixels;
-* **train**: every other scene: the 21 On Cloud N chips with bad labels (pixels only),
-  EuroSAT-MS, BigEarthNet, SEN12MS-CR, the eo-learn and Wright scenes, Patagonia.
+* **train**: every other scene: the 21 On Cloud N chips with bad labels (pixels only), the
+  5 chips of ``cloud_cover_chips_more`` (pixels and human labels), EuroSAT-MS, BigEarthNet,
+  SEN12MS-CR, the eo-learn and Wright scenes.
 
 Whether a training scene is clear (a background for simulated clouds) or cloudy (a
 source of pseudo-labels) is decided later from a teacher model, not here.
@@ -37,7 +38,8 @@ class Scene:
     bands : ESA names in the order of ``reflectance``.
     level : ``"L1C"`` or ``"L2A"``.
     split : ``"train"`` or ``"validation"``.
-    labels : ``(y, x)`` uint8 human labels (0 clear, 1 cloud) or None.
+    labels : ``(y, x)`` uint8 human labels (0 not cloud, 1 cloud) or None; on a training scene
+        they override the teacher's cloud (:func:`~xs2mask.training.pseudo.with_human_labels`).
     licence : licence of the source data.
     """
 
@@ -88,6 +90,21 @@ def cloud_cover_chips(data: Path) -> Iterator[Scene]:
             "validation" if trusted else "train",
             labels,
             "CC BY 4.0",
+        )
+
+
+def cloud_cover_chips_more(data: Path) -> Iterator[Scene]:
+    """Five more On Cloud N chips from five other places: 4 bands, L2A DN, human cloud labels 0/1.
+
+    Trained on, labels and pixels (the labels follow clouds generously and call shadows 0).
+    """
+    folder = data / "cloud_cover_chips_more"
+    bands = ("B02", "B03", "B04", "B08")
+    for chip in sorted(p.name for p in folder.glob("chip_*") if p.is_dir()):
+        dn = np.concatenate([_read_tif(folder / chip / f"{b}.tif") for b in bands])
+        labels = _read_tif(folder / chip / "label.tif")[0].astype(np.uint8)
+        yield Scene(
+            f"cloud_cover_chips_more/{chip}", _from_dn(dn), bands, "L2A", "train", labels, "CC BY 4.0"
         )
 
 
@@ -147,7 +164,10 @@ def wright(data: Path) -> Iterator[Scene]:
     yield Scene("wright/clear_20160101", refl, order, "L1C", "train", licence="Apache-2.0")
 
 
-SOURCES = {f.__name__: f for f in (cloud_cover_chips, eurosat, bigearthnet, sen12ms, eolearn, wright)}
+SOURCES = {
+    f.__name__: f
+    for f in (cloud_cover_chips, cloud_cover_chips_more, eurosat, bigearthnet, sen12ms, eolearn, wright)
+}
 
 
 def scenes(
@@ -169,7 +189,7 @@ def scenes(
     The names ``only`` takes:
 
     >>> sorted(SOURCES)
-    ['bigearthnet', 'cloud_cover_chips', 'eolearn', 'eurosat', 'sen12ms', 'wright']
+    ['bigearthnet', 'cloud_cover_chips', 'cloud_cover_chips_more', 'eolearn', 'eurosat', 'sen12ms', 'wright']
     """
     out = []
     for name, source in SOURCES.items():

@@ -289,6 +289,11 @@ def train(config: TrainConfig, *, log=print) -> Path:
         pseudo.pseudo_label(s, min_confidence=config.min_confidence, cache=cache, teachers=config.teachers)
         for s in train_scenes
     ]
+    # Training scenes with human labels: the person says where the cloud is, the teacher the shadow.
+    labels = [
+        pl if s.labels is None else pseudo.with_human_labels(pl, s.labels)
+        for s, pl in zip(train_scenes, labels, strict=True)
+    ]
     pools: Pools = make_pools(train_scenes, labels)
     mean, std = band_statistics(train_scenes, config.bands)
     log(
