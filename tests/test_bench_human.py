@@ -60,11 +60,23 @@ def test_simulated_sample_at_10_m_is_bench_accuracys(shared_data: Path, monkeypa
     assert at60.reflectance.shape == (4, 42, 42) and at60.labels.shape == (42, 42)
 
 
+def _run_folder(folder: Path, name: str) -> Path:
+    """A training run's folder holding the shipped xs2mask-4b's weights under another name."""
+    weights = ROOT / "src" / "xs2mask" / "models" / "weights"
+    folder.mkdir()
+    meta = json.loads((weights / "xs2mask-4b.json").read_text())
+    (folder / f"{name}.json").write_text(json.dumps({**meta, "name": name}))
+    for suffix in (".onnx", ".safetensors"):
+        shutil.copy(weights / f"xs2mask-4b{suffix}", folder / f"{name}{suffix}")
+    return folder
+
+
 def test_bench_human_scores_every_set_model_and_size(shared_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "human.json"
     md = tmp_path / "human.md"
+    run = _run_folder(tmp_path / "cand", "cand")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    args = ["--pixel-sizes", "10", "60", "--sim-samples", "2", "--models", "xs2mask-4b"]
+    args = ["--pixel-sizes", "10", "60", "--sim-samples", "2", "--models", "xs2mask-4b", "--run", str(run)]
     proc = subprocess.run(
         [
             sys.executable,
@@ -93,12 +105,14 @@ def test_bench_human_scores_every_set_model_and_size(shared_data: Path, tmp_path
         "cs12-rgbn": ["cloud", "thick", "thin", "shadow"],
         "sim-4b": ["cloud", "thick", "thin", "shadow"],
     }
+    assert doc["setup"]["models"] == ["xs2mask-4b", "cand"]  # the run's ONNX model, not its -torch twin
     for name, keys in main_figures.items():
-        assert set(sets[name]) == {"xs2mask-4b"}
+        assert set(sets[name]) == {"xs2mask-4b", "cand"}
         assert set(sets[name]["xs2mask-4b"]) == {"10", "60"}
         for figures in sets[name]["xs2mask-4b"].values():
             for key in keys:
                 assert 0 <= figures[key] <= 100, (name, key, figures[key])
+        assert sets[name]["cand"] == sets[name]["xs2mask-4b"]  # same weights, same samples: same figures
     for size in ("10", "60"):
         predicted = sets["cs12-fractions"]["xs2mask-4b"][size]
         labels = sets["cs12-fractions"]["labels"][size]
