@@ -94,17 +94,26 @@ def cloud_cover_chips(data: Path) -> Iterator[Scene]:
 
 
 def cloud_cover_chips_more(data: Path) -> Iterator[Scene]:
-    """Five more On Cloud N chips from five other places: 4 bands, L2A DN, human cloud labels 0/1.
+    """Five more On Cloud N chips (``cloud_cover_chips_more/chip_N``): 4 bands, L2A DN, labels 0/1.
 
-    Trained on, labels and pixels (the labels follow clouds generously and call shadows 0).
+    Human labels from five other places, trained on (pixels and labels: the labels override the
+    teacher's cloud). The labels follow the clouds generously (a dilated outline) and label cloud
+    shadows 0.
+
+    Examples
+    --------
+    >>> chips = list(cloud_cover_chips_more(Path("../shared/data")))  # doctest: +SKIP
+    >>> [c.name for c in chips][:2], chips[0].reflectance.shape  # doctest: +SKIP
+    (['cloud_cover_chips_more/chip_1', 'cloud_cover_chips_more/chip_2'], (4, 512, 512))
     """
     folder = data / "cloud_cover_chips_more"
     bands = ("B02", "B03", "B04", "B08")
-    for chip in sorted(p.name for p in folder.glob("chip_*") if p.is_dir()):
-        dn = np.concatenate([_read_tif(folder / chip / f"{b}.tif") for b in bands])
-        labels = _read_tif(folder / chip / "label.tif")[0].astype(np.uint8)
+    chips = sorted(folder.glob("chip_*"), key=lambda p: int(p.name.removeprefix("chip_")))
+    for chip in chips:
+        dn = np.concatenate([_read_tif(chip / f"{b}.tif") for b in bands])
+        labels = _read_tif(chip / "label.tif")[0].astype(np.uint8)
         yield Scene(
-            f"cloud_cover_chips_more/{chip}", _from_dn(dn), bands, "L2A", "train", labels, "CC BY 4.0"
+            f"cloud_cover_chips_more/{chip.name}", _from_dn(dn), bands, "L2A", "train", labels, "CC BY 4.0"
         )
 
 
