@@ -70,7 +70,11 @@ Shadows
     part of the direct beam not replaced by light from cloud sides and surroundings. Under an opaque
     cloud NIR darkens by 0.3-0.8 and SWIR by 0.4-0.85, blue by 0.1-0.75 (least in haze at low sun),
     always less than NIR. Shadows fall on the ground before clouds are added, so ground under a thin
-    cloud can be shaded too (labelled cloud: cloud wins, as in CloudSEN12).
+    cloud can be shaded too (labelled cloud: cloud wins, as in CloudSEN12). Two options follow
+    measured real shadows (``docs/training.md``): ``shadow_blur_m`` widens shadow edges beyond the
+    sun disc's penumbra (real 10-90 % edges are 7-11 px at 10 m), and ``path_reflectance`` keeps the
+    atmosphere's path reflectance of top-of-atmosphere (L1C) data out of the shading, so L1C shadows
+    lose little blue, as real ones do.
 Labels, exact
     Combined opacity ``1 - (1 - alpha_thick)(1 - alpha_thin)`` above ``thick_label_alpha`` (0.5) is
     thick cloud, above ``visible_alpha`` (0.1) thin cloud. Below ``visible_alpha`` the cloud is
