@@ -119,6 +119,7 @@ def test_bench_human_scores_every_set_model_and_size(shared_data: Path, tmp_path
         assert sum(predicted.values()) == pytest.approx(100) and sum(labels.values()) == pytest.approx(100)
         assert labels["thick"] > 80  # the cloudy patch, not the clear city
         assert 0 <= sets["cs12-clear"]["xs2mask-4b"][size]["false_alarm"] <= 100
+        assert 0 <= sets["clear-scenes"]["xs2mask-4b"][size]["false_alarm"] <= 100
     # the no-data padding of the CloudSEN12 patch (its last 3 rows and columns) is not scored
     scores_10 = sets["cs12-rgbn"]["xs2mask-4b"]["10"]["scores"]
     assert scores_10["n_pixels"] == 509 * 509
