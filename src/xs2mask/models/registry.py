@@ -283,9 +283,12 @@ def available() -> list[str]:
     >>> "ukis-csmask-6b-l2a" in xs2mask.models.available()  # with xs2mask[ukis]
     True
     """
-    return sorted(
-        name for name, spec in _REGISTRY.items() if spec.is_available() and not missing_modules(spec)
-    )
+    return sorted(name for name, spec in _REGISTRY.items() if _runnable(spec))
+
+
+def _runnable(spec: ModelSpec) -> bool:
+    """Weights on disk and the modules of its backends installed."""
+    return spec.is_available() and not missing_modules(spec)
 
 
 def missing_modules(spec: ModelSpec) -> list[str]:
@@ -336,12 +339,7 @@ def resolve_default(bands: Iterable[str]) -> ModelSpec:
     """
     bands = set(bands)
     level = "L1C" if "B10" in bands else "L2A"
-    # Only models that can run here: weights on disk and their backend's modules installed.
-    candidates = [
-        _REGISTRY[n]
-        for n in _DEFAULT_ORDER
-        if _REGISTRY[n].is_available() and not missing_modules(_REGISTRY[n])
-    ]
+    candidates = [_REGISTRY[n] for n in _DEFAULT_ORDER if _runnable(_REGISTRY[n])]
     fitting = [s for s in candidates if set(s.bands) <= bands]
     # Stable sort: keep the ranking, but put models trained on this level first.
     fitting.sort(key=lambda s: level not in s.levels)

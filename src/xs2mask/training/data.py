@@ -254,8 +254,9 @@ class SampleMaker:
                     f"teacher_targets='sampled' needs the teacher's probabilities; {pl.scene} has none"
                 )
             refl, probability = self._crop(rng, [scene.select(self.bands), pl.probability], size * factor)
-            # Averaged probabilities of the fine pixels: the chance that a coarse pixel is each class.
-            refl, probability = coarsen(refl, factor), coarsen(probability.astype(np.float32), factor)
+            if factor > 1:
+                # Averaged probabilities of the fine pixels: the chance that a coarse pixel is each class.
+                refl, probability = coarsen(refl, factor), coarsen(probability.astype(np.float32), factor)
             target = draw_targets(probability, pl.codes, rng)
             return refl, target, np.ones(target.shape, np.float32)
         refl, target, confidence = self._crop(
