@@ -66,7 +66,10 @@ def main() -> None:
     args = parser.parse_args()
     models = list(args.models)
     for run in args.run:
-        for spec in registry.shipped(folder=run):
+        specs = registry.shipped(folder=run)
+        if not specs:
+            raise SystemExit(f"{run} holds no exported model (<name>.json with sha256): pass a run folder")
+        for spec in specs:
             if not spec.name.endswith("-torch"):
                 register(spec, overwrite=True)
                 models.append(spec.name)
