@@ -1,5 +1,5 @@
 """``python tests/servers.py pc|es [SHARED]``: serve a test catalogue on 127.0.0.1 until Ctrl-C, to try
-the CLI offline. It prints the ``xs2mask predict`` command to try.
+the CLI offline. It prints the ``xs2mask mask-stac`` command to try.
 
 The catalogue is that of the ``stac_pc`` / ``stac_es`` fixtures (:mod:`support.variants`, built from
 the demo scene of the package, plus the roles ``lying`` and ``multires`` from ``SHARED``: by default
@@ -39,7 +39,7 @@ def _serve_forever(argv: list[str] | None = None) -> None:
         w, s, e, n = served.bbox
         print(f"STAC API {served.url}  collections {', '.join(served.collections)}", flush=True)
         print(
-            f"try: xs2mask predict --stac-url {served.url} --collection {served.collections[0]} "
+            f"try: xs2mask mask-stac --stac-url {served.url} --collection {served.collections[0]} "
             f"--bbox {w} {s} {e} {n} --datetime {served.datetime} --out masks.zarr",
             flush=True,
         )

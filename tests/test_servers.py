@@ -163,15 +163,15 @@ def test_serve_items_custom_catalogue(stac_pc: StacCatalogue, tmp_path) -> None:
 
 def test_servers_cli_serves_what_its_command_line_searches() -> None:
     """``python tests/servers.py pc``, to try the CLI offline: it serves the catalogue, prints a
-    ``xs2mask predict`` command whose search finds the whole time range, and stops cleanly on SIGTERM."""
+    ``xs2mask mask-stac`` command whose search finds the whole time range, and stops cleanly on SIGTERM."""
     from xs2mask import stac
 
     script = Path(__file__).resolve().parent / "servers.py"
     proc = subprocess.Popen([sys.executable, str(script), "pc"], stdout=subprocess.PIPE, text=True)
     try:
         lines = [proc.stdout.readline() for _ in range(2)]
-        assert lines[1].startswith("try: xs2mask predict "), lines
-        args = shlex.split(lines[1].removeprefix("try: xs2mask predict "))
+        assert lines[1].startswith("try: xs2mask mask-stac "), lines
+        args = shlex.split(lines[1].removeprefix("try: xs2mask mask-stac "))
         opt = {k: args[i + 1] for i, k in enumerate(args) if k.startswith("--")}
         bbox = [float(v) for v in args[args.index("--bbox") + 1 : args.index("--bbox") + 5]]
         found = stac.search(

@@ -345,3 +345,27 @@ def test_human_labels_override_the_teachers_cloud_and_keep_its_shadow():
     np.testing.assert_allclose(p[:, 1, 0], [1.0, 0.0, 0.0])  # all cloud for the teacher, none for the person
     np.testing.assert_allclose(p[:, 1, 1], [0.0, 1.0, 0.0])
     assert (p[:, 1, 2] == 0).all()
+
+
+def test_eroded_human_labels_leave_the_outlines_ring_to_the_teacher():
+    from xs2mask.training.pseudo import with_human_labels
+
+    # a person's cloud of 7 x 7 px drawn generously; the teacher calls its outer ring clear (0.9)
+    prob = np.zeros((3, 9, 9), np.float16)
+    prob[0], prob[1] = 0.9, 0.1
+    prob[:, 2:7, 2:7] = np.array([0.05, 0.9, 0.05], np.float16)[:, None, None]
+    pl = PseudoLabels("s", "t", np.zeros((9, 9), np.uint8), np.ones((9, 9)), prob, (0, 4, 3))
+    human = np.zeros((9, 9), np.uint8)
+    human[1:8, 1:8] = 1
+    as_drawn = with_human_labels(pl, human)
+    eroded = with_human_labels(pl, human, erode=2)
+    assert (as_drawn.target == 4).sum() == 49
+    # 2 px off the outline: the inner 3 x 3 stays the person's cloud (probability 1) ...
+    p = eroded.probability.astype(np.float32)
+    assert (eroded.target[3:6, 3:6] == 4).all() and (p[1, 3:6, 3:6] == 1).all()
+    # ... the ring keeps the teacher's targets: clear on its outer pixels, cloud on its inner ones
+    ring = (human == 1) & ~np.pad(np.ones((3, 3), bool), 3)
+    np.testing.assert_allclose(p[:, ring], prob.astype(np.float32)[:, ring], atol=1e-3)
+    assert (eroded.target[1][1:8] == 0).all() and eroded.target[2, 2] == 4
+    # outside the drawing nothing changes
+    np.testing.assert_array_equal(eroded.target[human == 0], as_drawn.target[human == 0])

@@ -783,9 +783,13 @@ def share_cores(plan: Plan, blocks: int) -> Plan:
     """The plan with the CPU's cores split between ``blocks`` blocks that Dask runs at once.
 
     A model call per block using every core oversubscribes the CPU (measured 20-25 % slower). Left
-    as it is when the user chose ``threads`` or the model runs on a GPU.
+    as it is when the user chose ``threads``, the model runs on a GPU, or every model's backend runs
+    its calls on one pool per process (:attr:`Backend.pooled <xs2mask.models.backends.Backend>`):
+    there blocks take cores as they need them, and a batch's last block gets them all.
     """
     if plan.runtime.threads or plan.runtime.device != "cpu":
+        return plan
+    if all(get_backend(run.spec.backend).pooled for run in plan.runs):
         return plan
     threads = max(1, (os.cpu_count() or 1) // max(blocks, 1))
     return replace(plan, runtime=replace(plan.runtime, threads=threads))

@@ -445,7 +445,7 @@ def run(
     findings: dict[str, float] = {}
     batch: list[_Pending] = []
     size = job.store.batch or writer.batch
-    plan = share_cores(plan, size * _blocks(writer.slabs[0], job.load.chunks) if writer.slabs else 1)
+    plan = share_cores(plan, size)
     signed: tuple[float, np.datetime64, list] | None = None
     for slab in zstore.with_progress(todo, progress):
         day = slab.date.astype("datetime64[D]")
@@ -467,7 +467,9 @@ def run(
             (rows[0], cols[0]),
             (slab.y.start, slab.y.stop),
             (slab.x.start, slab.x.stop),
-            job.load.chunks,
+            # One model block per slab, not one per reading chunk: patches that straddle chunks
+            # would run once per chunk. Its patches still run on every core (share_cores).
+            max(slab.y.stop - slab.y.start, slab.x.stop - slab.x.start),
         )
         part = template.isel(slab.isel)
         part = part.assign(mask=part["mask"].copy(data=result[:, 0]))
@@ -577,12 +579,6 @@ def _window_bounds(
     stackstac makes it): loading them gives that window of the very same grid."""
     left, top = float(cube.x[0]) - res / 2, float(cube.y[0]) + res / 2
     return (left + cols[0] * res, top - rows[1] * res, left + cols[1] * res, top - rows[0] * res)
-
-
-def _blocks(slab: Any, block: int) -> int:
-    """Model blocks of at most ``block`` px a side in a slab (predict_window's split)."""
-    height, width = slab.y.stop - slab.y.start, slab.x.stop - slab.x.start
-    return -(-height // block) * -(-width // block)
 
 
 def _check_slab(

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .shadow_stats import dilate
 from .sources import Scene
 
 CLOUD_ANY = 4
@@ -160,12 +161,14 @@ def pseudo_label(
     )
 
 
-def with_human_labels(labels: PseudoLabels, human: np.ndarray) -> PseudoLabels:
+def with_human_labels(labels: PseudoLabels, human: np.ndarray, erode: int = 0) -> PseudoLabels:
     """The teacher's targets with the cloud taken from human labels (0 not cloud, 1 cloud).
 
     Where a person drew cloud the target is cloud (either kind) with probability 1; elsewhere the
     teacher's clear and shadow probabilities are scaled up to fill the pixel, so the teacher still
-    says which of the not-cloud pixels are shadow. No-data pixels stay no data.
+    says which of the not-cloud pixels are shadow. No-data pixels stay no data. ``erode`` takes
+    that many pixels off the inside of the person's cloud outline (labels that follow clouds
+    generously): there the teacher's targets stay as they are.
 
     Examples
     --------
@@ -180,15 +183,18 @@ def with_human_labels(labels: PseudoLabels, human: np.ndarray) -> PseudoLabels:
     probs = labels.probability.astype(np.float32)
     cloud = labels.codes.index(CLOUD_ANY)
     valid = probs.sum(axis=0) > 0
-    is_cloud = (human == 1) & valid
+    drawn = (human == 1) & valid
+    # the outline's inner ring, Chebyshev distance <= erode from a pixel not drawn as cloud
+    is_cloud = drawn & ~dilate(~drawn, erode) if erode > 0 else drawn
+    ring = drawn & ~is_cloud
     rest = 1.0 - probs[cloud]
     with np.errstate(invalid="ignore", divide="ignore"):
-        scale = np.where(rest > 1e-3, (~is_cloud) / rest, 0.0)
+        scale = np.where(ring, 1.0, np.where(rest > 1e-3, (~is_cloud) / rest, 0.0))
     probs *= scale
     # Not cloud for the person, cloud for the teacher throughout: clear.
-    unsure = valid & ~is_cloud & (rest <= 1e-3)
+    unsure = valid & ~drawn & (rest <= 1e-3)
     probs[labels.codes.index(0), unsure] = 1.0
-    probs[cloud] = is_cloud
+    probs[cloud] = np.where(ring, probs[cloud], is_cloud)  # the ring kept its scale of 1
     top = probs.argmax(axis=0)
     codes = np.asarray(labels.codes, np.uint8)[top]
     codes[~valid] = IGNORE

@@ -78,6 +78,9 @@ class TrainConfig:
     teacher_targets: str = "confident"  # or "sampled": distil the teacher's soft labels
     teachers: tuple[str, ...] = ()  # ukis-csmask variants averaged; default: the scene level's
     ema_decay: float = 0.0  # > 0: validate and export a moving average of the weights
+    # Metres taken off the inside of human cloud outlines of training scenes (generous outlines:
+    # the teacher's targets stay in that ring); 0: the outlines as drawn.
+    human_label_erosion_m: float = 0.0
     # [clouds] table: overrides of simulate.CloudConfig, as (field, value) pairs (kept hashable)
     clouds: tuple[tuple[str, Any], ...] = ()
     # [augment] table: overrides of data.Augment, as (field, value) pairs
@@ -103,6 +106,8 @@ class TrainConfig:
         check_teachers(self.teachers)
         if not 0.0 <= self.ema_decay < 1.0:
             raise InputError(f"ema_decay must lie in [0, 1), got {self.ema_decay!r}")
+        if not self.human_label_erosion_m >= 0.0:
+            raise InputError(f"human_label_erosion_m must be >= 0 metres, got {self.human_label_erosion_m!r}")
         try:
             check_options(
                 self.scene_sampling, self.teacher_targets, self.class_weights, self.teacher_class_weights
@@ -291,7 +296,9 @@ def train(config: TrainConfig, *, log=print) -> Path:
     ]
     # Training scenes with human labels: the person says where the cloud is, the teacher the shadow.
     labels = [
-        pl if s.labels is None else pseudo.with_human_labels(pl, s.labels)
+        pl
+        if s.labels is None
+        else pseudo.with_human_labels(pl, s.labels, round(config.human_label_erosion_m / config.resolution_m))
         for s, pl in zip(train_scenes, labels, strict=True)
     ]
     pools: Pools = make_pools(train_scenes, labels)
