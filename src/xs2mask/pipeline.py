@@ -158,8 +158,10 @@ class Load:
         epsg: int | None = None,
         bounds: Sequence[float] | None = None,
         bounds_latlon: Sequence[float] | None = None,
+        chunks: int | None = None,
     ) -> xr.DataArray:
-        """The items as a lazy reflectance cube (:func:`xs2mask.stac.load`) loaded with these options."""
+        """The items as a lazy reflectance cube (:func:`xs2mask.stac.load`) loaded with these options
+        (``chunks``: another chunk edge than :attr:`chunks`)."""
         from .stac import load
 
         return load(
@@ -170,7 +172,7 @@ class Load:
             bounds=bounds,
             bounds_latlon=bounds_latlon,
             resolution=self.pixel_size,
-            chunks=self.chunks,
+            chunks=chunks or self.chunks,
             harmonize=self.harmonize,
             read_retries=self.read_retries,
             read_timeout=self.read_timeout,
@@ -458,8 +460,13 @@ def run(
         # the area. The pixels are those of predict() on the whole day (see predict_window).
         rows = window_rows(plan, slab.y.start, slab.y.stop, plan.height)
         cols = window_rows(plan, slab.x.start, slab.x.stop, plan.width)
+        # One chunk per slab: the model block needs the window whole, and gluing chunks together
+        # cost as much as decoding them.
         cube = job.load.cube(
-            signed[2], bounds=_window_bounds(full, rows, cols, job.load.pixel_size), **bounded
+            signed[2],
+            bounds=_window_bounds(full, rows, cols, job.load.pixel_size),
+            chunks=max(rows[1] - rows[0], cols[1] - cols[0]),
+            **bounded,
         )
         result = predict_window(
             cube.sel(band=list(plan.bands)).data,
