@@ -110,10 +110,11 @@ def predict(
         :func:`xs2mask.stac.load` writes it) times 10000 for integer input; float input
         already holds it, so ``"auto"`` adds nothing there.
     threads
-        CPU cores per block. 0: every core for numpy input; for Dask input the
-        machine's cores divided among the blocks, since Dask runs blocks in parallel.
-        ONNX models on the CPU run that many patches side by side, one core each;
-        torch models use that many threads per call.
+        CPU cores per block. 0: every core; ONNX models on the CPU then run the patches
+        of all blocks on one pool of the machine's cores, one core per patch, and other
+        models get the cores divided among the blocks that Dask runs in parallel. Set:
+        ONNX models run that many patches of each block side by side, torch models use
+        that many threads per call.
     model_dir
         Folder holding downloaded weights (OmniCloudMask, CloudS2Mask): looked in, and
         downloaded to, instead of ``$XS2MASK_MODEL_DIR`` and the user cache.

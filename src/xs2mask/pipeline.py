@@ -158,10 +158,8 @@ class Load:
         epsg: int | None = None,
         bounds: Sequence[float] | None = None,
         bounds_latlon: Sequence[float] | None = None,
-        chunks: int | None = None,
     ) -> xr.DataArray:
-        """The items as a lazy reflectance cube (:func:`xs2mask.stac.load`) loaded with these options
-        (``chunks``: another chunk edge than :attr:`chunks`)."""
+        """The items as a lazy reflectance cube (:func:`xs2mask.stac.load`) loaded with these options."""
         from .stac import load
 
         return load(
@@ -172,7 +170,7 @@ class Load:
             bounds=bounds,
             bounds_latlon=bounds_latlon,
             resolution=self.pixel_size,
-            chunks=chunks or self.chunks,
+            chunks=self.chunks,
             harmonize=self.harmonize,
             read_retries=self.read_retries,
             read_timeout=self.read_timeout,
@@ -250,7 +248,8 @@ class Store:
     block
         Edge of a slab in pixels (default: :class:`xs2mask.store.MaskStore`'s).
     batch
-        Slabs computed together (default: the store's); a killed job redoes at most one batch.
+        Slabs computed together (default: two per Dask thread of the cluster, or per core);
+        a killed job redoes at most one batch.
     storage_options
         fsspec options of the store.
 
@@ -446,7 +445,9 @@ def run(
     started = time.monotonic()
     findings: dict[str, float] = {}
     batch: list[_Pending] = []
-    size = job.store.batch or writer.batch
+    # A slab is one model block: two slabs per Dask thread keep every thread (every worker) busy,
+    # the next slab's reads beside the current one's model.
+    size = job.store.batch or 2 * zstore.dask_threads()
     plan = share_cores(plan, size)
     signed: tuple[float, np.datetime64, list] | None = None
     for slab in zstore.with_progress(todo, progress):
@@ -460,13 +461,8 @@ def run(
         # the area. The pixels are those of predict() on the whole day (see predict_window).
         rows = window_rows(plan, slab.y.start, slab.y.stop, plan.height)
         cols = window_rows(plan, slab.x.start, slab.x.stop, plan.width)
-        # One chunk per slab: the model block needs the window whole, and gluing chunks together
-        # cost as much as decoding them.
         cube = job.load.cube(
-            signed[2],
-            bounds=_window_bounds(full, rows, cols, job.load.pixel_size),
-            chunks=max(rows[1] - rows[0], cols[1] - cols[0]),
-            **bounded,
+            signed[2], bounds=_window_bounds(full, rows, cols, job.load.pixel_size), **bounded
         )
         result = predict_window(
             cube.sel(band=list(plan.bands)).data,

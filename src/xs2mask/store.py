@@ -625,7 +625,7 @@ class MaskStore:
             math.ceil(min(self.block, self.template.sizes["x"]) / _first_chunk(self.template, "x"))
         )
         # Four chunks per core: a batch's last chunks leave cores idle, the more chunks the less.
-        return max(1, math.ceil(4 * _threads() / per_slab))
+        return max(1, math.ceil(4 * dask_threads() / per_slab))
 
     @_permission_faults
     def write(
@@ -1251,8 +1251,8 @@ def _scaled_writes() -> Iterator[None]:
         yield
 
 
-def _threads() -> int:
-    """Cores of the Dask cluster in use (the default client's, else this machine's)."""
+def dask_threads() -> int:
+    """Threads of the Dask cluster in use (the default client's workers), else this machine's cores."""
     if "distributed" not in sys.modules:  # no client without it; importing it costs half a second
         return os.cpu_count() or 1
     try:
