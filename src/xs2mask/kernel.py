@@ -17,8 +17,6 @@ probabilities upsampled back, then encoded.
 from __future__ import annotations
 
 import math
-import os
-import threading
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -515,8 +513,7 @@ def _predict_patches(
         # in place: the batch's probabilities are not used again
         return [np.multiply(q, layout.weight, out=q) for q in (inverse(p, transform) for p in prob)]
 
-    # third-party predictors may predate `pooled`
-    return work, _ordered_map(weighted, work, predictor.concurrency, getattr(predictor, "pooled", False))
+    return work, _ordered_map(weighted, work, predictor.concurrency)
 
 
 def _blend(
@@ -580,55 +577,22 @@ def _upsample(
     return probs
 
 
-def _ordered_map(
-    function: Callable[[T], R], items: Sequence[T], workers: int, shared: bool = False
-) -> Iterator[R]:
+def _ordered_map(function: Callable[[T], R], items: Sequence[T], workers: int) -> Iterator[R]:
     """``map(function, items)``, ``workers`` calls at a time, results in order.
 
-    ``shared``: on a pool of ``workers`` threads that the whole process shares. Blocks that Dask
-    runs at once then put their calls into the same pool: ``workers`` bounds the calls running at
-    once whatever the number of blocks, and the last block of a batch still gets every worker,
-    where a pool per block either oversubscribes the cores or leaves some idle at the end.
-    At most ``2 * workers`` results of one call wait to be consumed, so memory stays bounded.
+    At most ``2 * workers`` results wait to be consumed, so memory stays bounded.
     """
     if workers <= 1 or len(items) <= 1:
         yield from map(function, items)
         return
-    if shared:
-        yield from _bounded(_shared_pool(workers), function, items, workers)
-        return
     with ThreadPoolExecutor(min(workers, len(items))) as pool:
-        yield from _bounded(pool, function, items, workers)
-
-
-def _bounded(
-    pool: ThreadPoolExecutor, function: Callable[[T], R], items: Sequence[T], workers: int
-) -> Iterator[R]:
-    pending: deque[Future[R]] = deque()
-    try:
+        pending: deque[Future[R]] = deque()
         for item in items:
             pending.append(pool.submit(function, item))
             if len(pending) >= 2 * workers:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
-    finally:
-        # a failing call or an abandoned generator leaves no work queued for the others
-        for future in pending:
-            future.cancel()
-
-
-_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
-_POOLS_LOCK = threading.Lock()
-
-
-def _shared_pool(workers: int) -> ThreadPoolExecutor:
-    # Keyed by process too: a pool's threads do not survive a fork.
-    key = (os.getpid(), workers)
-    with _POOLS_LOCK:
-        if key not in _POOLS:
-            _POOLS[key] = ThreadPoolExecutor(workers, thread_name_prefix="xs2mask-model")
-        return _POOLS[key]
 
 
 def _top_class(probs: np.ndarray, classes: tuple[int, ...]) -> np.ndarray:

@@ -31,11 +31,6 @@ class Predictor(Protocol):
     def concurrency(self) -> int:
         """Calls that may run at once, each on one core (the ONNX CPU path); 1: one at a time."""
 
-    @property
-    def pooled(self) -> bool:
-        """Its ``concurrency`` calls run on one pool of threads that the whole process shares, not
-        on a pool per block (the library chose the threads: every core, whatever runs at once)."""
-
     def __call__(self, batch: np.ndarray) -> np.ndarray: ...
 
 
@@ -63,7 +58,6 @@ class FunctionPredictor:
     run: Callable[[np.ndarray], np.ndarray]
     batch_size: int = 1
     concurrency: int = 1
-    pooled: bool = False
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.run(batch)
@@ -113,10 +107,6 @@ class Backend:
         choice to the other backends of an ensemble.
     precisions : dtypes it runs models in besides ``"float32"`` (on a GPU).
     gpu_dtype : ``gpu_dtype(device)``: what ``dtype="auto"`` picks on that GPU; None: float32.
-    pooled : on the CPU, with the threads left to the library, its predictors run their calls on
-        one pool of threads per process (:attr:`Predictor.pooled`): blocks that run at once take
-        cores from it as they need them, so :func:`~xs2mask.inference.share_cores` does not split
-        the cores between them.
 
     Examples
     --------
@@ -137,7 +127,6 @@ class Backend:
     accelerator: Callable[[str], bool | None] = runs_on_cpu
     precisions: tuple[str, ...] = ()
     gpu_dtype: Callable[[str], str] | None = None
-    pooled: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
