@@ -471,7 +471,7 @@ def run(
             (slab.y.start, slab.y.stop),
             (slab.x.start, slab.x.stop),
             # One model block per slab, not one per reading chunk: patches that straddle chunks
-            # would run once per chunk. Its patches still run on every core (share_cores).
+            # would run once per chunk. The batch's slabs share the cores (share_cores).
             max(slab.y.stop - slab.y.start, slab.x.stop - slab.x.start),
         )
         part = template.isel(slab.isel)
