@@ -185,7 +185,7 @@ def with_human_labels(labels: PseudoLabels, human: np.ndarray, erode: int = 0) -
     valid = probs.sum(axis=0) > 0
     drawn = (human == 1) & valid
     # the outline's inner ring, Chebyshev distance <= erode from a pixel not drawn as cloud
-    is_cloud = drawn & ~dilate(~drawn, erode) if erode > 0 else drawn
+    is_cloud = drawn & ~dilate(~drawn, erode)  # erode 0: dilate returns ~drawn as it is
     ring = drawn & ~is_cloud
     rest = 1.0 - probs[cloud]
     with np.errstate(invalid="ignore", divide="ignore"):
