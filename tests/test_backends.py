@@ -164,3 +164,53 @@ def test_a_model_whose_backend_is_missing_is_not_listed_as_installed(
     assert cli.main(["models"]) == 0
     line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("test-needy-model"))
     assert "[not runnable: no_such_module_xs2mask missing: pip install 'xs2mask[needy]']" in line
+
+
+def test_blocks_running_at_once_share_the_cores_of_the_process(tmp_path: Path) -> None:
+    """A pooled predictor's calls from every block take one of `concurrency` slots the process shares:
+    four Dask threads running blocks at once never make more than two calls at a time, the blocks
+    are not given a core each in advance, and the masks are those of the model run on the whole
+    scene."""
+    import threading
+    import time
+
+    import dask
+
+    from xs2mask.inference import prepare, share_cores
+
+    active, peak = [0], [0]
+    guard = threading.Lock()
+
+    def load_slow_threshold(spec: ModelSpec, runtime) -> FunctionPredictor:
+        def predict(batch: np.ndarray) -> np.ndarray:
+            with guard:
+                active[0] += 1
+                peak[0] = max(peak[0], active[0])
+            time.sleep(0.002)  # long enough for the blocks' calls to overlap
+            p = np.clip(batch[:, :1] * np.float32(0.25) + np.float32(0.5), 0, 1)
+            with guard:
+                active[0] -= 1
+            return np.concatenate([1 - p, p], axis=1)
+
+        return FunctionPredictor(predict, concurrency=2, pooled=True)
+
+    backend = Backend("test-pooled", load_slow_threshold, pooled=True)
+    register_backend(backend, overwrite=True)
+    weights = tmp_path / "none.json"
+    weights.write_text("{}")
+    spec = ModelSpec(name="test-pooled", bands=("B02",), classes=(CLEAR, THICK_CLOUD), backend=backend.name,
+                     weights=Weights(str(weights), sha256_file(weights)), mean=(0.1,), std=(0.1,),
+                     outputs="probabilities", patch_size=64, overlap=16)  # fmt: skip
+    xs2mask.models.clear_cache()
+    cube = xs2mask.data.demo_scene()
+    alone = xs2mask.predict(cube, model=spec).mask.values
+    assert peak[0] == 2
+    peak[0] = 0
+    with dask.config.set(scheduler="threads", num_workers=4):
+        blocks = xs2mask.predict(cube.chunk(x=128, y=128), model=spec).mask.values  # 16 blocks
+    np.testing.assert_array_equal(blocks, alone)
+    assert peak[0] == 2, peak[0]  # four blocks at a time, two calls at a time
+    # so the cores are not split between the blocks in advance either
+    plan = prepare(cube.chunk(x=128, y=128), model=spec).plan
+    assert share_cores(plan, 16).runtime.threads == 0
+    xs2mask.models.clear_cache()

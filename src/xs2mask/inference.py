@@ -110,10 +110,11 @@ def predict(
         :func:`xs2mask.stac.load` writes it) times 10000 for integer input; float input
         already holds it, so ``"auto"`` adds nothing there.
     threads
-        CPU cores per block. 0: every core for numpy input; for Dask input the
-        machine's cores divided among the blocks, since Dask runs blocks in parallel.
-        ONNX models on the CPU run that many patches side by side, one core each;
-        torch models use that many threads per call.
+        CPU cores per block. 0: every core; ONNX models on the CPU then run the patches
+        of all blocks on the cores Dask gives the process, one core per patch, and other
+        models get the cores divided among the blocks that Dask runs in parallel. Set:
+        ONNX models run that many patches of each block side by side, torch models use
+        that many threads per call.
     model_dir
         Folder holding downloaded weights (OmniCloudMask, CloudS2Mask): looked in, and
         downloaded to, instead of ``$XS2MASK_MODEL_DIR`` and the user cache.
@@ -783,9 +784,13 @@ def share_cores(plan: Plan, blocks: int) -> Plan:
     """The plan with the CPU's cores split between ``blocks`` blocks that Dask runs at once.
 
     A model call per block using every core oversubscribes the CPU (measured 20-25 % slower). Left
-    as it is when the user chose ``threads`` or the model runs on a GPU.
+    as it is when the user chose ``threads``, the model runs on a GPU, or every model's backend runs
+    its calls on one set of cores per process (:attr:`Backend.pooled <xs2mask.models.backends.Backend>`):
+    there blocks take cores as they need them, and a batch's last block gets them all.
     """
     if plan.runtime.threads or plan.runtime.device != "cpu":
+        return plan
+    if all(get_backend(run.spec.backend).pooled for run in plan.runs):
         return plan
     threads = max(1, (os.cpu_count() or 1) // max(blocks, 1))
     return replace(plan, runtime=replace(plan.runtime, threads=threads))

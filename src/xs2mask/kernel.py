@@ -17,10 +17,13 @@ probabilities upsampled back, then encoded.
 from __future__ import annotations
 
 import math
+import os
+import threading
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
@@ -505,10 +508,14 @@ def _predict_patches(
         for start in range(0, len(patches), step)
     ]
 
+    # third-party predictors may predate `pooled`
+    slots = _core_slots(predictor.concurrency) if getattr(predictor, "pooled", False) else nullcontext()
+
     def weighted(item: _Work) -> list[np.ndarray]:
         transform, chunk = item
         batch = np.stack([forward(canvas.cut(y, x, layout.patch), transform) for y, x in chunk])
-        out = predictor(batch)
+        with slots:
+            out = predictor(batch)
         prob = softmax(out) if spec.outputs == "logits" else out
         # in place: the batch's probabilities are not used again
         return [np.multiply(q, layout.weight, out=q) for q in (inverse(p, transform) for p in prob)]
@@ -593,6 +600,22 @@ def _ordered_map(function: Callable[[T], R], items: Sequence[T], workers: int) -
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+
+
+_SLOTS: dict[tuple[int, int], threading.BoundedSemaphore] = {}
+_SLOTS_LOCK = threading.Lock()
+
+
+def _core_slots(cores: int) -> threading.BoundedSemaphore:
+    """One semaphore of ``cores`` slots per process: the model calls of every block running at once
+    take a core each from it. Blocks then share the cores as they come and go (the last block of a
+    batch gets them all), where cores split between the blocks in advance leave some idle at the end
+    and a set per block oversubscribes them."""
+    key = (os.getpid(), cores)  # a semaphore held across a fork is not the child's
+    with _SLOTS_LOCK:
+        if key not in _SLOTS:
+            _SLOTS[key] = threading.BoundedSemaphore(cores)
+        return _SLOTS[key]
 
 
 def _top_class(probs: np.ndarray, classes: tuple[int, ...]) -> np.ndarray:

@@ -16,7 +16,9 @@ uninterrupted run writes:
    resized and the new times written, then the intent is cleared. A store found
    with an intent is rolled back to its dates before it, then the job goes on.
 3. **Slabs.** Each slab (one date x one spatial block of whole chunks) is written
-   with ``region=``; only then is its key added to ``xs2mask_done``.
+   with ``region=``, its mask read back and compared with what was computed (the
+   count of every value), and only then is its key added to ``xs2mask_done``: a
+   write that the storage lost is an error, never a no-data slab in a complete store.
 4. **Completion.** When every slab of every date is recorded, the status becomes
    ``"complete"`` and the metadata are consolidated. Any later change first drops
    the consolidated metadata, so they never describe a store that is being written.
@@ -652,17 +654,41 @@ class MaskStore:
         for slab, part in parts:
             self._check_part(slab, part)
         keys = [slab.key for slab, _ in parts]
+        regions = [_region_part(part, self.template) for _, part in parts]
         _step(f"write {' '.join(keys)}")
         with _scaled_writes():
             writes = [
-                _region_part(part, self.template).to_zarr(
-                    self.path, region=self._region(slab), mode="r+", compute=False, **self._kw
-                )
-                for slab, part in parts
+                region.to_zarr(self.path, region=self._region(slab), mode="r+", compute=False, **self._kw)
+                for (slab, _), region in zip(parts, regions, strict=True)
             ]
-            values = dask.compute(writes, list(also))[1]
+            # In the same pass: what each slab's mask holds, to check the store against once written.
+            counts = [dask.delayed(_value_counts)(r["mask"].data) if "mask" in r else None for r in regions]
+            # One Delayed for the whole pass: dask.compute(writes, also, counts) repacked the results of
+            # mixed collection types (Delayed, xarray) in the wrong places (dask 2026.8).
+            values, counts = dask.delayed(_after_writes)(writes, list(also), counts).compute()
+        self._verify([slab for slab, _ in parts], counts)
         self._record(keys)
         return list(values)
+
+    def _verify(self, slabs: Sequence[Slab], counts: Sequence[np.ndarray | None]) -> None:
+        """Read each slab's mask back and refuse to record the batch unless it holds what was computed:
+        a write lost or cut short on its way to storage is an error here, never a silent no-data
+        slab in a store marked complete."""
+        checked = [(slab, want) for slab, want in zip(slabs, counts, strict=True) if want is not None]
+        if not checked:
+            return
+        stored = _open_group(self.path, self.storage_options)["mask"]
+        for slab, want in checked:
+            region = self._region(slab)
+            got = _value_counts(np.asarray(stored[region["time"], region["y"], region["x"]]))
+            if not np.array_equal(got, want):
+                lost = int(got[NODATA]) - int(want[NODATA])
+                raise StoreError(
+                    f"slab {slab.key} of {self.path} does not read back as written "
+                    f"({lost:+d} no-data pixels, {int(np.abs(got - want).sum()) // 2} pixels differ): "
+                    "the storage lost or changed the write. It is not recorded as done: run the same "
+                    "command again to write it anew."
+                )
 
     @_permission_faults
     def write_nodata(self, slab: Slab, record: Mapping[str, Any]) -> None:
@@ -1190,6 +1216,16 @@ def _remove(store: str, storage_options: dict[str, Any] | None) -> None:
 
     fs, path = fsspec.core.url_to_fs(str(store), **(storage_options or {}))
     fs.rm(path, recursive=True)
+
+
+def _after_writes(writes: Any, values: Any, counts: Any) -> tuple[Any, Any]:
+    """The values and mask counts of a batch, once its writes are done."""
+    return values, counts
+
+
+def _value_counts(mask: np.ndarray) -> np.ndarray:
+    """How many pixels hold each of the 256 values of a uint8 mask."""
+    return np.bincount(np.asarray(mask, np.uint8).ravel(), minlength=256)
 
 
 def _region_part(part: xr.Dataset | xr.DataArray, template: xr.Dataset) -> xr.Dataset:

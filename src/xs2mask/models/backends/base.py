@@ -7,6 +7,8 @@ optional packages that needs, and what it can run on (devices, reduced precision
 from __future__ import annotations
 
 import importlib.util
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,12 @@ class Predictor(Protocol):
     @property
     def concurrency(self) -> int:
         """Calls that may run at once, each on one core (the ONNX CPU path); 1: one at a time."""
+
+    @property
+    def pooled(self) -> bool:
+        """Its calls take their core from one set of ``concurrency`` slots that the whole process
+        shares, not from a set per block (the library chose the threads: every core Dask gives the
+        process, whatever number of blocks runs at once)."""
 
     def __call__(self, batch: np.ndarray) -> np.ndarray: ...
 
@@ -58,6 +66,7 @@ class FunctionPredictor:
     run: Callable[[np.ndarray], np.ndarray]
     batch_size: int = 1
     concurrency: int = 1
+    pooled: bool = False
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.run(batch)
@@ -80,6 +89,25 @@ def verified_weights(spec: ModelSpec) -> Path:
             "Load it with xs2mask.models.load, which loads each member with its own weights."
         )
     return spec.weights.verified_path()
+
+
+def process_cores() -> int:
+    """The CPU cores this process may use: a Dask worker's threads inside a distributed worker (several
+    workers may share a machine), else the machine's cores.
+
+    Examples
+    --------
+    >>> process_cores() >= 1
+    True
+    """
+    if "distributed" in sys.modules:  # no worker without it; importing it costs half a second
+        from distributed import get_worker
+
+        try:
+            return max(1, get_worker().state.nthreads)
+        except ValueError:  # not in a worker
+            pass
+    return os.cpu_count() or 1
 
 
 def runs_on_cpu(kind: str) -> bool | None:
@@ -107,6 +135,10 @@ class Backend:
         choice to the other backends of an ensemble.
     precisions : dtypes it runs models in besides ``"float32"`` (on a GPU).
     gpu_dtype : ``gpu_dtype(device)``: what ``dtype="auto"`` picks on that GPU; None: float32.
+    pooled : on the CPU, with the threads left to the library, its predictors' calls share one
+        set of core slots per process (:attr:`Predictor.pooled`): blocks that run at once take
+        cores as they need them, so :func:`~xs2mask.inference.share_cores` does not split the
+        cores between them.
 
     Examples
     --------
@@ -127,6 +159,7 @@ class Backend:
     accelerator: Callable[[str], bool | None] = runs_on_cpu
     precisions: tuple[str, ...] = ()
     gpu_dtype: Callable[[str], str] | None = None
+    pooled: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:

@@ -193,6 +193,7 @@ def _load_members(spec: ModelSpec, runtime: Runtime) -> Predictor:
         predict,
         batch_size=min(m.batch_size for m in members),
         concurrency=min(m.concurrency for m in members),
+        pooled=all(getattr(m, "pooled", False) for m in members),
     )
 
 

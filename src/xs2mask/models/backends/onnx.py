@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from ...exceptions import WeightsError
 from ..spec import ModelSpec
-from .base import Backend, FunctionPredictor, Predictor, Runtime, verified_weights
+from .base import Backend, FunctionPredictor, Predictor, Runtime, process_cores, verified_weights
 
 
 def load_onnx(spec: ModelSpec, runtime: Runtime) -> Predictor:
@@ -20,8 +18,9 @@ def load_onnx(spec: ModelSpec, runtime: Runtime) -> Predictor:
     cpu = runtime.device == "cpu"
     # On the CPU, patches run side by side, one core each, rather than one after another
     # on all cores: a patch is too small for onnxruntime's threads to share well, and the
-    # caller's per-patch numpy work (softmax, blending) runs in parallel too.
-    concurrency = (runtime.threads or os.cpu_count() or 1) if cpu else 1
+    # caller's per-patch numpy work (softmax, blending) runs in parallel too. With the threads left
+    # to the library, the calls of all blocks share the process's cores (see Backend.pooled).
+    concurrency = (runtime.threads or process_cores()) if cpu else 1
     options.intra_op_num_threads = 1 if cpu else runtime.threads
     options.inter_op_num_threads = 1
     providers: list[str | tuple[str, dict[str, int]]] = ["CPUExecutionProvider"]
@@ -37,7 +36,9 @@ def load_onnx(spec: ModelSpec, runtime: Runtime) -> Predictor:
     def predict(batch: np.ndarray) -> np.ndarray:
         return session.run(None, {input_name: np.ascontiguousarray(batch, np.float32)})[0]
 
-    return FunctionPredictor(predict, batch_size=1 if cpu else 8, concurrency=concurrency)
+    return FunctionPredictor(
+        predict, batch_size=1 if cpu else 8, concurrency=concurrency, pooled=cpu and not runtime.threads
+    )
 
 
 def _accelerator(kind: str) -> bool:
@@ -48,4 +49,4 @@ def _accelerator(kind: str) -> bool:
     return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
 
 
-ONNX = Backend(name="onnx", load=load_onnx, accelerator=_accelerator)
+ONNX = Backend(name="onnx", load=load_onnx, accelerator=_accelerator, pooled=True)

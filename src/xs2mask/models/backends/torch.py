@@ -72,6 +72,7 @@ class TorchPredictor:
         self.dtype = dtype
         self.batch_size = 1
         self.concurrency = 1
+        self.pooled = False
         self.micro_batch = 1
         self._autocast = dtype != torch.float32
         self._copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
