@@ -63,6 +63,7 @@ PREDICT_CASES = {
     "read-timeout-0": (["--read-timeout", "0"], ["--read-timeout"]),
     "chunks-0": (["--chunks", "0"], ["--chunks", "at least 1"]),
     "batch-0": (["--batch", "0"], ["--batch"]),
+    "block-0": (["--block", "0"], ["--block", "at least 1"]),
     "workers-negative": (["--workers", "-2"], ["--workers"]),
     "max-cloud-150": (["--max-cloud", "150"], ["--max-cloud", "at most 100"]),
     "processing-resolution-negative": (["--processing-resolution", "-20"], ["--processing-resolution"]),
@@ -206,14 +207,14 @@ def test_mask_stac_flags_become_the_typed_job(monkeypatch, tmp_path, capsys):
     args = ["mask-stac", "--stac-url", "http://x", "--collection", "a", "--collection", "b", "--out", out,
             *GOOD, "--max-cloud", "40", "--pixel-size", "20", "--chunks", "512", "--harmonize", "false",
             "--read-retries", "5", "--read-timeout", "12", "--on-read-error", "nodata", "--append",
-            "--zarr-format", "2", "--batch", "3", "--storage-option", "anon=true", "--model", "xs2mask-4b",
+            "--zarr-format", "2", "--block", "2048", "--batch", "3", "--storage-option", "anon=true", "--model", "xs2mask-4b",
             "--tta", "2", "--processing-resolution", "60", "--device", "cpu", "--compile",
             "--quiet"]  # fmt: skip
     assert main(args) == 0
     assert jobs == [
         Job(
             Search("http://x", ("a", "b"), (32.84, -2.57, 32.89, -2.52), GOOD[-1], max_cloud=40),
-            Store(out, mode="a", zarr_format=2, batch=3, storage_options={"anon": "true"}),
+            Store(out, mode="a", zarr_format=2, block=2048, batch=3, storage_options={"anon": "true"}),
             load=Load(pixel_size=20, chunks=512, harmonize=False, read_retries=5, read_timeout=12,
                       on_read_error="nodata"),
             predict=Predict("xs2mask-4b", tta=2, processing_resolution=60, device="cpu", compile=True),

@@ -143,6 +143,31 @@ def test_real_model_is_seamless_across_chunks(demo512):
     assert np.abs(lazy.probability.values.astype(int) - reference.probability.values.astype(int)).max() <= 1
 
 
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_a_window_of_any_size_anywhere_gives_the_masks_of_the_whole_scene(demo512, data):
+    """``predict_window`` (a job's slab read with its halo) gives the pixels of ``predict`` on the
+    whole scene, also for a slab a few pixels wide at the scene's edge, where the patches see the
+    image mirrored: the mirror must reflect the scene's own edge, not the slab's few columns again."""
+    from xs2mask.inference import predict_window, prepare, window_rows
+
+    cube = demo512.expand_dims(time=[np.datetime64("2020-04-29")])
+    reference = xs2mask.predict(cube, model="ukis-csmask-4b-l2a").mask.values
+    plan = prepare(cube.chunk(), model="ukis-csmask-4b-l2a").plan
+
+    def span(n: int) -> tuple[int, int]:
+        width = data.draw(st.integers(1, 48))
+        start = data.draw(st.one_of(st.integers(0, n - width), st.sampled_from([0, n - width])))
+        return start, start + width
+
+    core_y, core_x = span(512), span(512)
+    rows, cols = window_rows(plan, *core_y, 512), window_rows(plan, *core_x, 512)
+    window = dsa.from_array(cube.values[:, :, rows[0] : rows[1], cols[0] : cols[1]])
+    got = predict_window(window, plan, (rows[0], cols[0]), core_y, core_x, 256).compute()[:, 0]
+    want = reference[:, core_y[0] : core_y[1], core_x[0] : core_x[1]]
+    np.testing.assert_array_equal(got, want, err_msg=f"core {core_y} x {core_x}")
+
+
 def test_patches_run_side_by_side_with_the_same_result(demo512):
     # the demo scene is one block of 1 x 1 patches of 544 px: tile it to have several
     cube = xr.concat([demo512, demo512.isel(x=slice(None, None, -1))], dim="x").isel(x=slice(0, 1000))

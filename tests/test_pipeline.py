@@ -229,6 +229,20 @@ def test_append_of_an_area_shifted_by_70_m_is_refused(tmp_path, stac_pc, capsys)
     assert xs2mask.open_masks(str(out)).sizes["time"] == 1
 
 
+def test_block_sets_the_slabs_of_the_cli_job_and_a_resume_keeps_it(tmp_path, stac_pc, expected, capsys):
+    """``--block``: smaller slabs (less memory per worker), the same masks; a rerun with another slab
+    size is refused, naming it (the slabs recorded as done would mean other pixels)."""
+    out = tmp_path / "small.zarr"
+    loud = [a for a in _args(stac_pc, out, "--chunks", "256", "--block", "256") if a != "--quiet"]
+    assert main(loud) == 0
+    printed = capsys.readouterr().out
+    assert "27 of 27 slabs" in printed, printed  # 3 dates x 3 x 3 slabs of 256 px over 514 px
+    masks = xs2mask.open_masks(str(out))
+    np.testing.assert_array_equal(masks.mask.values, expected.mask.values)
+    assert main(_args(stac_pc, out, "--chunks", "256", "--block", "512")) == 2
+    assert "slab size: stored 256, new 512" in capsys.readouterr().err
+
+
 def test_killed_cli_job_resumes_to_identical_masks(tmp_path, stac_pc, expected):
     out = tmp_path / "killed.zarr"
     # One slab (one date) per batch, so that the kill lands between recorded slabs.

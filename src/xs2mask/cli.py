@@ -155,6 +155,7 @@ def _mask_stac(args: argparse.Namespace) -> int:
             args.out,
             mode="w" if args.overwrite else "a" if args.append else "w-",
             zarr_format=args.zarr_format,
+            block=args.block,
             batch=args.batch,
             storage_options=dict(args.storage_option),
         ),
@@ -448,6 +449,13 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--workers", type=_count, default=0, help="start a local Dask cluster of N workers")
     pred.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
     pred.add_argument("--zarr-format", type=int, choices=(2, 3), default=None)
+    pred.add_argument(
+        "--block",
+        type=_positive_int,
+        default=None,
+        metavar="PX",
+        help="slab edge in pixels, whole chunks (default about 4096): smaller slabs hold less memory",
+    )
     pred.add_argument(
         "--batch",
         type=_positive_int,

@@ -443,7 +443,7 @@ def _model_input(
 ) -> _Canvas:
     """The model's bands under the canvas, normalised, with no-data at 0 and the array edge mirrored."""
     spec = run.spec
-    src, pad = _source_window(run, layout, origin, coarse.shape[1:], size)
+    src, pad, extra = _source_window(run, layout, origin, coarse.shape[1:], size)
     # a copy of just the bands and rows the patches read, normalised in place: every full-size
     # temporary costs a pass over memory and, in a fresh process, its page faults
     data = coarse[:, src[0], src[1]][list(run.band_index)]
@@ -459,28 +459,54 @@ def _model_input(
     np.copyto(data, np.float32(0), where=~usable)
     edges = ((0, 0), *pad)
     mirrored = any(map(any, pad))
+    # The pixels read only for the mirror come off again once it is made. They lie on the side
+    # away from the edge mirrored (a canvas that passes the array's end starts inside it), so the
+    # canvas is one slice of the padded array.
+    (ey0, ey1), (ex0, ex1) = extra
+    core = ok[ey0 : ok.shape[0] - ey1, ex0 : ok.shape[1] - ex1]
+    keep = (
+        slice(None),
+        slice(ey0, ey0 + core.shape[0] + sum(pad[0])),
+        slice(ex0, ex0 + core.shape[1] + sum(pad[1])),
+    )
     return _Canvas(
-        data=np.pad(data, edges, mode="symmetric") if mirrored else data,
-        valid=np.pad(ok, pad, mode="constant"),
+        data=np.pad(data, edges, mode="symmetric")[keep] if mirrored else data,
+        valid=np.pad(core, pad, mode="constant"),
         # per-patch statistics count the mirrored pixels too: they are image content
-        band_ok=np.pad(usable, edges, mode="symmetric") if per_patch else None,
+        band_ok=(np.pad(usable, edges, mode="symmetric")[keep] if mirrored else usable) if per_patch else None,
     )
 
 
 def _source_window(
     run: ModelRun, layout: _Layout, origin: tuple[int, int], shape: tuple[int, ...], size: tuple[int, int]
-) -> tuple[list[slice], list[tuple[int, int]]]:
-    """The block's pixels under the canvas, per axis, and how far the canvas reaches past the array."""
-    src, pad = [], []
+) -> tuple[list[slice], list[tuple[int, int]], list[tuple[int, int]]]:
+    """The block's pixels under the canvas, per axis; how far the canvas reaches past the array; and
+    how many more pixels (before, after) the mirror beyond the array edge reflects.
+
+    The mirror must reflect the image's pixels next to its edge, whatever part of them the canvas
+    covers: a block whose canvas holds only the last 72 columns of a 512 px scene mirrored those
+    72 columns again and again into a 184 px overhang, where the whole scene mirrors 184 of its own.
+    """
+    src, pad, extra = [], [], []
     for i in (0, 1):
         lo, hi = max(layout.start[i], 0), min(layout.stop[i], size[i])
         if lo < origin[i] or hi > origin[i] + shape[i]:
             if not run.per_pixel:  # per-pixel models need no context beyond the block
                 raise RuntimeError("internal error: patches reach beyond the block's halo")
             lo, hi = max(lo, origin[i]), min(hi, origin[i] + shape[i])
-        src.append(slice(lo - origin[i], hi - origin[i]))
-        pad.append((lo - layout.start[i], layout.stop[i] - hi))
-    return src, pad
+        before, after = lo - layout.start[i], layout.stop[i] - hi
+        mirror_lo, mirror_hi = lo, hi
+        if not run.per_pixel:
+            if after:  # the canvas passes the array's end: it mirrors the last `after` pixels
+                mirror_lo = max(min(lo, size[i] - after), 0)
+            if before:  # and its start: the first `before` pixels
+                mirror_hi = min(max(hi, before), size[i])
+            if mirror_lo < origin[i] or mirror_hi > origin[i] + shape[i]:
+                raise RuntimeError("internal error: the mirror beyond the array edge reaches past the block")
+        src.append(slice(mirror_lo - origin[i], mirror_hi - origin[i]))
+        pad.append((before, after))
+        extra.append((lo - mirror_lo, mirror_hi - hi))
+    return src, pad, extra
 
 
 #: patches run together: a TTA transform and the canvas positions of the patches

@@ -235,7 +235,7 @@ class Predict:
 @dataclass(frozen=True)
 class Store:
     """Where and how the masks are written (``--out``, ``--append`` / ``--overwrite``,
-    ``--zarr-format``, ``--batch``, ``--storage-option``).
+    ``--zarr-format``, ``--block``, ``--batch``, ``--storage-option``).
 
     Parameters
     ----------
