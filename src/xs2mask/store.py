@@ -641,8 +641,8 @@ class MaskStore:
             ``(slab, masks)`` pairs; ``masks`` covers exactly the slab, on the
             template's grid and date (checked), lazy or not.
         also
-            Lazy values computed in the same pass (sharing the reads), e.g. a
-            radiometric check of the inputs.
+            Lazy xarray values (DataArray or Dataset) computed in the same pass,
+            sharing the reads, e.g. a radiometric check of the inputs.
 
         Returns
         -------
@@ -656,16 +656,22 @@ class MaskStore:
         keys = [slab.key for slab, _ in parts]
         regions = [_region_part(part, self.template) for _, part in parts]
         _step(f"write {' '.join(keys)}")
+        # The masks and the `also` values are made in one pass that shares their reads and model runs,
+        # and kept (in memory, or on the cluster's workers) for the writes: a lazy to_zarr computed
+        # beside them ran its inputs a second time (dask optimises a store's sources on their own).
+        # All xarray objects: dask.compute over mixed collection types (Delayed beside xarray)
+        # returns the results out of order (dask 2026.8).
+        made = dask.persist(*regions, *also)
+        regions, kept = list(made[: len(regions)]), made[len(regions) :]
         with _scaled_writes():
             writes = [
                 region.to_zarr(self.path, region=self._region(slab), mode="r+", compute=False, **self._kw)
                 for (slab, _), region in zip(parts, regions, strict=True)
             ]
-            # In the same pass: what each slab's mask holds, to check the store against once written.
+            # what each slab's mask holds, to check the store against once written
             counts = [dask.delayed(_value_counts)(r["mask"].data) if "mask" in r else None for r in regions]
-            # One Delayed for the whole pass: dask.compute(writes, also, counts) repacked the results of
-            # mixed collection types (Delayed, xarray) in the wrong places (dask 2026.8).
-            values, counts = dask.delayed(_after_writes)(writes, list(also), counts).compute()
+            counts = dask.compute(writes, counts)[1]  # both Delayed
+        values = dask.compute(*kept)
         self._verify([slab for slab, _ in parts], counts)
         self._record(keys)
         return list(values)
@@ -1216,11 +1222,6 @@ def _remove(store: str, storage_options: dict[str, Any] | None) -> None:
 
     fs, path = fsspec.core.url_to_fs(str(store), **(storage_options or {}))
     fs.rm(path, recursive=True)
-
-
-def _after_writes(writes: Any, values: Any, counts: Any) -> tuple[Any, Any]:
-    """The values and mask counts of a batch, once its writes are done."""
-    return values, counts
 
 
 def _value_counts(mask: np.ndarray) -> np.ndarray:
