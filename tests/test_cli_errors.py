@@ -207,9 +207,9 @@ def test_mask_stac_flags_become_the_typed_job(monkeypatch, tmp_path, capsys):
     args = ["mask-stac", "--stac-url", "http://x", "--collection", "a", "--collection", "b", "--out", out,
             *GOOD, "--max-cloud", "40", "--pixel-size", "20", "--chunks", "512", "--harmonize", "false",
             "--read-retries", "5", "--read-timeout", "12", "--on-read-error", "nodata", "--append",
-            "--zarr-format", "2", "--block", "2048", "--batch", "3", "--storage-option", "anon=true", "--model", "xs2mask-4b",
-            "--tta", "2", "--processing-resolution", "60", "--device", "cpu", "--compile",
-            "--quiet"]  # fmt: skip
+            "--zarr-format", "2", "--block", "2048", "--batch", "3", "--storage-option", "anon=true",
+            "--model", "xs2mask-4b", "--tta", "2", "--processing-resolution", "60", "--device", "cpu",
+            "--compile", "--quiet"]  # fmt: skip
     assert main(args) == 0
     assert jobs == [
         Job(

@@ -469,12 +469,11 @@ def _model_input(
         slice(ey0, ey0 + core.shape[0] + sum(pad[0])),
         slice(ex0, ex0 + core.shape[1] + sum(pad[1])),
     )
-    return _Canvas(
-        data=np.pad(data, edges, mode="symmetric")[keep] if mirrored else data,
-        valid=np.pad(core, pad, mode="constant"),
-        # per-patch statistics count the mirrored pixels too: they are image content
-        band_ok=(np.pad(usable, edges, mode="symmetric")[keep] if mirrored else usable) if per_patch else None,
-    )
+    if mirrored:
+        data = np.pad(data, edges, mode="symmetric")[keep]
+        if per_patch:  # per-patch statistics count the mirrored pixels too: they are image content
+            usable = np.pad(usable, edges, mode="symmetric")[keep]
+    return _Canvas(data=data, valid=np.pad(core, pad, mode="constant"), band_ok=usable if per_patch else None)
 
 
 def _source_window(
