@@ -558,7 +558,10 @@ class MaskStore:
                 f"new {layout['variables']}"
             )
         if stored_layout.get("block") != layout["block"]:
-            problems.append(f"slab size: stored {stored_layout.get('block')}, new {layout['block']}")
+            problems.append(
+                f"slab size: stored {stored_layout.get('block')}, new {layout['block']} "
+                "(px, --block rounded to whole chunks)"
+            )
         for dim in ("y", "x"):
             problems.extend(_grid_problems(dim, stored[dim].values, self.template[dim].values))
         crs_old, crs_new = _crs_wkt(stored), _crs_wkt(self.template)
