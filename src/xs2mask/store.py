@@ -666,11 +666,7 @@ class MaskStore:
             # here the inputs are read twice (once for `also`) and the writes are not read back.
             # Delayed first, then xarray: see below for why the order matters.
             with _scaled_writes():
-                writes = [
-                    region.to_zarr(self.path, region=self._region(slab), mode="r+", compute=False, **self._kw)
-                    for (slab, _), region in zip(parts, regions, strict=True)
-                ]
-                values = dask.compute(writes, list(also))[1]
+                values = dask.compute(self._lazy_writes(parts, regions), list(also))[1]
             self._record(keys)
             return list(values)
         # The masks and the `also` values are made in one pass that shares their reads and model runs,
@@ -680,17 +676,20 @@ class MaskStore:
         made = dask.persist(*regions, *also)
         regions, kept = list(made[: len(regions)]), made[len(regions) :]
         with _scaled_writes():
-            writes = [
-                region.to_zarr(self.path, region=self._region(slab), mode="r+", compute=False, **self._kw)
-                for (slab, _), region in zip(parts, regions, strict=True)
-            ]
             # what each slab's mask holds, to check the store against once written
             counts = [dask.delayed(_value_counts)(r["mask"].data) if "mask" in r else None for r in regions]
-            counts = dask.compute(writes, counts)[1]  # both Delayed
+            counts = dask.compute(self._lazy_writes(parts, regions), counts)[1]  # both Delayed
         values = dask.compute(*kept)
         self._verify([slab for slab, _ in parts], counts)
         self._record(keys)
         return list(values)
+
+    def _lazy_writes(self, parts: Sequence[tuple[Slab, Any]], regions: Sequence[xr.Dataset]) -> list[Any]:
+        """One lazy region write (a Delayed) per slab."""
+        return [
+            region.to_zarr(self.path, region=self._region(slab), mode="r+", compute=False, **self._kw)
+            for (slab, _), region in zip(parts, regions, strict=True)
+        ]
 
     def _verify(self, slabs: Sequence[Slab], counts: Sequence[np.ndarray | None]) -> None:
         """Read each slab's mask back and refuse to record the batch unless it holds what was computed:
