@@ -464,12 +464,12 @@ def _model_input(
     # canvas is one slice of the padded array.
     (ey0, ey1), (ex0, ex1) = extra
     core = ok[ey0 : ok.shape[0] - ey1, ex0 : ok.shape[1] - ex1]
-    keep = (
-        slice(None),
-        slice(ey0, ey0 + core.shape[0] + sum(pad[0])),
-        slice(ex0, ex0 + core.shape[1] + sum(pad[1])),
-    )
     if mirrored:
+        keep = (
+            slice(None),
+            slice(ey0, ey0 + core.shape[0] + sum(pad[0])),
+            slice(ex0, ex0 + core.shape[1] + sum(pad[1])),
+        )
         data = np.pad(data, edges, mode="symmetric")[keep]
         if per_patch:  # per-patch statistics count the mirrored pixels too: they are image content
             usable = np.pad(usable, edges, mode="symmetric")[keep]

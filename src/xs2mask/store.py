@@ -660,27 +660,29 @@ class MaskStore:
         keys = [slab.key for slab, _ in parts]
         regions = [_region_part(part, self.template) for _, part in parts]
         _step(f"write {' '.join(keys)}")
-        if _on_cluster():
+        if _default_client() is not None:
             # Lazy writes, each worker writing its own chunks. Not persisted first as below: on a
             # LocalCluster that made a 4096 px job take 80 s instead of 47 s (cause not found), so
             # here the inputs are read twice (once for `also`) and the writes are not read back.
             # Delayed first, then xarray: see below for why the order matters.
             with _scaled_writes():
                 values = dask.compute(self._lazy_writes(parts, regions), list(also))[1]
-            self._record(keys)
-            return list(values)
-        # The masks and the `also` values are made in one pass that shares their reads and model runs,
-        # and kept in memory for the writes: a lazy to_zarr computed beside them ran its inputs a
-        # second time (dask optimises a store's sources on their own). All xarray objects: dask.compute
-        # over mixed collection types (Delayed beside xarray) returns results out of order (dask 2026.8).
-        made = dask.persist(*regions, *also)
-        regions, kept = list(made[: len(regions)]), made[len(regions) :]
-        with _scaled_writes():
-            # what each slab's mask holds, to check the store against once written
-            counts = [dask.delayed(_value_counts)(r["mask"].data) if "mask" in r else None for r in regions]
-            counts = dask.compute(self._lazy_writes(parts, regions), counts)[1]  # both Delayed
-        values = dask.compute(*kept)
-        self._verify([slab for slab, _ in parts], counts)
+        else:
+            # The masks and the `also` values are made in one pass that shares their reads and model
+            # runs, and kept in memory for the writes: a lazy to_zarr computed beside them ran its
+            # inputs a second time (dask optimises a store's sources on their own). All xarray
+            # objects: dask.compute over mixed collection types (Delayed beside xarray) returns
+            # results out of order (dask 2026.8).
+            made = dask.persist(*regions, *also)
+            regions, kept = list(made[: len(regions)]), made[len(regions) :]
+            with _scaled_writes():
+                # what each slab's mask holds, to check the store against once written
+                counts = [
+                    dask.delayed(_value_counts)(r["mask"].data) if "mask" in r else None for r in regions
+                ]
+                counts = dask.compute(self._lazy_writes(parts, regions), counts)[1]  # both Delayed
+            values = dask.compute(*kept)
+            self._verify([slab for slab, _ in parts], counts)
         self._record(keys)
         return list(values)
 
@@ -1303,23 +1305,22 @@ def _scaled_writes() -> Iterator[None]:
         yield
 
 
-def _on_cluster() -> bool:
-    """Whether Dask computes on a distributed cluster (a default client exists)."""
-    if "distributed" not in sys.modules:
-        return False
+def _default_client() -> Any | None:
+    """The default client of a distributed cluster, None without one."""
+    if "distributed" not in sys.modules:  # no client without it; importing it costs half a second
+        return None
     try:
         from distributed import default_client
 
-        default_client()
+        return default_client()
     except (ImportError, ValueError):
-        return False
-    return True
+        return None
 
 
 def dask_threads() -> int:
     """Threads of the Dask cluster in use (the default client's workers), else this machine's cores."""
-    if "distributed" not in sys.modules:  # no client without it; importing it costs half a second
-        return os.cpu_count() or 1
+    client = _default_client()
+    return max(1, sum(client.nthreads().values())) if client is not None else os.cpu_count() or 1
     try:
         from distributed import default_client
 
