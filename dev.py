@@ -34,7 +34,10 @@ VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 STAMP = VENV / ".xs2mask-installed"
 CONSTRAINTS = ROOT / ".ci" / "constraints.txt"
-PIP = ["-m", "pip", "install", "--disable-pip-version-check", "-q"]
+# --no-cache-dir: pip would otherwise keep a second copy of every wheel (torch's alone is GBs) in ~/.cache
+PIP = ["-m", "pip", "install", "--disable-pip-version-check", "-q", "--no-cache-dir"]
+# What the development environment takes on disk, torch's CUDA build included (7.1 GB seen on Linux x86_64).
+ENVIRONMENT_GB = 8
 # Files the wheel must carry: the demo scene and the shipped models' weights (every file of these
 # folders), and the marker that tells type checkers to read xs2mask's annotations (PEP 561).
 PACKAGE_DATA = ("src/xs2mask/data", "src/xs2mask/models/weights")
@@ -52,6 +55,14 @@ def ensure_environment() -> None:
     if not _python().exists():
         print(f"creating {VENV}", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
+    free_gb = shutil.disk_usage(VENV).free / 1e9
+    if free_gb < ENVIRONMENT_GB:
+        # pip's own message, hundreds of lines into its output, is a bare "[Errno 28] No space left on device"
+        print(
+            f"warning: {free_gb:.1f} GB free on the disk of {VENV}; the environment takes about "
+            f"{ENVIRONMENT_GB} GB (torch alone 5-6 GB). Free some space if the install stops.",
+            flush=True,
+        )
     print("installing xs2mask[all,test,docs] (first run only; torch is large)", flush=True)
     subprocess.run([str(_python()), *PIP, "-c", str(CONSTRAINTS), "-e", f"{ROOT}[all,test,docs]"], check=True)
     STAMP.write_text(wanted)
