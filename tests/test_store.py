@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import xs2mask
 from xs2mask import classes, store
@@ -157,11 +159,51 @@ def test_plain_xarray_reads_uint8_mask_with_crs_and_no_warning(tmp_path, zarr_fo
     assert plain.sel(time=slice("2020-05-01", None)).sizes["time"] == 1
 
 
-def test_probabilities_decode_to_fractions(tmp_path):
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    unit=st.sampled_from(["D", "h", "m", "s", "ms", "us", "ns"]),
+    zarr_format=st.sampled_from([2, 3]),
+    start=st.integers(0, 3000),
+)
+def test_dates_of_any_numpy_unit_are_stored_as_given_and_appended(tmp_path_factory, unit, zarr_format, start):
+    # np.datetime64("2020-04-29") is a date in days; xarray once wrote such dates as NaT.
+    first = np.datetime64("2017-01-01") + np.timedelta64(start, "D")
+    dates = np.array([first, first + np.timedelta64(5, "D")]).astype(f"datetime64[{unit}]")
+    later = np.array([first + np.timedelta64(9, "D")]).astype(f"datetime64[{unit}]")
+    path = str(tmp_path_factory.mktemp("units") / "m.zarr")
+    cube = tiny(3).assign_coords(time=np.concatenate([dates, later]))
+    write = dict(zarr_format=zarr_format, block=32, progress=False)
+    store.to_zarr(cube.isel(time=[0, 1]), path, **write)
+    store.to_zarr(cube.isel(time=[0, 1]), path, **write)  # a rerun: nothing to do
+    store.to_zarr(cube, path, mode="a", **write)
+    back = xr.open_zarr(path)
+    np.testing.assert_array_equal(back.time.values, cube.time.values.astype("datetime64[ns]"))
+    np.testing.assert_array_equal(back.mask.values, cube.mask.values)
+    assert zarr.open_group(path).attrs[store.STATUS_ATTR] == "complete"
+
+
+@pytest.mark.parametrize(
+    ("times", "match"),
+    [
+        (np.array(["2020-04-29", "NaT"], "datetime64[ns]"), "with NaT among them"),
+        (np.array([0, 1]), "must hold dates .* not int64"),
+    ],
+)
+def test_times_that_are_not_dates_are_refused(tmp_path, times, match):
+    with pytest.raises(StoreError, match=match):
+        store.to_zarr(tiny(2).assign_coords(time=times), str(tmp_path / "m.zarr"))
+    assert not (tmp_path / "m.zarr").exists()
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_probabilities_decode_to_fractions(tmp_path, zarr_format):
     cube = make_cube(1).isel(y=slice(0, 256), x=slice(0, 256))
     ds = xs2mask.predict(cube, model=MODEL, output="both").compute()
     path = tmp_path / "p.zarr"
-    store.to_zarr(ds, str(path), block=256)
+    with warnings.catch_warnings():
+        # Zarr 3 warns of data types with no spec (numpy's fixed-width text of `class_name` was one)
+        warnings.simplefilter("error", zarr.errors.UnstableSpecificationWarning)
+        store.to_zarr(ds, str(path), block=256, zarr_format=zarr_format)
     plain = xr.open_zarr(str(path))
     assert plain.probability.dtype.kind == "f" and plain.mask.dtype == np.uint8
     np.testing.assert_allclose(plain.probability.values, ds.probability.values / 255, atol=1e-6)

@@ -159,7 +159,19 @@ def prepare(ds: xr.Dataset | xr.DataArray, *, chunks: Mapping[str, int] | None =
     missing = {"y", "x"} - set(ds.dims)
     if missing:
         raise StoreError(f"the dataset lacks spatial dims {sorted(missing)}; expected (time, y, x)")
-    _check_unique_times(ds["time"].values)
+    times = ds["time"].values
+    if not np.issubdtype(times.dtype, np.datetime64) or np.isnat(times).any():
+        raise StoreError(
+            f"the `time` coordinate must hold dates (numpy datetime64), not {times.dtype}"
+            + (" with NaT among them" if np.issubdtype(times.dtype, np.datetime64) else "")
+            + ": each time step is stored under its date. Set it, e.g. "
+            "ds.assign_coords(time=pd.to_datetime(ds.time.values))."
+        )
+    _check_unique_times(times)
+    if times.dtype != np.dtype("datetime64[ns]"):
+        # xarray (2026.9) encodes dates coarser than the store's microsecond units (a day, a second:
+        # what np.datetime64("2020-04-29") and many readers give) as NaT, silently.
+        ds = ds.assign_coords(time=ds["time"].copy(data=times.astype("datetime64[ns]")))
     if not ds.indexes["time"].is_monotonic_increasing:
         ds = ds.sortby("time")
     drop = [n for n, c in ds.coords.items() if _foreign(n, c, ds)]
@@ -467,6 +479,10 @@ class MaskStore:
             if not set(var.dims) & {"time", "y", "x"}:
                 # No slab writes these (e.g. `class_name`): the template must hold their values.
                 var.load()
+                if self.zarr_format == 3 and var.dtype.kind == "U":
+                    # Zarr 3 stores numpy's fixed-width text in a data type it warns has no spec
+                    # (other readers may fail on it); variable-length UTF-8 has one.
+                    var.data = var.values.astype(object)
         _step("template")
         # mode="w": what is there is an empty group or an unfinished template of ours.
         ds.to_zarr(self.path, mode="w", compute=False, encoding=dict(encoding), **self._kw)
@@ -1321,9 +1337,3 @@ def dask_threads() -> int:
     """Threads of the Dask cluster in use (the default client's workers), else this machine's cores."""
     client = _default_client()
     return max(1, sum(client.nthreads().values())) if client is not None else os.cpu_count() or 1
-    try:
-        from distributed import default_client
-
-        return max(1, sum(default_client().nthreads().values()))
-    except (ImportError, ValueError):
-        return os.cpu_count() or 1
