@@ -168,6 +168,28 @@ def test_a_window_of_any_size_anywhere_gives_the_masks_of_the_whole_scene(demo51
     np.testing.assert_array_equal(got, want, err_msg=f"core {core_y} x {core_x}")
 
 
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(flip_y=st.booleans(), flip_x=st.booleans(), chunk=st.sampled_from([None, 96, 160]), lazy=st.booleans())
+def test_a_cube_sorted_against_map_order_gets_the_masks_of_the_north_up_scene(
+    demo, flip_y, flip_x, chunk, lazy
+):
+    """``.sortby("y")`` turns a scene upside down; the model must still see it north up (upside down
+    it called 8 % of the pixels otherwise), and the masks come back in the cube's own order."""
+    cube = demo.isel(y=slice(0, 200), x=slice(0, 240))
+    reference = xs2mask.predict(cube, model="xs2mask-4b", output="both")
+    turned = cube.isel(y=slice(None, None, -1 if flip_y else 1), x=slice(None, None, -1 if flip_x else 1))
+    if lazy:
+        turned = turned.chunk({"y": chunk or -1, "x": chunk or -1})
+    result = xs2mask.predict(turned, model="xs2mask-4b", output="both").compute()
+    np.testing.assert_array_equal(result.y.values, turned.y.values)
+    np.testing.assert_array_equal(result.x.values, turned.x.values)
+    back = result.sortby(["y", "x"])
+    expected = reference.sortby(["y", "x"])
+    np.testing.assert_array_equal(back.mask.values, expected.mask.values)
+    assert np.abs(back.probability.values.astype(int) - expected.probability.values.astype(int)).max() <= 1
+    assert result.rio.crs == reference.rio.crs
+
+
 def test_patches_run_side_by_side_with_the_same_result(demo512):
     # the demo scene is one block of 1 x 1 patches of 544 px: tile it to have several
     cube = xr.concat([demo512, demo512.isel(x=slice(None, None, -1))], dim="x").isel(x=slice(0, 1000))

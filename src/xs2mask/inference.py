@@ -76,7 +76,9 @@ def predict(
         at most 3.28 even with an offset). The model never sees such a value: a pixel
         with some bands measured gets its valid neighbours' mean, so the classes
         around it stay as they were (probabilities move by 0.02 at most, measured);
-        a pixel with none gets the no-data fill.
+        a pixel with none gets the no-data fill. A cube whose ``y`` runs south to north
+        (``.sortby("y")``) or ``x`` east to west is masked north up and returned in its
+        own order.
     model
         A registered name (``xs2mask.models.available()``), a :class:`ModelSpec`,
         ``"default"`` (the best installed model the bands allow), or a list of
@@ -190,6 +192,8 @@ class Prepared:
     processing_resolution: float | None
     had_time: bool
     crs: Any
+    #: dims of the input reversed in ``cube`` so that the model sees it north up, reversed back in the output
+    flipped: tuple[str, ...] = ()
 
     def predict(self) -> xr.Dataset:
         """:func:`predict`'s output: lazy for a Dask cube, computed now for a numpy one."""
@@ -201,8 +205,9 @@ class Prepared:
         return self.dataset(result)
 
     def dataset(self, result: Any) -> xr.Dataset:
-        """The output Dataset of ``result`` (``(time, n_out, y, x)``) on the cube's coordinates."""
-        return _to_dataset(result, self.cube, self.plan, self.processing_resolution, self.had_time, self.crs)
+        """The output Dataset of ``result`` (``(time, n_out, y, x)``) on the input's coordinates."""
+        ds = _to_dataset(result, self.cube, self.plan, self.processing_resolution, self.had_time, self.crs)
+        return ds.isel({dim: slice(None, None, -1) for dim in self.flipped}) if self.flipped else ds
 
 
 def prepare(
@@ -253,6 +258,9 @@ def prepare(
     specs = _resolve_models(model, [str(b) for b in da["band"].values], model_dir)
     needed = tuple(dict.fromkeys(b for s in specs for b in s.bands))
     da = da.sel(band=list(needed))
+    flipped = _against_map_order(da)
+    if flipped:
+        da = da.isel({dim: slice(None, None, -1) for dim in flipped})
     integer_input = _check_dtype(da, offset)
     # A cube from xs2mask.stac.load is reflectance by construction: reading it here would only add a
     # read per call (its blocks are still checked when computed).
@@ -297,7 +305,21 @@ def prepare(
         output=output,
         probability_dtype=probability_dtype,
     )
-    return Prepared(da, plan, processing_resolution, had_time, crs)
+    return Prepared(da, plan, processing_resolution, had_time, crs, flipped)
+
+
+def _against_map_order(da: xr.DataArray) -> tuple[str, ...]:
+    """The dims whose coordinates run against a map's order (rows north to south, columns west to
+    east): a cube sorted by ``y`` (``.sortby("y")``) is upside down. The models learnt where shadows
+    fall from north-up scenes; upside down they give other masks (8 % of a scene's pixels)."""
+    flipped = []
+    for dim, descending in (("y", True), ("x", False)):
+        coord = da.coords.get(dim)
+        if coord is None or coord.size < 2 or coord.dtype.kind not in "iuf":
+            continue
+        if (float(coord[-1]) < float(coord[0])) != descending:
+            flipped.append(dim)
+    return tuple(flipped)
 
 
 # --------------------------------------------------------------------------- options
