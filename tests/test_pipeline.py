@@ -231,7 +231,8 @@ def test_append_of_an_area_shifted_by_70_m_is_refused(tmp_path, stac_pc, capsys)
 
 def test_block_sets_the_slabs_of_the_cli_job_and_a_resume_keeps_it(tmp_path, stac_pc, expected, capsys):
     """``--block``: smaller slabs (less memory per worker), the same masks; a rerun with another slab
-    size is refused, naming it (the slabs recorded as done would mean other pixels)."""
+    size is refused, naming it (the slabs recorded as done would mean other pixels); a rerun without
+    ``--block`` goes on with the store's own."""
     out = tmp_path / "small.zarr"
     loud = [a for a in _args(stac_pc, out, "--chunks", "256", "--block", "256") if a != "--quiet"]
     assert main(loud) == 0
@@ -241,6 +242,8 @@ def test_block_sets_the_slabs_of_the_cli_job_and_a_resume_keeps_it(tmp_path, sta
     np.testing.assert_array_equal(masks.mask.values, expected.mask.values)
     assert main(_args(stac_pc, out, "--chunks", "256", "--block", "512")) == 2
     assert "slab size: stored 256, new 512" in capsys.readouterr().err
+    assert main([a for a in _args(stac_pc, out, "--chunks", "256") if a != "--quiet"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
 
 
 def test_killed_cli_job_resumes_to_identical_masks(tmp_path, stac_pc, expected):

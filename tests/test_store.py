@@ -250,7 +250,7 @@ def test_interrupted_store_is_never_complete_and_resume_is_bit_identical(tmp_pat
 
     rerun = Steps()
     monkeypatch.setattr(store, "_step", rerun)
-    store.to_zarr(tiny(2), str(path), block=32, batch=1)
+    store.to_zarr(tiny(2), str(path), batch=1)  # no block given: the store's own (32) goes on
     assert len(rerun.writes()) == 8 - 5  # only the missing slabs
     assert snapshot(path) == snapshot(reference)
 

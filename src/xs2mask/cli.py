@@ -454,7 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=None,
         metavar="PX",
-        help="slab edge in pixels, whole chunks (default about 4096): smaller slabs hold less memory",
+        help="slab edge in pixels, whole chunks (default: the store's own, else about 4096): "
+        "smaller slabs hold less memory",
     )
     pred.add_argument(
         "--batch",

@@ -386,7 +386,8 @@ class MaskStore:
             and Zarr v3 shard sizes (multiples of ``chunks``); Dask chunks are
             then whole shards, so no two tasks write one shard.
         block
-            Slab size in pixels (rounded to whole chunks; default about 4096).
+            Slab size in pixels (rounded to whole chunks; default: an existing
+            store's own, else about 4096).
 
         Raises
         ------
@@ -437,6 +438,12 @@ class MaskStore:
             )
         self.zarr_format = stored_format
         self.stored_attrs = attrs
+        stored_block = (attrs.get(LAYOUT_ATTR) or {}).get("block")
+        if block is None and isinstance(stored_block, int) and stored_block > 0:
+            # No slab size asked for: go on with the store's own (a resume of a `--block 256` job
+            # without the option continues its slabs instead of being refused).
+            layout = {**layout, "block": stored_block}
+            self.block, self.slabs = stored_block, slabs(ds, stored_block)
         self._resume(attrs, mode, layout, record)
         return self
 
