@@ -57,7 +57,6 @@ import sys
 import warnings
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -681,57 +680,52 @@ class MaskStore:
         for slab, part in parts:
             self._check_part(slab, part)
         keys = [slab.key for slab, _ in parts]
-        regions = [_region_part(part, self.template) for _, part in parts]
+        group = _open_group(self.path, self.storage_options, mode="r+")
+        checks = [self._placed(group, slab, part) for slab, part in parts]
         _step(f"write {' '.join(keys)}")
-        if _default_client() is not None:
-            # Lazy writes, each worker writing its own chunks. Not persisted first as below: on a
-            # LocalCluster that made a 4096 px job take 80 s instead of 47 s (cause not found), so
-            # here the inputs are read twice (once for `also`) and the writes are not read back.
-            # Delayed first, then xarray: see below for why the order matters.
-            with _scaled_writes():
-                values = dask.compute(self._lazy_writes(parts, regions), list(also))[1]
-        else:
-            # The masks and the `also` values are made in one pass that shares their reads and model
-            # runs, and kept in memory for the writes: a lazy to_zarr computed beside them ran its
-            # inputs a second time (dask optimises a store's sources on their own). All xarray
-            # objects: dask.compute over mixed collection types (Delayed beside xarray) returns
-            # results out of order (dask 2026.8).
-            made = dask.persist(*regions, *also)
-            regions, kept = list(made[: len(regions)]), made[len(regions) :]
-            with _scaled_writes():
-                # what each slab's mask holds, to check the store against once written
-                counts = [
-                    dask.delayed(_value_counts)(r["mask"].data) if "mask" in r else None for r in regions
-                ]
-                counts = dask.compute(self._lazy_writes(parts, regions), counts)[1]  # both Delayed
-            values = dask.compute(*kept)
-            self._verify([slab for slab, _ in parts], counts)
+        # One pass for every scheduler: the blocks are written (each by the task that made it, on
+        # whichever worker) and read back beside the `also` values, sharing their reads and model
+        # runs. Not xarray's lazy to_zarr: dask optimises a store's sources on their own, so the
+        # inputs were read a second time for `also`. All xarray objects: dask.compute over mixed
+        # collection types (Delayed beside xarray) returns results out of order (dask 2026.8).
+        results = dask.compute(*checks, *also)
+        self._verify([slab for slab, _ in parts], results[: len(checks)])
         self._record(keys)
-        return list(values)
+        return list(results[len(checks) :])
 
-    def _lazy_writes(self, parts: Sequence[tuple[Slab, Any]], regions: Sequence[xr.Dataset]) -> list[Any]:
-        """One lazy region write (a Delayed) per slab."""
-        return [
-            region.to_zarr(self.path, region=self._region(slab), mode="r+", compute=False, **self._kw)
-            for (slab, _), region in zip(parts, regions, strict=True)
-        ]
+    def _placed(self, group: Any, slab: Slab, part: xr.Dataset | xr.DataArray) -> xr.DataArray:
+        """Lazily write ``part`` into its region of the store, block by block; per block (pixels that
+        read back otherwise, no-data pixels gained), flat (``[differ, lost, differ, lost, ...]``)."""
+        import dask.array as dsa
 
-    def _verify(self, slabs: Sequence[Slab], counts: Sequence[np.ndarray | None]) -> None:
-        """Read each slab's mask back and refuse to record the batch unless it holds what was computed:
-        a write lost or cut short on its way to storage is an error here, never a silent no-data
-        slab in a store marked complete."""
-        checked = [(slab, want) for slab, want in zip(slabs, counts, strict=True) if want is not None]
-        if not checked:
-            return
-        stored = _open_group(self.path, self.storage_options)["mask"]
-        for slab, want in checked:
-            region = self._region(slab)
-            got = _value_counts(np.asarray(stored[region["time"], region["y"], region["x"]]))
-            if not np.array_equal(got, want):
-                lost = int(got[NODATA]) - int(want[NODATA])
+        region = self._region(slab)
+        ds = _region_part(part, self.template)
+        checks = []
+        for name, var in ds.variables.items():
+            data = var.chunk().data if var.chunks is None else var.data
+            origin = tuple(region[d].start if d in region else 0 for d in var.dims)
+            per_block = data.map_blocks(
+                _write_block,
+                array=group[name],
+                origin=origin,
+                nodata=NODATA if name == "mask" else None,
+                chunks=(*((1,) * len(c) for c in data.chunks[:-1]), (2,) * len(data.chunks[-1])),
+                dtype=np.int64,
+                meta=np.empty((0,) * data.ndim, np.int64),
+            )
+            checks.append(per_block.ravel())
+        return xr.DataArray(dsa.concatenate(checks))
+
+    def _verify(self, slabs: Sequence[Slab], checks: Sequence[xr.DataArray]) -> None:
+        """Refuse to record the batch unless every block read back as written: a write lost or cut
+        short on its way to storage is an error here, never a silent no-data slab in a store marked
+        complete."""
+        for slab, check in zip(slabs, checks, strict=True):
+            differ, lost = np.asarray(check.values).reshape(-1, 2).sum(axis=0)
+            if differ:
                 raise StoreError(
                     f"slab {slab.key} of {self.path} does not read back as written "
-                    f"({lost:+d} no-data pixels, {int(np.abs(got - want).sum()) // 2} pixels differ): "
+                    f"({int(lost):+d} no-data pixels, {int(differ)} values differ): "
                     "the storage lost or changed the write. It is not recorded as done: run the same "
                     "command again to write it anew."
                 )
@@ -739,14 +733,14 @@ class MaskStore:
     @_permission_faults
     def write_nodata(self, slab: Slab, record: Mapping[str, Any]) -> None:
         """Write a slab as no-data (255, NaN for floats) and list ``record`` in ``xs2mask_read_errors``."""
-        part = _region_part(self.template.isel(slab.isel), self.template)
+        part = self.template.isel(slab.isel)
         for name, var in part.data_vars.items():
             # As predict marks no-data: 255 in the mask, 0 in uint8 probabilities, NaN in floats.
-            fill = NODATA if name == "mask" else 0 if self.template[name].dtype.kind in "iu" else np.nan
+            fill = NODATA if name == "mask" else 0 if var.dtype.kind in "iu" else np.nan
             part[name] = var.copy(data=np.full(var.shape, fill, var.dtype))
         _step(f"nodata {slab.key}")
-        with _scaled_writes():
-            part.to_zarr(self.path, region=self._region(slab), mode="r+", **self._kw)
+        group = _open_group(self.path, self.storage_options, mode="r+")
+        self._verify([slab], [self._placed(group, slab, part).compute()])
         self._errors.append({"slab": slab.key, **_jsonable(dict(record))})
         self._record([slab.key])
 
@@ -1199,7 +1193,10 @@ def _open_group(
     import zarr
 
     try:
-        return zarr.open_group(_mapper(store, storage_options), mode=mode, use_consolidated=False)
+        # As xarray opens it (a URL and its options, not an fsspec mapper): the same cached filesystem,
+        # whose listings then see what the blocks' writes changed.
+        options = {"storage_options": storage_options} if "://" in str(store) else {}
+        return zarr.open_group(str(store), mode=mode, use_consolidated=False, **options)
     except (FileNotFoundError, KeyError, ValueError) as err:
         raise StoreError(f"cannot open {store} as a Zarr group: {err}") from err
     except Exception as err:  # zarr raises its own GroupNotFoundError
@@ -1264,9 +1261,33 @@ def _remove(store: str, storage_options: dict[str, Any] | None) -> None:
     fs.rm(path, recursive=True)
 
 
-def _value_counts(mask: np.ndarray) -> np.ndarray:
-    """How many pixels hold each of the 256 values of a uint8 mask."""
-    return np.bincount(np.asarray(mask, np.uint8).ravel(), minlength=256)
+def _write_block(
+    block: np.ndarray,
+    array: Any,
+    origin: tuple[int, ...],
+    nodata: int | None,
+    block_info: dict[Any, Any] | None = None,
+) -> np.ndarray:
+    """Write one Dask block at its place in a Zarr array (``origin``: the region's corner) and read it
+    back: ``[values that differ, no-data values gained]``, shaped as one block of the check array.
+    Blocks hold whole Zarr chunks (shards), so no two tasks write one."""
+    assert block_info is not None
+    where = tuple(
+        slice(o + a, o + b) for o, (a, b) in zip(origin, block_info[0]["array-location"], strict=True)
+    )
+    array[where] = block
+    back = np.asarray(array[where])
+    same = back == block
+    if block.dtype.kind == "f":
+        same |= np.isnan(back) & np.isnan(block)
+    lost = (
+        0
+        if nodata is None
+        else int(np.count_nonzero(back == nodata)) - int(np.count_nonzero(block == nodata))
+    )
+    return np.array([block.size - int(np.count_nonzero(same)), lost], np.int64).reshape(
+        (1,) * (block.ndim - 1) + (2,)
+    )
 
 
 def _region_part(part: xr.Dataset | xr.DataArray, template: xr.Dataset) -> xr.Dataset:
@@ -1280,15 +1301,13 @@ def _region_part(part: xr.Dataset | xr.DataArray, template: xr.Dataset) -> xr.Da
     ]
     part = part.drop_vars(drop)
     part = part.chunk({d: _first_chunk(template, d) if d in ("y", "x") else -1 for d in part.dims}).copy()
-    for var in part.variables.values():
-        # The template holds the attributes and encodings; repeating CF ones here trips xarray's encoder.
-        var.attrs = {}
-        var.encoding.clear()
-    for name in part.data_vars:
-        scale = template[name].attrs.get("scale_factor")
-        if scale is not None and part[name].dtype.kind in "iu":
-            # A region write encodes with the stored scale_factor: hand it the values it decodes to.
-            part[name] = part[name].astype(np.float64) * scale
+    for name, var in part.variables.items():
+        if var.dtype != template[name].dtype:
+            # Written as they are (uint8 probabilities stay the stored integers of their scale_factor)
+            raise StoreError(
+                f"{name} is {var.dtype}, the store's is {template[name].dtype}: "
+                "pass masks made as the template was"
+            )
     return part
 
 
@@ -1317,15 +1336,6 @@ class _CheckedArray:
                 "the file is damaged (a disk or transfer fault). Restore the store from a copy, or write it "
                 "anew with the same job and mode='w' (--overwrite)."
             ) from err
-
-
-@contextmanager
-def _scaled_writes() -> Iterator[None]:
-    """Scaled probabilities are floats rounded back to uint8, NaN-free by construction: xarray's
-    warning about NaNs without a _FillValue does not apply."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "saving variable .* without any _FillValue")
-        yield
 
 
 def _default_client() -> Any | None:
