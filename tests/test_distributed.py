@@ -104,3 +104,43 @@ def test_killed_worker_job_completes_with_identical_masks(tmp_path, reference):
     assert all(c == {MODEL: 1} for c in loads.values()), loads  # the plugin ran on the new worker too
     written = store.open_masks(str(tmp_path / "m.zarr"))
     np.testing.assert_array_equal(written.mask.values, reference)
+
+
+def _lose_chunk(key: str) -> None:
+    """In a worker: the storage drops every write of chunk ``key`` (on its way, without an error)."""
+    import zarr
+
+    store_class = zarr.storage.LocalStore
+    original = getattr(store_class, "_xs2mask_original_set", store_class.set)
+
+    async def losing(self, k, value, *args, **kwargs):
+        if k == key:
+            return None
+        return await original(self, k, value, *args, **kwargs)
+
+    store_class._xs2mask_original_set = original
+    store_class.set = losing
+
+
+def _keep_chunks() -> None:
+    import zarr
+
+    store_class = zarr.storage.LocalStore
+    store_class.set = getattr(store_class, "_xs2mask_original_set", store_class.set)
+
+
+def test_a_write_a_worker_loses_is_an_error_and_the_rerun_writes_it(tmp_path, reference):
+    """Each worker writes the blocks it computed and reads them back: a chunk the storage loses on a
+    worker is a StoreError naming its slab, nothing of that batch is recorded, and the rerun writes it."""
+    masks = xs2mask.predict(_cube(2), model=MODEL)
+    path = str(tmp_path / "m.zarr")
+    with _cluster() as cluster, distributed.Client(cluster) as client:
+        register(client, MODEL, device="cpu")
+        client.run(_lose_chunk, "mask/c/1/1/0")  # second date, lower left block
+        with pytest.raises(store.StoreError, match=r"slab 2020-05-04T00:00:00/y1/x0 .* does not read back"):
+            xs2mask.to_zarr(masks, path, block=256, batch=4, progress=False)
+        done = store._open_group(path, None).attrs["xs2mask_done"]
+        assert len(done) == 4 and all(key.startswith("2020-04-29") for key in done)  # the first batch only
+        client.run(_keep_chunks)
+        xs2mask.to_zarr(masks, path, block=256, batch=4, progress=False)
+    np.testing.assert_array_equal(store.open_masks(path).mask.values, reference)
