@@ -287,6 +287,44 @@ def test_a_write_the_storage_loses_is_an_error_and_the_rerun_writes_it(tmp_path,
     assert snapshot(path) == snapshot(reference)
 
 
+_SOURCE_CALLS: list[int] = []
+
+
+def _counted_source(block: np.ndarray) -> np.ndarray:
+    # module level: a distributed worker unpickles it by reference, in-process the same list
+    _SOURCE_CALLS.append(1)
+    return block
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "distributed"])
+def test_a_batch_and_its_checks_compute_each_source_block_once(tmp_path, scheduler):
+    """The writes and the caller's checks (the job's radiometric test of the inputs) run in one pass:
+    each block of the source is computed once, with Dask's threads and on a distributed cluster."""
+    import contextlib
+
+    _SOURCE_CALLS.clear()
+    ds = tiny(2)
+    # as in the job: the masks made from the inputs (here: a copy), the checks from the inputs too
+    inputs = ds.mask.copy(data=ds.mask.data.map_blocks(_counted_source, meta=np.empty((0, 0, 0), np.uint8)))
+    masks = ds.assign(mask=inputs + np.uint8(0))
+    if scheduler == "distributed":
+        distributed = pytest.importorskip("distributed")
+        # in-process workers: they append to this process's `calls`
+        running = distributed.Client(
+            processes=False, n_workers=2, threads_per_worker=1, dashboard_address=None
+        )
+    else:
+        running = contextlib.nullcontext()
+    with running:
+        writer = store.MaskStore.open(str(tmp_path / "m.zarr"), masks, block=32)
+        parts = [(slab, masks.isel(slab.isel)) for slab in writer.todo()]
+        values = writer.write(parts, also=[(inputs.isel(slab.isel) == 1).sum() for slab, _ in parts])
+        writer.complete()
+    assert len(_SOURCE_CALLS) == masks.mask.data.npartitions == 8
+    assert [int(v) for v in values] == [int((ds.mask.isel(slab.isel) == 1).sum()) for slab, _ in parts]
+    np.testing.assert_array_equal(xr.open_zarr(str(tmp_path / "m.zarr")).mask.values, ds.mask.values)
+
+
 def _kill_then_rerun(tmp_path: Path, job: str, zarr_format: int, setup) -> None:
     """Kill the job before its n-th write, for every n, then rerun it: always the undisturbed store."""
     reference, start = tmp_path / "ref.zarr", tmp_path / "start.zarr"
