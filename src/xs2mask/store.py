@@ -1195,8 +1195,10 @@ def _open_group(
     try:
         # As xarray opens it (a URL and its options, not an fsspec mapper): the same cached filesystem,
         # whose listings then see what the blocks' writes changed.
-        options = {"storage_options": storage_options} if "://" in str(store) else {}
-        return zarr.open_group(str(store), mode=mode, use_consolidated=False, **options)
+        remote = "://" in str(store)
+        return zarr.open_group(
+            str(store), mode=mode, use_consolidated=False, storage_options=storage_options if remote else None
+        )
     except (FileNotFoundError, KeyError, ValueError) as err:
         raise StoreError(f"cannot open {store} as a Zarr group: {err}") from err
     except Exception as err:  # zarr raises its own GroupNotFoundError
