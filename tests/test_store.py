@@ -257,7 +257,10 @@ def test_interrupted_store_is_never_complete_and_resume_is_bit_identical(tmp_pat
     again = Steps()
     monkeypatch.setattr(store, "_step", again)
     store.to_zarr(tiny(2), str(path), block=32, batch=1)
+    store.to_zarr(tiny(2), str(path), block=40, batch=1)  # rounded to 32 px: the same slabs
     assert again.names == []  # complete: nothing is written, not even an attribute
+    with pytest.raises(StoreError, match="slab size: stored 32, new 64"):
+        store.to_zarr(tiny(2), str(path), block=64)  # one slab a date: recorded slabs would not match
 
 
 def test_a_write_the_storage_loses_is_an_error_and_the_rerun_writes_it(tmp_path, monkeypatch):

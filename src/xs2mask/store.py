@@ -386,7 +386,8 @@ class MaskStore:
             then whole shards, so no two tasks write one shard.
         block
             Slab size in pixels (rounded to whole chunks; default: an existing
-            store's own, else about 4096).
+            store's own, else about 4096). On an existing store, a size that cuts
+            the area into other slabs than the store's is refused.
 
         Raises
         ------
@@ -438,9 +439,13 @@ class MaskStore:
         self.zarr_format = stored_format
         self.stored_attrs = attrs
         stored_block = (attrs.get(LAYOUT_ATTR) or {}).get("block")
-        if block is None and isinstance(stored_block, int) and stored_block > 0:
-            # No slab size asked for: go on with the store's own (a resume of a `--block 256` job
-            # without the option continues its slabs instead of being refused).
+        if (
+            isinstance(stored_block, int)
+            and stored_block > 0
+            and (block is None or slabs(ds, stored_block) == self.slabs)
+        ):
+            # No slab size asked for, or one that cuts the area into the same slabs: go on with the
+            # store's own (a resume of a `--block 256` job without the option continues its slabs).
             layout = {**layout, "block": stored_block}
             self.block, self.slabs = stored_block, slabs(ds, stored_block)
         self._resume(attrs, mode, layout, record)
