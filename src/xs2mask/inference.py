@@ -184,7 +184,9 @@ class Prepared:
     the :class:`~xs2mask.kernel.Plan` every block follows, and how the output is labelled.
 
     For callers that run the blocks themselves (the STAC job reads each slab with its halo and
-    calls :func:`predict_window`), with the same plan and labels as :func:`predict`.
+    calls :func:`predict_window`), with the same plan and labels as :func:`predict`. Their windows
+    are in ``cube``'s order, north up: ``flipped`` names the dims reversed from the input's
+    (none for a stackstac or odc-stac cube).
     """
 
     cube: xr.DataArray
