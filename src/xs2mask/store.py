@@ -1277,8 +1277,9 @@ def _write_block(
 ) -> np.ndarray:
     """Write one Dask block at its place in a Zarr array (``origin``: the region's corner) and read it
     back: ``[values that differ, no-data values gained]``, shaped as one block of the check array.
-    Blocks hold whole Zarr chunks (shards), so no two tasks write one."""
-    assert block_info is not None
+    Blocks hold whole Zarr chunks (shards), so no two tasks write one with other values (a per-date
+    coordinate gets the same value from each slab of its date; Zarr's stores write chunks whole)."""
+    assert block_info is not None  # map_blocks passes it to a function that takes it
     where = tuple(
         slice(o + a, o + b) for o, (a, b) in zip(origin, block_info[0]["array-location"], strict=True)
     )
