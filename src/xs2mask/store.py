@@ -16,10 +16,10 @@ uninterrupted run writes:
    resized and the new times written, then the intent is cleared. A store found
    with an intent is rolled back to its dates before it, then the job goes on.
 3. **Slabs.** Each slab (one date x one spatial block of whole chunks) is written
-   with ``region=``, its mask read back and compared with what was computed (the
-   count of every value; with Dask's local schedulers, not yet on a distributed
-   cluster), and only then is its key added to ``xs2mask_done``: a write that the
-   storage lost is an error, never a no-data slab in a complete store.
+   into its region block by block, each block by the task that computed it (on any
+   scheduler, a distributed cluster's workers included), and read back there and
+   compared value by value; only then is its key added to ``xs2mask_done``: a write
+   that the storage lost is an error, never a no-data slab in a complete store.
 4. **Completion.** When every slab of every date is recorded, the status becomes
    ``"complete"`` and the metadata are consolidated. Any later change first drops
    the consolidated metadata, so they never describe a store that is being written.
@@ -439,15 +439,13 @@ class MaskStore:
         self.zarr_format = stored_format
         self.stored_attrs = attrs
         stored_block = (attrs.get(LAYOUT_ATTR) or {}).get("block")
-        if (
-            isinstance(stored_block, int)
-            and stored_block > 0
-            and (block is None or slabs(ds, stored_block) == self.slabs)
-        ):
-            # No slab size asked for, or one that cuts the area into the same slabs: go on with the
-            # store's own (a resume of a `--block 256` job without the option continues its slabs).
-            layout = {**layout, "block": stored_block}
-            self.block, self.slabs = stored_block, slabs(ds, stored_block)
+        if isinstance(stored_block, int) and stored_block > 0:
+            stored_slabs = slabs(ds, stored_block)
+            if block is None or stored_slabs == self.slabs:
+                # No slab size asked for, or one that cuts the area into the same slabs: go on with the
+                # store's own (a resume of a `--block 256` job without the option continues its slabs).
+                layout = {**layout, "block": stored_block}
+                self.block, self.slabs = stored_block, stored_slabs
         self._resume(attrs, mode, layout, record)
         return self
 
@@ -1346,19 +1344,13 @@ class _CheckedArray:
             ) from err
 
 
-def _default_client() -> Any | None:
-    """The default client of a distributed cluster, None without one."""
+def dask_threads() -> int:
+    """Threads of the Dask cluster in use (the default client's workers), else this machine's cores."""
     if "distributed" not in sys.modules:  # no client without it; importing it costs half a second
-        return None
+        return os.cpu_count() or 1
     try:
         from distributed import default_client
 
-        return default_client()
+        return max(1, sum(default_client().nthreads().values()))
     except (ImportError, ValueError):
-        return None
-
-
-def dask_threads() -> int:
-    """Threads of the Dask cluster in use (the default client's workers), else this machine's cores."""
-    client = _default_client()
-    return max(1, sum(client.nthreads().values())) if client is not None else os.cpu_count() or 1
+        return os.cpu_count() or 1
