@@ -259,7 +259,7 @@ def prepare(
     da, had_time, offset = _as_band_array(obj, options.offset)
     specs = _resolve_models(model, [str(b) for b in da["band"].values], model_dir)
     needed = tuple(dict.fromkeys(b for s in specs for b in s.bands))
-    da = da.sel(band=list(needed))
+    da = select_bands(da, needed)
     flipped = _against_map_order(da)
     if flipped:
         da = da.isel({dim: slice(None, None, -1) for dim in flipped})
@@ -487,10 +487,36 @@ def _as_band_array(
     dupes = sorted({n for n in spectral if spectral.count(n) > 1})
     if dupes:
         raise BandError(f"bands {dupes} appear more than once (after mapping aliases to ESA names)")
-    keep = [i for i, n in enumerate(names) if n is not None]
-    obj = obj.isel(band=keep)
+    obj = _take_bands(obj, [i for i, n in enumerate(names) if n is not None])
     band_dependent = [c for c in obj.coords if "band" in obj[c].dims and c != "band"]
     return obj.drop_vars(band_dependent).assign_coords(band=spectral), "time" in dims, offsets
+
+
+def select_bands(da: xr.DataArray, bands: Sequence[str]) -> xr.DataArray:
+    """``da.sel(band=bands)``: a view, not a copy, when ``bands`` lie side by side in ``da`` in order.
+
+    Selecting by a list copies every pixel of a numpy cube: 7.6 s of a 3 GB cube's 32 s predict, on
+    one core. The kernel never writes into its input, so a view is safe.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> bands = {"band": ["B02", "B03", "B04"]}
+    >>> cube = xr.DataArray(np.zeros((3, 2, 2)), dims=("band", "y", "x"), coords=bands)
+    >>> np.shares_memory(select_bands(cube, ["B03", "B04"]).values, cube.values)
+    True
+    >>> select_bands(cube, ["B04", "B02"])["band"].values.tolist()
+    ['B04', 'B02']
+    """
+    index = da.indexes["band"]
+    return _take_bands(da, [int(index.get_loc(b)) for b in bands])
+
+
+def _take_bands(da: xr.DataArray, positions: Sequence[int]) -> xr.DataArray:
+    start = positions[0] if positions else 0
+    if list(positions) == list(range(start, start + len(positions))):
+        return da.isel(band=slice(start, start + len(positions)))
+    return da.isel(band=list(positions))
 
 
 def _dn_offsets(

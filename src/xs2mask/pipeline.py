@@ -380,7 +380,7 @@ def run(
     120
     """
     from . import store as zstore
-    from .inference import predict_window, share_cores, window_rows
+    from .inference import predict_window, select_bands, share_cores, window_rows
     from .stac import group_days, resign, resolve_model, search
 
     items = list(
@@ -465,7 +465,7 @@ def run(
             signed[2], bounds=_window_bounds(full, rows, cols, job.load.pixel_size), **bounded
         )
         result = predict_window(
-            cube.sel(band=list(plan.bands)).data,
+            select_bands(cube, plan.bands).data,
             plan,
             (rows[0], cols[0]),
             (slab.y.start, slab.y.stop),
