@@ -211,6 +211,18 @@ def test_the_cube_is_read_in_place_never_written_and_any_band_order_gives_one_ma
     assert (masks["in order"] != 255).sum() == 160 * 160 - 2
 
 
+def test_an_array_without_coordinates_is_an_image_its_first_row_north(demo):
+    """A bare array's y positions run 0, 1, 2...: ascending, which for map coordinates means south up.
+    Read so, every coordinate-less cube went through the model upside down (12 % of this crop's pixels
+    changed class)."""
+    cube = demo.isel(y=slice(0, 200), x=slice(0, 240))
+    bare = xr.DataArray(cube.values, dims=cube.dims, coords={"band": cube["band"].values})
+    expected = xs2mask.predict(cube, model="xs2mask-4b").mask.values
+    np.testing.assert_array_equal(xs2mask.predict(bare, model="xs2mask-4b").mask.values, expected)
+    lazy = xs2mask.predict(bare.chunk({"y": 100, "x": 120}), model="xs2mask-4b").mask.values
+    np.testing.assert_array_equal(lazy, expected)
+
+
 def test_patches_run_side_by_side_with_the_same_result(demo512):
     # the demo scene is one block of 1 x 1 patches of 544 px: tile it to have several
     cube = xr.concat([demo512, demo512.isel(x=slice(None, None, -1))], dim="x").isel(x=slice(0, 1000))

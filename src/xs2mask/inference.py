@@ -316,8 +316,12 @@ def _against_map_order(da: xr.DataArray) -> tuple[str, ...]:
     fall from north-up scenes; upside down they give other masks (8 % of a scene's pixels)."""
     flipped = []
     for dim, descending in (("y", True), ("x", False)):
-        coord = da.coords.get(dim)
-        if coord is None or coord.size < 2 or coord.dtype.kind not in "iuf":
+        # `da.coords.get` gives a dim without coordinates its positions, which run south to north: a
+        # bare array is an image, its first row north (as rasterio reads one).
+        if dim not in da.coords:
+            continue
+        coord = da.coords[dim]
+        if coord.size < 2 or coord.dtype.kind not in "iuf":
             continue
         if (float(coord[-1]) < float(coord[0])) != descending:
             flipped.append(dim)
