@@ -151,6 +151,18 @@ def test_buffer_on_real_masks_matches_a_brute_force_dilation(series_masks, keep,
     assert ok.sum() < usable(series_masks, keep=keep).sum()
 
 
+def test_a_buffer_in_metres_on_a_mask_without_coordinates_is_refused():
+    """xarray gives a dim without coordinates its positions: read as metres, a 50 m buffer grew the one
+    cloud pixel of a bare 20 x 20 mask over all of it."""
+    bare = xr.DataArray(np.zeros((20, 20), np.uint8), dims=("y", "x"))
+    bare[10, 10] = 1
+    with pytest.raises(InputError, match="a buffer in metres needs numeric y coordinates"):
+        usable(bare, buffer=50.0)
+    assert int((~usable(bare).values).sum()) == 1  # without a buffer no pixel size is needed
+    placed = bare.assign_coords(y=1000.0 - 10 * np.arange(20), x=10.0 * np.arange(20))
+    assert int((~usable(placed, buffer=10.0).values).sum()) == 5
+
+
 def test_a_buffer_wider_than_the_array_reaches_across_it(series_masks):
     mask = series_masks.mask.isel(y=slice(200, 230), x=slice(0, 45))
     for buffer in (290, 420, 1000):

@@ -101,8 +101,9 @@ def _resolution(mask: xr.DataArray) -> tuple[float, float]:
     """Pixel size ``(y, x)`` in metres, from the coordinates."""
     sizes = []
     for dim in ("y", "x"):
-        coord = mask.coords.get(dim)
-        if coord is None or coord.size < 2 or not np.issubdtype(coord.dtype, np.number):
+        # `in`, not `coords.get`: that gives a dim without coordinates its positions, 1 "metre" apart
+        coord = mask.coords[dim] if dim in mask.coords else xr.DataArray([])
+        if coord.size < 2 or not np.issubdtype(coord.dtype, np.number):
             raise InputError(
                 f"a buffer in metres needs numeric {dim} coordinates (two or more) to know the pixel size; "
                 "keep the coordinates predict returns, or assign them with .assign_coords"

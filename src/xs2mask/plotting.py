@@ -118,8 +118,10 @@ def plot_masks(masks: xr.DataArray | xr.Dataset, col_wrap: int = 4, size: float 
 
 def _extent(mask: xr.DataArray) -> tuple[float, float, float, float] | None:
     """Pixel-edge extent in the grid's coordinates, so panels share the map's axes; None without them."""
-    x, y = mask.coords.get("x"), mask.coords.get("y")
-    if x is None or y is None or any(c.size < 2 or not np.issubdtype(c.dtype, np.number) for c in (x, y)):
+    if "x" not in mask.coords or "y" not in mask.coords:  # `coords.get` would give positions
+        return None
+    x, y = mask.coords["x"], mask.coords["y"]
+    if any(c.size < 2 or not np.issubdtype(c.dtype, np.number) for c in (x, y)):
         return None
     (x0, x1), (y0, y1) = ((float(c[0]), float(c[-1])) for c in (x, y))
     dx = (x1 - x0) / (x.size - 1) / 2
