@@ -74,6 +74,16 @@ def test_unknown_band_name(demo, bands, bad):
         xs2mask.predict(demo.assign_coords(band=bands))
 
 
+def test_band_names_stored_as_bytes_are_names(demo):
+    """netCDF and Zarr v2 files often hold names as fixed-width bytes (numpy "S3"): str() made them
+    "b'B02'", an unknown band."""
+    as_bytes = demo.assign_coords(band=np.array([b.encode() for b in demo["band"].values]))
+    assert as_bytes["band"].dtype.kind == "S"
+    np.testing.assert_array_equal(xs2mask.predict(as_bytes).mask.values, xs2mask.predict(demo).mask.values)
+    with pytest.raises(BandError, match="unknown band name 'NIR_X'"):
+        xs2mask.predict(demo.assign_coords(band=np.array([b"B02", b"B03", b"B04", b"NIR_X"])))
+
+
 def test_unknown_band_variable_in_dataset(demo):
     ds = demo.to_dataset(dim="band").rename({"B08": "near_infrared"})
     with pytest.raises(BandError, match="unknown band name 'near_infrared'"):

@@ -82,13 +82,29 @@ def canonical_band(name: object) -> str:
     'B8A'
     >>> canonical_band("b2")
     'B02'
+
+    Bytes, as netCDF and Zarr v2 files often hold names, are read as text:
+
+    >>> canonical_band(b"B8A")
+    'B8A'
     """
-    key = str(name).strip().lower()
+    key = as_text(name).strip().lower()
     try:
         return _ALIASES[key]
     except KeyError:
         raise BandError(
-            f"unknown band name {str(name)!r}: use Sentinel-2 names ({', '.join(BAND_NAMES)}) "
+            f"unknown band name {as_text(name)!r}: use Sentinel-2 names ({', '.join(BAND_NAMES)}) "
             "or STAC common names (coastal, blue, green, red, rededge1-3, nir, nir08, nir09, "
             "cirrus, swir16, swir22)"
         ) from None
+
+
+def as_text(name: object) -> str:
+    """A band name as text: bytes (numpy ``S3`` from netCDF or Zarr v2 files) decoded, not ``"b'B02'"``.
+
+    Examples
+    --------
+    >>> as_text(b"B02"), as_text("red")
+    ('B02', 'red')
+    """
+    return name.decode("ascii", errors="replace") if isinstance(name, bytes) else str(name)

@@ -22,7 +22,7 @@ import numpy as np
 import xarray as xr
 
 from . import __version__
-from .bands import canonical_band
+from .bands import as_text, canonical_band
 from .checks import check_integer, check_real
 from .classes import CLASS_NAMES, NODATA, mask_attrs
 from .exceptions import BandError, InputError, InputWarning, OptionError
@@ -483,7 +483,7 @@ def _as_band_array(
     obj = _described_bands(obj)
     names: list[str | None] = []
     for raw in obj["band"].values:
-        if str(raw).lower() in _NON_SPECTRAL:
+        if as_text(raw).lower() in _NON_SPECTRAL:
             names.append(None)
             continue
         names.append(canonical_band(raw))
