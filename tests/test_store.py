@@ -484,6 +484,13 @@ def test_incomplete_dates_the_job_does_not_cover_are_refused(tmp_path, monkeypat
             r"y coordinates: stored from 9700005.0, new from 9700075.0",
         ),
         (lambda d: d.assign_coords(x=d.x + 0.5), r"x coordinates"),
+        # the same area sorted south to north: said so, with the way back
+        (
+            lambda d: d.sortby("y"),
+            r"y coordinates: the store's grid in the other order \(stored descending\): sort the masks as "
+            r"the store has them, e.g. ds.sortby\('y', ascending=False\)",
+        ),
+        (lambda d: d.sortby("x", ascending=False), r"x coordinates: the store's grid in the other order"),
         (lambda d: d.isel(x=slice(0, 32)), r"x: stored 64 pixels, new 32"),
         (
             lambda d: d.assign_coords(spatial_ref=((), 0, {"crs_wkt": _epsg_wkt(32636)})),
@@ -500,6 +507,16 @@ def test_resume_or_append_made_otherwise_is_refused_and_untouched(tmp_path, chan
         store.to_zarr(change(tiny(2)), str(path), block=32, mode="a")
     assert "holds masks made otherwise" in str(info.value) and "mode='w' (--overwrite)" in str(info.value)
     assert snapshot(path) == before
+
+
+def test_masks_in_the_other_order_append_once_sorted_as_the_error_says(tmp_path):
+    path = tmp_path / "m.zarr"
+    store.to_zarr(tiny(1), str(path), block=32)
+    upside_down = tiny(2).sortby("y")
+    with pytest.raises(StoreError, match=r"e.g. ds.sortby\('y', ascending=False\)"):
+        store.to_zarr(upside_down, str(path), block=32, mode="a")
+    store.to_zarr(upside_down.sortby("y", ascending=False), str(path), block=32, mode="a")
+    np.testing.assert_array_equal(xs2mask.open_masks(str(path)).mask.values, tiny(2).mask.values)
 
 
 def _epsg_wkt(code: int) -> str:
