@@ -221,6 +221,9 @@ def test_an_array_without_coordinates_is_an_image_its_first_row_north(demo):
     np.testing.assert_array_equal(xs2mask.predict(bare, model="xs2mask-4b").mask.values, expected)
     lazy = xs2mask.predict(bare.chunk({"y": 100, "x": 120}), model="xs2mask-4b").mask.values
     np.testing.assert_array_equal(lazy, expected)
+    # row and column numbers as coordinates are an image's too, not a map sorted south to north
+    numbered = bare.assign_coords(y=np.arange(200), x=np.arange(240.0))
+    np.testing.assert_array_equal(xs2mask.predict(numbered, model="xs2mask-4b").mask.values, expected)
 
 
 def test_patches_run_side_by_side_with_the_same_result(demo512):

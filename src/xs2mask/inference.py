@@ -323,6 +323,8 @@ def _against_map_order(da: xr.DataArray) -> tuple[str, ...]:
         coord = da.coords[dim]
         if coord.size < 2 or coord.dtype.kind not in "iuf":
             continue
+        if np.array_equal(coord.values, np.arange(coord.size)):
+            continue  # row and column numbers (0, 1, 2...), not map coordinates: an image, as a bare array
         if (float(coord[-1]) < float(coord[0])) != descending:
             flipped.append(dim)
     return tuple(flipped)
