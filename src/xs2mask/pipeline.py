@@ -160,8 +160,8 @@ class Load:
         bounds_latlon: Sequence[float] | None = None,
         chunks: int | None = None,
     ) -> xr.DataArray:
-        """The items as a lazy reflectance cube (:func:`xs2mask.stac.load`) loaded with these options
-        (``chunks``: other than :attr:`chunks`)."""
+        """The items as a lazy reflectance cube (:func:`xs2mask.stac.load`) loaded with these options;
+        ``chunks`` replaces :attr:`chunks` (the job reads each slab as one chunk per item)."""
         from .stac import load
 
         return load(
