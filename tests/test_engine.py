@@ -211,6 +211,19 @@ def test_the_cube_is_read_in_place_never_written_and_any_band_order_gives_one_ma
     assert (masks["in order"] != 255).sum() == 160 * 160 - 2
 
 
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(order=st.permutations(range(6)), lazy=st.booleans())
+def test_any_band_order_among_other_bands_gives_the_same_masks(demo, order, lazy):
+    """Whether the model's bands are a view (side by side, in order) or a copy, the masks are the same."""
+    refl = demo.isel(y=slice(0, 96), x=slice(0, 96)).astype("float32") / 10_000
+    reference = xs2mask.predict(refl, model="xs2mask-4b").mask.values
+    extra = refl.isel(band=[0, 3]).assign_coords(band=["B01", "B11"])
+    cube = xr.concat([refl, extra], dim="band").isel(band=list(order))
+    if lazy:
+        cube = cube.chunk({"y": 48, "x": 48})
+    np.testing.assert_array_equal(xs2mask.predict(cube, model="xs2mask-4b").mask.values, reference)
+
+
 def test_an_array_without_coordinates_is_an_image_its_first_row_north(demo):
     """A bare array's y positions run 0, 1, 2...: ascending, which for map coordinates means south up.
     Read so, every coordinate-less cube went through the model upside down (12 % of this crop's pixels
