@@ -317,16 +317,19 @@ _FLAGS = {
     "chunks": "--chunks",
 }
 _SAID_TWICE = re.compile(r"(--[\w-]+(?: [\w.+-]+)?) \(\1\)")
-_PY_ARG = re.compile(r"\b([a-z_]+)=('?)([\w.+-]*)\2")
+# name=value, name='value' or name=['a', 'b'] (a list: the flag's values, space-separated)
+_PY_ARG = re.compile(r"\b([a-z_]+)=(?:\[([^\]]*)\]|('?)([\w.+-]*)\3)")
 
 
 def _in_cli_terms(message: str) -> str:
     def flag(match: re.Match[str]) -> str:
-        name, value = match.group(1), match.group(3)
+        name, listed, value = match.group(1), match.group(2), match.group(4)
         if name == "mode" and value in ("w", "a"):
             return "--overwrite" if value == "w" else "--append"
         if name not in _FLAGS:
             return match.group(0)
+        if listed is not None:
+            return " ".join([_FLAGS[name], *(v.strip(" '\"") for v in listed.split(",") if v.strip())])
         return f"{_FLAGS[name]} {value.lower()}" if value else _FLAGS[name]
 
     # Library messages often give both ("mode='a' (--append)"): say the flag once.
