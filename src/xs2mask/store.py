@@ -1017,20 +1017,21 @@ def _grid_problems(dim: str, stored: np.ndarray, new: np.ndarray) -> list[str]:
     if not stored.size:
         return []
     pixel = abs(float(stored[1] - stored[0])) if stored.size > 1 else 1.0
-    worst = float(np.max(np.abs(stored.astype(float) - new.astype(float))))
-    reversed_off = float(np.max(np.abs(stored.astype(float) - new[::-1].astype(float))))
-    if worst > GRID_TOLERANCE * pixel and reversed_off <= GRID_TOLERANCE * pixel:
-        order = "descending" if stored.size > 1 and stored[1] < stored[0] else "ascending"
+    tolerance = GRID_TOLERANCE * pixel
+    stored, new = stored.astype(float), new.astype(float)
+    worst = float(np.max(np.abs(stored - new)))
+    if worst <= tolerance:
+        return []
+    if float(np.max(np.abs(stored - new[::-1]))) <= tolerance:  # (never with one pixel: stored[1] exists)
+        order = "descending" if stored[1] < stored[0] else "ascending"
         return [
             f"{dim} coordinates: the store's grid in the other order (stored {order}): sort the masks "
             f"as the store has them, e.g. ds.sortby('{dim}', ascending={order == 'ascending'})"
         ]
-    if worst > GRID_TOLERANCE * pixel:
-        return [
-            f"{dim} coordinates: stored from {float(stored[0])}, new from {float(new[0])}, "
-            f"off by up to {worst:g} (another area or grid; tolerance {GRID_TOLERANCE * pixel:g})"
-        ]
-    return []
+    return [
+        f"{dim} coordinates: stored from {stored[0]}, new from {new[0]}, "
+        f"off by up to {worst:g} (another area or grid; tolerance {tolerance:g})"
+    ]
 
 
 def _crs_wkt(ds: xr.Dataset) -> str | None:
