@@ -117,18 +117,57 @@ def test_band_dim_without_coordinate(demo):
 
 
 @pytest.mark.parametrize(
-    "make",
+    ("make", "advice"),
     [
-        lambda d: d.rename(band="bands", y="lat", x="lon"),
-        lambda d: d.rename(y="lat", x="lon"),
-        lambda d: d.expand_dims(scene=[1]),
-        lambda d: d.isel(band=0),
+        (
+            lambda d: d.rename(band="bands", y="lat", x="lon"),
+            "Rename them: .rename(bands='band', lat='y', lon='x')",
+        ),
+        (
+            lambda d: d.rename(y="latitude", x="longitude"),
+            "Rename them: .rename(latitude='y', longitude='x') (y and x in metres",
+        ),
+        (lambda d: d.expand_dims(t=[1]), "Rename them: .rename(t='time')."),
+        (lambda d: d.expand_dims(scene=[1]), "Rename the dims to these names"),
+        (lambda d: d.isel(band=0), "Rename the dims to these names"),
     ],
-    ids=["bands-lat-lon", "lat-lon", "extra-dim", "2d"],
+    ids=["bands-lat-lon", "latitude-longitude", "t", "extra-dim", "2d"],
 )
-def test_wrong_dims(demo, make):
-    with pytest.raises(InputError, match=r"input dims are .*expected \(band, y, x\) or \(time, band, y, x\)"):
+def test_wrong_dims_name_the_renames_other_libraries_call_for(demo, make, advice):
+    with pytest.raises(
+        InputError, match=r"input dims are .*expected \(band, y, x\) or \(time, band, y, x\)"
+    ) as err:
         xs2mask.predict(make(demo))
+    assert advice in str(err.value)
+
+
+def _in_degrees(cube: xr.DataArray) -> xr.DataArray:
+    """The cube on a lon/lat grid of about 10 m pixels (EPSG:4326), as odc-stac loads with crs='EPSG:4326'
+    once its latitude / longitude dims are renamed."""
+    import rioxarray  # noqa: F401
+
+    y = -2.5 - np.arange(cube.sizes["y"]) * 9e-5
+    x = 32.9 + np.arange(cube.sizes["x"]) * 9e-5
+    return cube.assign_coords(y=y, x=x).rio.write_crs("EPSG:4326")
+
+
+def test_processing_resolution_on_a_grid_in_degrees_asks_for_metres(demo):
+    with pytest.raises(
+        InputError, match=r"processing_resolution=20 m needs a grid in metres.*EPSG:4326.*in degrees"
+    ):
+        xs2mask.predict(_in_degrees(demo), processing_resolution=20)
+
+
+def test_a_model_with_its_own_resolution_runs_on_a_grid_in_degrees_as_it_is(demo, monkeypatch):
+    """Degrees are not metres: a model that runs at 20 m by default runs on the pixels as they are,
+    instead of reading 9e-5 degrees as 9e-5 m and refusing the cube as too small for 20 m."""
+    own = dataclasses.replace(registry.get(UKIS4), name="test-ukis-at-20m", processing_resolution=20)
+    monkeypatch.setitem(registry._REGISTRY, own.name, own)  # undone after the test
+    got = xs2mask.predict(_in_degrees(demo), model=own.name)["mask"]
+    np.testing.assert_array_equal(got.values, xs2mask.predict(demo, model=UKIS4)["mask"].values)
+    # on the projected grid the same model runs at its own 20 m: other masks
+    at_20m = xs2mask.predict(demo, model=own.name)["mask"].values
+    assert (at_20m != got.values).any()
 
 
 def test_numpy_array_is_refused_with_a_hint(demo):

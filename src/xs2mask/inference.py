@@ -286,8 +286,8 @@ def prepare(
     )
     processing_resolution = options.processing_resolution
     if processing_resolution is None:
-        processing_resolution = _model_resolution(da, specs)
-    factor = _factor(da, processing_resolution)
+        processing_resolution = _model_resolution(da, specs, crs)
+    factor = _factor(da, processing_resolution, crs)
     runs = tuple(_model_run(s, needed, options.patch_size, options.overlap) for s in specs)
     halo = max(block_halo(r, factor) for r in runs)
     classes = tuple(sorted({c for s in specs for c in s.classes}))
@@ -448,6 +448,36 @@ def _check_offset(offset: object) -> float | xr.DataArray | Literal["auto"]:
 # --------------------------------------------------------------------------- input checks
 
 
+# Names other libraries give the dims predict() needs (odc-stac, netCDF and CF, rioxarray, xarray's
+# to_array); a dim of one of these names is named in the advice to rename it.
+_DIM_ALIASES = {
+    "y": ("latitude", "lat", "northing", "rows", "row"),
+    "x": ("longitude", "lon", "easting", "columns", "cols", "col"),
+    "time": ("t", "times", "date", "dates", "datetime"),
+    "band": ("bands", "variable", "spectral_band", "channel", "channels"),
+}
+
+
+def _rename_advice(dims: tuple[str, ...]) -> str:
+    """What to rename, for dims that other libraries name otherwise (e.g. latitude / longitude)."""
+    renames = {
+        dim: target
+        for dim in dims
+        for target, aliases in _DIM_ALIASES.items()
+        if target not in dims and dim.lower() in aliases
+    }
+    if not renames:
+        return (
+            "Rename the dims to these names, e.g. .rename(lat='y', lon='x') (or rio.set_spatial_dims) "
+            "and .rename(bands='band')."
+        )
+    call = ", ".join(f"{dim}={target!r}" for dim, target in renames.items())
+    geographic = (
+        " (y and x in metres of a projected CRS such as UTM)" if {"y", "x"} & set(renames.values()) else ""
+    )
+    return f"Rename them: .rename({call}){geographic}."
+
+
 def _as_band_array(
     obj: xr.DataArray | xr.Dataset, offset: float | xr.DataArray | Literal["auto"]
 ) -> tuple[xr.DataArray, bool, float]:
@@ -466,8 +496,7 @@ def _as_band_array(
     if dims not in ({"band", "y", "x"}, {"time", "band", "y", "x"}):
         raise InputError(
             f"input dims are {tuple(obj.dims)}; expected (band, y, x) or (time, band, y, x). "
-            "Rename spatial dims with .rename(lat='y', lon='x') (or rio.set_spatial_dims) "
-            "and a band dim with .rename(bands='band')."
+            + _rename_advice(tuple(map(str, obj.dims)))
         )
     if "time" not in dims:
         obj = obj.expand_dims("time")
@@ -724,8 +753,13 @@ def _grid_step(da: xr.DataArray, dim: str) -> float | None:
     return abs(float(values[-1] - values[0])) / (len(values) - 1)
 
 
-def _resolution(da: xr.DataArray) -> float | None:
-    """The input's pixel size from its x and y coordinates; None when they do not say."""
+def _resolution(da: xr.DataArray, crs: Any = None) -> float | None:
+    """The input's pixel size in metres from its x and y coordinates; None when they do not say.
+
+    Coordinates in degrees (``crs`` geographic, e.g. EPSG:4326) say nothing in metres: None.
+    """
+    if crs is not None and crs.is_geographic:
+        return None
     steps = {dim: step for dim in ("x", "y") if (step := _grid_step(da, dim)) is not None}
     if len(steps) == 2 and not math.isclose(steps["x"], steps["y"], rel_tol=1e-3):
         raise InputError(
@@ -735,7 +769,7 @@ def _resolution(da: xr.DataArray) -> float | None:
     return next(iter(steps.values()), None)
 
 
-def _model_resolution(da: xr.DataArray, specs: tuple[ModelSpec, ...]) -> float | None:
+def _model_resolution(da: xr.DataArray, specs: tuple[ModelSpec, ...], crs: Any = None) -> float | None:
     """The models' own processing resolution, when they agree and the input is finer."""
     wanted = {s.processing_resolution for s in specs}
     if len(wanted) != 1:
@@ -743,15 +777,21 @@ def _model_resolution(da: xr.DataArray, specs: tuple[ModelSpec, ...]) -> float |
     (wanted_res,) = wanted
     if wanted_res is None:
         return None
-    res = _resolution(da)
+    res = _resolution(da, crs)
     if res is None:
         return None  # resolution unknown: run on the input's grid (recorded as such)
     return wanted_res if res < wanted_res else None
 
 
-def _factor(da: xr.DataArray, processing_resolution: float | None) -> int:
+def _factor(da: xr.DataArray, processing_resolution: float | None, crs: Any = None) -> int:
     if processing_resolution is None:
         return 1
+    if crs is not None and crs.is_geographic:
+        raise InputError(
+            f"processing_resolution={processing_resolution:g} m needs a grid in metres, but the input's CRS "
+            f"({crs}) is in degrees. Reproject the cube to its UTM zone first (e.g. cube.rio.reproject("
+            "cube.rio.estimate_utm_crs(), resolution=10)), or leave processing_resolution unset"
+        )
     res = _resolution(da)
     if res is None:
         raise InputError(
