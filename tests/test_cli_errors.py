@@ -233,6 +233,8 @@ def test_library_advice_is_given_in_flags():
     assert _in_cli_terms(said_twice) == "Pass --append to append them, or --overwrite to replace it."
     assert _in_cli_terms("pass zarr_format=3 (--zarr-format 3)") == "pass --zarr-format 3"
     assert _in_cli_terms("or processing_resolution=20") == "or --processing-resolution 20"
+    assert _in_cli_terms("or leave processing_resolution unset") == "or leave out --processing-resolution"
+    assert _in_cli_terms("or leave patch_size unset") == "or leave patch_size unset"  # no such flag
     # a list is the flag's values, as the shell takes them
     listed = "pass bands= (4 names in file order, e.g. bands=['B02', 'B03', 'B04', 'B08'] for a 4-band file)"
     assert _in_cli_terms(listed) == (

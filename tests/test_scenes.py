@@ -467,6 +467,39 @@ def test_cli_mask_end_to_end(chip_tif, tmp_path, capsys):
 
 
 @needs_ukis
+def test_cli_masks_a_geotiff_in_degrees_and_refuses_metres_on_it(chip_tif, tmp_path):
+    """A scene warped to EPSG:4326 (gdalwarp's default) masks on its own grid, its pixel size said in
+    degrees; --processing-resolution in metres on it is refused with the way out, in the CLI's terms."""
+    import subprocess
+    import sys
+
+    import rioxarray
+
+    degrees = tmp_path / "chip_4326.tif"
+    rioxarray.open_rasterio(chip_tif).rio.reproject("EPSG:4326").rio.to_raster(degrees)
+    env = {"PYTHONWARNINGS": "ignore", "PATH": "/usr/bin:/bin"}
+    run = [sys.executable, "-m", "xs2mask.cli", "mask", str(degrees), "--bands", "B02", "B03", "B04", "B08"]
+    done = subprocess.run([*run, "-o", str(tmp_path / "m.tif")], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"px at [\d.e-]+°, EPSG:4326", done.stdout), done.stdout
+    with rasterio.open(tmp_path / "m.tif") as dst, rasterio.open(degrees) as src:
+        # the same grid: the y step comes back from coordinates, equal to 1e-13 of a pixel
+        assert dst.crs == src.crs and dst.shape == src.shape
+        assert dst.transform.almost_equals(src.transform, precision=1e-9 * src.res[0])
+    refused = subprocess.run(
+        [*run, "-o", str(tmp_path / "m20.tif"), "--processing-resolution", "20"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert refused.returncode == 2
+    assert (
+        "needs a grid in metres" in refused.stderr and "leave out --processing-resolution" in refused.stderr
+    )
+    assert not (tmp_path / "m20.tif").exists()
+
+
+@needs_ukis
 def test_cli_refuses_to_overwrite(chip_tif, tmp_path, capsys):
     out = tmp_path / "mask.tif"
     out.write_bytes(b"a user's file")

@@ -129,8 +129,9 @@ def _mask_scene(args: argparse.Namespace) -> int:
     )
     mask = done.mask
     res = abs(mask.rio.resolution()[0])
+    unit = "°" if mask.rio.crs is not None and mask.rio.crs.is_geographic else " m"
     print(
-        f"scene: {done.source}  {mask.sizes['y']} x {mask.sizes['x']} px at {res:g} m, {mask.rio.crs}, "
+        f"scene: {done.source}  {mask.sizes['y']} x {mask.sizes['x']} px at {res:g}{unit}, {mask.rio.crs}, "
         f"bands {' '.join(done.bands)}"
     )
     print(f"radiometry: {done.radiometry}")
@@ -318,6 +319,8 @@ _FLAGS = {
 }
 _SAID_TWICE = re.compile(r"(--[\w-]+(?: [\w.+-]+)?) \(\1\)")
 # name=value, name='value' or name=['a', 'b'] (a list: the flag's values, space-separated)
+# "leave processing_resolution unset": on the command line, a flag left out
+_UNSET = re.compile(r"\bleave ([a-z_]+) unset\b")
 _PY_ARG = re.compile(r"\b([a-z_]+)=(?:\[([^\]]*)\]|('?)([\w.+-]*)\3)")
 
 
@@ -332,8 +335,12 @@ def _in_cli_terms(message: str) -> str:
             return " ".join([_FLAGS[name], *(v.strip(" '\"") for v in listed.split(",") if v.strip())])
         return f"{_FLAGS[name]} {value.lower()}" if value else _FLAGS[name]
 
+    def unset(match: re.Match[str]) -> str:
+        name = match.group(1)
+        return f"leave out {_FLAGS[name]}" if name in _FLAGS else match.group(0)
+
     # Library messages often give both ("mode='a' (--append)"): say the flag once.
-    return _SAID_TWICE.sub(r"\1", _PY_ARG.sub(flag, message))
+    return _SAID_TWICE.sub(r"\1", _UNSET.sub(unset, _PY_ARG.sub(flag, message)))
 
 
 def _one_line(err: BaseException) -> str:
