@@ -96,7 +96,7 @@ def simulated(models: list[str], data: Path, bands, n: int, seed: int, cache: Pa
     samples = []
     for i in range(n):
         rng = np.random.default_rng((seed, 2**31, i))
-        refl, target, _ = maker._simulated(rng, 256, pools.clear_validation)
+        refl, target, _ = maker.simulated(rng, 256, pools.clear_validation)
         samples.append((refl, target))
     return {
         model: combine([evaluate(_mask(model, r, bands), t, reference_scheme="full") for r, t in samples])

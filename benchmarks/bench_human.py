@@ -70,7 +70,6 @@ from xs2mask.evaluation import Scores, coarsen, coarsen_labels, combine, evaluat
 from xs2mask.exceptions import InputWarning, XS2MaskError
 from xs2mask.training import data as tdata
 from xs2mask.training import pseudo, sources
-from xs2mask.training.simulate import CloudConfig, simulate
 
 BANDS = ("B02", "B03", "B04", "B08")
 DEFAULT_MODELS = ("xs2mask-4b", "ukis-csmask-4b-l2a", "ukis-csmask-4b-l1c")
@@ -146,15 +145,10 @@ def simulation(data: Path, cache: Path) -> tdata.SampleMaker:
 
 
 def simulated_chip(maker: tdata.SampleMaker, index: int, size: int) -> Chip:
-    """Sample ``index`` of ``bench_accuracy.simulated`` with the background coarsened to ``size`` m
-    before the clouds are simulated at that size; at 10 m the very same sample (``SampleMaker._simulated``'s
-    draws in the same order)."""
+    """Sample ``index`` of ``bench_accuracy.simulated``'s draws with the same 256 px of ground coarsened
+    to ``size`` m before the clouds are simulated at that size; at 10 m the very same sample."""
     rng = np.random.default_rng((SIM_SEED, 2**31, index))  # bench_accuracy.py's seed of sample `index`
-    pool = maker.pools.clear_validation
-    scene = pool[maker._pick(rng, pool)]
-    (refl,) = maker._crop(rng, [scene.select(BANDS)], SIM_PATCH)
-    background = np.ascontiguousarray(coarsen(refl, size // 10))
-    cloudy, labels = simulate(background, BANDS, rng=rng, config=CloudConfig(), resolution_m=float(size))
+    cloudy, labels, _ = maker.simulated(rng, SIM_PATCH, maker.pools.clear_validation, size // 10)
     return Chip(f"sim/{index}", cloudy, labels, FULL)
 
 

@@ -52,7 +52,7 @@ def test_simulated_sample_at_10_m_is_bench_accuracys(shared_data: Path, monkeypa
     bench = importlib.import_module("bench_human")
     maker = bench.simulation(shared_data, Path("~/.cache/xs2mask/pseudo").expanduser())
     rng = np.random.default_rng((bench.SIM_SEED, 2**31, 1))
-    refl, labels, _ = maker._simulated(rng, 256, maker.pools.clear_validation)  # bench_accuracy's sample 1
+    refl, labels, _ = maker.simulated(rng, 256, maker.pools.clear_validation)  # bench_accuracy's sample 1
     at10 = bench.simulated_chip(maker, 1, 10)
     np.testing.assert_array_equal(at10.reflectance, refl)
     np.testing.assert_array_equal(at10.labels, labels)

@@ -177,7 +177,7 @@ class SampleMaker:
         size = self._window_size(rng)
         factor = self._coarsening(rng)
         if not self.pools.cloudy or rng.random() < self.simulated_fraction:
-            refl, target, weight = self._simulated(rng, size, self.pools.clear, factor)
+            refl, target, weight = self.simulated(rng, size * factor, self.pools.clear, factor)
             per_code = self._simulated_weights
         else:
             refl, target, weight = self._pseudo(rng, size, factor)
@@ -190,7 +190,7 @@ class SampleMaker:
     def validation_sample(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """A fixed simulated sample on held-out clear scenes (no augmentation)."""
         rng = np.random.default_rng((self.seed, 2**31, index))  # an epoch no training run reaches
-        refl, target, weight = self._simulated(rng, self.patch, self.pools.clear_validation)
+        refl, target, weight = self.simulated(rng, self.patch, self.pools.clear_validation)
         return self.normalise(refl), target, weight * self._simulated_weights[target]
 
     def normalise(self, refl: np.ndarray) -> np.ndarray:
@@ -225,13 +225,29 @@ class SampleMaker:
         y0, x0 = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
         return [a[..., y0 : y0 + size, x0 : x0 + size] for a in arrays]
 
-    def _simulated(self, rng, size, pool, factor: int = 1):
+    def simulated(
+        self, rng: np.random.Generator, extent: int, pool: list, factor: int = 1
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A simulated sample: reflectance, exact 4-class labels and unit weights.
+
+        A window of ``extent`` pixels of a clear scene drawn from ``pool``, area-averaged by ``factor``
+        (``extent // factor`` pixels of ``10 * factor`` m), then clouds and shadows drawn at that pixel
+        size. The draws come from ``rng`` in a fixed order (scene, window, clouds): the same generator
+        state gives the same sample, which is how the benchmarks draw theirs.
+
+        Examples
+        --------
+        >>> rng = np.random.default_rng(0)
+        >>> refl, labels, weight = maker.simulated(rng, 256, maker.pools.clear, 3)  # doctest: +SKIP
+        >>> labels.shape  # doctest: +SKIP
+        (85, 85)
+        """
         from .simulate import CloudConfig, simulate
 
         scene = pool[self._pick(rng, pool)]
         # The clear ground is coarsened first, so that clouds and shadows are drawn at the coarse
         # pixel size with their physical extent and exact labels.
-        (refl,) = self._crop(rng, [scene.select(self.bands)], size * factor)
+        (refl,) = self._crop(rng, [scene.select(self.bands)], extent)
         refl = coarsen(refl, factor)
         config = self.cloud_config or CloudConfig()
         cloudy, labels = simulate(
