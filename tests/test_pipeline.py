@@ -203,7 +203,7 @@ def test_rerun_with_other_options_is_refused_and_a_rerun_with_nothing_to_do_says
     capsys.readouterr()
     before = sorted(p.read_bytes() for p in out.rglob("*") if p.is_file())
     assert main(_args(stac_pc, out, datetime="2020-06-03")) == 0
-    assert f"nothing to do: {out} already holds these 1 dates, complete" in capsys.readouterr().out
+    assert f"nothing to do: {out} already holds 1 date, complete" in capsys.readouterr().out
     for extra, named in [
         (["--tta", "2"], "tta: stored 0, new 2"),
         (["--harmonize", "false"], "harmonize: stored 'auto', new False"),

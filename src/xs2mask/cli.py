@@ -184,17 +184,27 @@ def _mask_stac(args: argparse.Namespace) -> int:
         outcome = run(job, progress=not args.quiet)
     seconds = time.perf_counter() - start
     masks = outcome.masks
+    dates = _plural(outcome.dates, "date")
     if not outcome.written:
-        print(f"nothing to do: {outcome.store} already holds these {outcome.dates} dates, complete")
+        print(f"nothing to do: {outcome.store} already holds {dates}, complete")
         return 0
     # The rate counts what this run wrote, not what an earlier run left in the store.
-    n_px = outcome.pixels
     print(
-        f"wrote {outcome.store}: {outcome.written} of {outcome.slabs} slabs; the store holds {outcome.dates} "
-        f"dates x {masks.sizes['y']} x {masks.sizes['x']} px, masked with {masks.attrs['xs2mask_model']}, "
-        f"in {seconds:.1f} s ({n_px / seconds / 1e6:.2f} Mpx/s)"
+        f"wrote {outcome.store}: {outcome.written} of {_plural(outcome.slabs, 'slab')}; the store holds "
+        f"{dates} x {masks.sizes['y']} x {masks.sizes['x']} px, masked with {masks.attrs['xs2mask_model']}, "
+        f"in {seconds:.1f} s ({_rate(outcome.pixels / seconds)})"
     )
     return 0
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _rate(pixels_per_second: float) -> str:
+    """Mpx/s with two significant digits at least: a small area's rate is not "0.00 Mpx/s"."""
+    mpx = pixels_per_second / 1e6
+    return f"{mpx:.2f} Mpx/s" if mpx >= 0.1 else f"{mpx:.2g} Mpx/s"
 
 
 # --------------------------------------------------------------------------- argument checks
