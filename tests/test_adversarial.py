@@ -87,7 +87,6 @@ BAD_OPTIONS = [
     ("offset", 2000.5),
     ("offset", -2001),
     ("offset", "0"),
-    ("offset", None),
     ("offset", True),
     ("offset", [0]),
     ("offset", 1j),
@@ -204,7 +203,9 @@ def _whole(value: object, low: int, high: float = math.inf) -> bool:
 def _valid(options: dict) -> bool:
     """The documented ranges, restated independently of the implementation."""
     for name, value in options.items():
-        if name == "offset" and not (_number(value) and math.isfinite(value) and abs(value) <= 2000):
+        if name == "offset" and not (
+            value is None or (_number(value) and math.isfinite(value) and abs(value) <= 2000)
+        ):  # None: not given (0)
             return False
         if name == "threads" and not _whole(value, 0, 1024):
             return False

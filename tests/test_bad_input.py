@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import uuid
+import warnings
 
 import dask.array as dsa
 import numpy as np
@@ -450,3 +451,31 @@ def test_array_smaller_than_halo_in_small_chunks(demo):
     expected = xs2mask.predict(demo, model=UKIS4)["mask"].values
     got = xs2mask.predict(demo.chunk({"y": 32, "x": 48}), model=UKIS4)["mask"].values
     np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("as_dataset", [False, True])
+def test_dn_of_the_offset_era_without_an_offset_are_said_once(demo, as_dataset):
+    """Integer DN dated from 25 January 2022 on (processing baseline 04.00 added 1000 to every DN) and no
+    offset given: DN / 10000 as before, with a warning that names the fix; older dates, an offset given,
+    or reflectance: nothing to say."""
+    from xs2mask.exceptions import RadiometryWarning
+
+    def dated(cube, *days):
+        out = cube.expand_dims(time=np.array(days, "datetime64[ns]"))
+        return out.to_dataset("band") if as_dataset else out
+
+    both = dated(demo, "2021-12-30", "2022-03-01")
+    with pytest.warns(
+        RadiometryWarning, match=r"1 of 2 date\(s\) from 2022-01-25 on .*pass offset=-1000"
+    ) as said:
+        masks = xs2mask.predict(both, model=UKIS4)
+    assert len([w for w in said if issubclass(w.category, RadiometryWarning)]) == 1
+    assert said[0].filename == __file__  # points at the caller's line
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RadiometryWarning)
+        np.testing.assert_array_equal(
+            masks.mask.values, xs2mask.predict(both, model=UKIS4, offset=0).mask.values
+        )
+        xs2mask.predict(dated(demo, "2021-12-30"), model=UKIS4)
+        xs2mask.predict(dated(demo, "2022-03-01"), model=UKIS4, offset=-1000)
+        xs2mask.predict(dated(demo.astype("float32") / 10_000, "2022-03-01"), model=UKIS4)

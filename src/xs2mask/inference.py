@@ -25,7 +25,7 @@ from . import __version__
 from .bands import as_text, canonical_band
 from .checks import check_integer, check_real
 from .classes import CLASS_NAMES, NODATA, mask_attrs
-from .exceptions import BandError, InputError, InputWarning, OptionError
+from .exceptions import BandError, InputError, InputWarning, OptionError, RadiometryWarning
 from .kernel import DN_SCALE, ModelRun, Plan, block_halo, check_scale, predict_block
 from .models import ModelSpec, Runtime, get, resolve_default
 from .models.backends import get_backend, resolve_device, resolve_dtype
@@ -48,7 +48,7 @@ def predict(
     dtype: str = "auto",
     output: Literal["mask", "probability", "both"] = "mask",
     probability_dtype: Literal["uint8", "float16"] = "uint8",
-    offset: float | xr.DataArray | Literal["auto"] = 0.0,
+    offset: float | xr.DataArray | Literal["auto"] | None = None,
     threads: int = 0,
     model_dir: str | os.PathLike[str] | None = None,
     compile: bool = False,
@@ -110,7 +110,10 @@ def predict(
         date as a ``DataArray`` along ``time`` (a cube that spans baseline 04.00), or
         ``"auto"``: the ``radiometric_offset`` coordinate (reflectance, as
         :func:`xs2mask.stac.load` writes it) times 10000 for integer input; float input
-        already holds it, so ``"auto"`` adds nothing there.
+        already holds it, so ``"auto"`` adds nothing there. ``None`` (default): 0, with a
+        :class:`~xs2mask.exceptions.RadiometryWarning` when integer input has dates from
+        25 January 2022 on (baseline 04.00 began then: its DN read without -1000 are 0.1
+        too bright).
     threads
         CPU cores per block. 0: every core; ONNX models on the CPU then run the patches
         of all blocks on the cores Dask gives the process, one core per patch, and other
@@ -225,7 +228,7 @@ def prepare(
     dtype: str = "auto",
     output: Literal["mask", "probability", "both"] = "mask",
     probability_dtype: Literal["uint8", "float16"] = "uint8",
-    offset: float | xr.DataArray | Literal["auto"] = 0.0,
+    offset: float | xr.DataArray | Literal["auto"] | None = None,
     threads: int = 0,
     model_dir: str | os.PathLike[str] | None = None,
     compile: bool = False,
@@ -347,7 +350,7 @@ class _Options:
     batch_size: int | None
     tta: int
     processing_resolution: float | None
-    offset: float | xr.DataArray | Literal["auto"]
+    offset: float | xr.DataArray | Literal["auto"] | None
     threads: int
 
 
@@ -426,8 +429,11 @@ _OFFSET_WHAT = (
 )
 
 
-def _check_offset(offset: object) -> float | xr.DataArray | Literal["auto"]:
-    """A scalar DN offset, one per date (a 1-D ``time`` DataArray, read now: it is small), or "auto"."""
+def _check_offset(offset: object) -> float | xr.DataArray | Literal["auto"] | None:
+    """A scalar DN offset, one per date (a 1-D ``time`` DataArray, read now: it is small), "auto", or
+    None (not given)."""
+    if offset is None:
+        return None
     if isinstance(offset, str) and offset == "auto":
         return "auto"
     if not isinstance(offset, xr.DataArray):
@@ -479,7 +485,7 @@ def _rename_advice(dims: tuple[str, ...]) -> str:
 
 
 def _as_band_array(
-    obj: xr.DataArray | xr.Dataset, offset: float | xr.DataArray | Literal["auto"]
+    obj: xr.DataArray | xr.Dataset, offset: float | xr.DataArray | Literal["auto"] | None
 ) -> tuple[xr.DataArray, bool, float]:
     """Return ``(time, band, y, x)`` with ESA band names, whether a time dim was given, and the
     DN offset still to apply: 0 once integer bands became reflectance (a Dataset's integer bands
@@ -555,11 +561,16 @@ def _take_bands(da: xr.DataArray, positions: Sequence[int]) -> xr.DataArray:
 
 
 def _dn_offsets(
-    obj: xr.DataArray | xr.Dataset, offset: float | xr.DataArray | Literal["auto"]
+    obj: xr.DataArray | xr.Dataset, offset: float | xr.DataArray | Literal["auto"] | None
 ) -> float | xr.DataArray:
     """The DN offset of integer bands: a number, or one per date (positional along ``time``) when the
-    dates differ. "auto" reads ``radiometric_offset``; float input already holds it."""
+    dates differ. "auto" reads ``radiometric_offset``; float input already holds it; None is 0, said
+    in a warning when the dates are of processing baseline 04.00 or later."""
     variables = obj.data_vars.values() if isinstance(obj, xr.Dataset) else [obj]
+    if offset is None:
+        if any(np.issubdtype(v.dtype, np.integer) for v in variables):
+            _warn_if_offset_era(obj)
+        return 0.0
     if isinstance(offset, str):
         if not any(np.issubdtype(v.dtype, np.integer) for v in variables):
             return 0.0
@@ -596,6 +607,29 @@ def _dn_offsets(
     if (values == values[0]).all():
         return float(values[0])
     return xr.DataArray(values.astype(np.float32), dims="time")
+
+
+def _warn_if_offset_era(obj: xr.DataArray | xr.Dataset) -> None:
+    """Warn when integer DN without an offset have dates on or after 25 January 2022, when ESA's
+    processing baseline 04.00 began adding 1000 to every DN: such DN read without offset=-1000 are
+    0.1 too bright, which a model takes for haze or cloud."""
+    from .radiometry import OFFSET_DATE
+
+    if "time" not in obj.coords or not np.issubdtype(obj["time"].dtype, np.datetime64):
+        return
+    times = np.atleast_1d(obj["time"].values)
+    late = times[times >= np.datetime64(OFFSET_DATE)]
+    if late.size:
+        warnings.warn(
+            f"integer DN with {late.size} of {times.size} date(s) from {OFFSET_DATE} on and no offset: "
+            "taken as DN / 10000. Products of processing baseline 04.00 and later (all processed since "
+            "25 January 2022, and reprocessed archives such as Earth Search's sentinel-2-c1-l2a) add 1000 "
+            "to every DN: "
+            "pass offset=-1000 for those, offset=0 to silence this for older ones, or load with "
+            "xs2mask.stac.load, which reads each item's offset",
+            RadiometryWarning,
+            stacklevel=6,  # predict's caller: through prepare, _as_band_array and _dn_offsets
+        )
 
 
 def _to_reflectance(dn: xr.DataArray, offset: float | xr.DataArray) -> xr.DataArray:

@@ -226,7 +226,7 @@ class SampleMaker:
         return [a[..., y0 : y0 + size, x0 : x0 + size] for a in arrays]
 
     def simulated(
-        self, rng: np.random.Generator, extent: int, pool: list, factor: int = 1
+        self, rng: np.random.Generator, extent: int, pool: Sequence[Scene], factor: int = 1
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """A simulated sample: reflectance, exact 4-class labels and unit weights.
 
