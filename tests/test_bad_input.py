@@ -479,3 +479,34 @@ def test_dn_of_the_offset_era_without_an_offset_are_said_once(demo, as_dataset):
         xs2mask.predict(dated(demo, "2021-12-30"), model=UKIS4)
         xs2mask.predict(dated(demo, "2022-03-01"), model=UKIS4, offset=-1000)
         xs2mask.predict(dated(demo.astype("float32") / 10_000, "2022-03-01"), model=UKIS4)
+
+
+def test_percent_reflectance_is_told_to_divide_by_100(demo):
+    percent = demo.astype("float32") / 100  # DN / 100: reflectance in percent
+    with pytest.raises(InputError, match=r"looks like DN.*If it is reflectance in percent, divide it by 100"):
+        xs2mask.predict(percent, model=UKIS4)
+    with pytest.raises(InputError, match=r"looks like DN") as err:
+        xs2mask.predict(demo.astype("float32"), model=UKIS4)  # DN as float: no percent advice
+    assert "percent" not in str(err.value)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int8"])
+def test_8_bit_input_is_refused(demo, dtype):
+    eight_bit = (demo // 40).clip(0, 127).astype(dtype)  # a stretched quick-look
+    with pytest.raises(InputError, match=rf"input dtype {dtype} holds 0-255 at most.*8-bit imagery"):
+        xs2mask.predict(eight_bit, model=UKIS4)
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_reflectance_scaled_twice_is_said(demo, chunked):
+    """Reflectance divided by 10000 once too often masks as clear everywhere: a warning says why."""
+    from xs2mask import InputWarning
+
+    reflectance = demo.astype("float32") / 10_000
+    twice = reflectance / 100
+    with pytest.warns(InputWarning, match=r"darker than any Sentinel-2 scene.*scaled twice") as said:
+        xs2mask.predict(twice.chunk(64) if chunked else twice, model=UKIS4)
+    assert [w.filename for w in said if "darker" in str(w.message)] == [__file__]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", "the input is darker", InputWarning)
+        xs2mask.predict(reflectance, model=UKIS4)

@@ -325,11 +325,13 @@ def check_scale(scene: np.ndarray, bands: Sequence[str]) -> None:
             sample = valid(values)  # a sparse band whose few valid pixels the sample missed
         median = float(np.median(sample)) if sample.size else 0.0
         if median > _DN_MEDIAN:
+            # Percent reflectance (0-100) has medians of 2-60; DN that low would be black water.
+            percent = " If it is reflectance in percent, divide it by 100." if median <= 100 else ""
             raise InputError(
                 f"band {band} is float but looks like DN, not reflectance (median {median:.0f}): "
                 "divide it by 10000 (after adding any baseline-04.00 offset: (cube - 1000) / 10000), or "
                 "pass the DN as integers (cube.fillna(0).astype('uint16')) with offset=-1000 for "
-                "baseline 04.00 and later"
+                f"baseline 04.00 and later.{percent}"
             )
 
 
