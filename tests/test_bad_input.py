@@ -510,3 +510,19 @@ def test_reflectance_scaled_twice_is_said(demo, chunked):
     with warnings.catch_warnings():
         warnings.filterwarnings("error", "the input is darker", InputWarning)
         xs2mask.predict(reflectance, model=UKIS4)
+
+
+def test_a_layer_that_is_no_band_is_named_with_the_way_to_leave_it_out(demo):
+    with_mask = xr.concat([demo, demo.isel(band=[0]).assign_coords(band=["mask"])], dim="band")
+    with pytest.raises(
+        BandError, match=r"unknown band name 'mask'.*leave it out: cube.drop_sel\(band=\['mask'\]\)"
+    ):
+        xs2mask.predict(with_mask, model=UKIS4)
+    ds = demo.to_dataset("band").assign(cloud_mask=lambda d: d["B02"] * 0)
+    with pytest.raises(BandError, match=r"unknown band name 'cloud_mask'.*ds.drop_vars\(\['cloud_mask'\]\)"):
+        xs2mask.predict(ds, model=UKIS4)
+    # as the error says
+    np.testing.assert_array_equal(
+        xs2mask.predict(ds.drop_vars(["cloud_mask"]), model=UKIS4).mask.values,
+        xs2mask.predict(demo, model=UKIS4).mask.values,
+    )

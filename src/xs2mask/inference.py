@@ -523,7 +523,10 @@ def _as_band_array(
         if as_text(raw).lower() in _NON_SPECTRAL:
             names.append(None)
             continue
-        names.append(canonical_band(raw))
+        try:
+            names.append(canonical_band(raw))
+        except BandError as err:
+            raise _not_a_band(err, f"cube.drop_sel(band=[{as_text(raw)!r}])") from None
     spectral = [n for n in names if n is not None]
     dupes = sorted({n for n in spectral if spectral.count(n) > 1})
     if dupes:
@@ -653,6 +656,11 @@ def _described_bands(obj: xr.DataArray) -> xr.DataArray:
     return obj.assign_coords(band=[str(d) for d in described])
 
 
+def _not_a_band(err: BandError, drop: str) -> BandError:
+    """An unknown band name's error, with the way to leave out a layer that is no band."""
+    return BandError(f"{err}. If it is not a band (a mask, a quality layer), leave it out: {drop}")
+
+
 def _dataset_to_array(
     ds: xr.Dataset, offset: float | xr.DataArray
 ) -> tuple[xr.DataArray, float | xr.DataArray]:
@@ -662,9 +670,9 @@ def _dataset_to_array(
             continue
         try:
             bands[canonical_band(name)] = var
-        except BandError:
+        except BandError as err:
             if set(var.dims) & {"y", "x"}:
-                raise
+                raise _not_a_band(err, f"ds.drop_vars([{str(name)!r}])") from None
     if not bands:
         raise BandError(
             f"no Sentinel-2 band among the Dataset's variables {list(ds.data_vars)}; "
