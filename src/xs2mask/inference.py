@@ -626,10 +626,10 @@ def _warn_if_offset_era(obj: xr.DataArray | xr.Dataset) -> None:
         warnings.warn(
             f"integer DN with {late.size} of {times.size} date(s) from {OFFSET_DATE} on and no offset: "
             "taken as DN / 10000. Products of processing baseline 04.00 and later (all processed since "
-            "25 January 2022, and reprocessed archives such as Earth Search's sentinel-2-c1-l2a) add 1000 "
-            "to every DN: "
-            "pass offset=-1000 for those, offset=0 to silence this for older ones, or load with "
-            "xs2mask.stac.load, which reads each item's offset",
+            "25 January 2022: .SAFE products, Planetary Computer's sentinel-2-l2a, Earth Search's "
+            "sentinel-2-l1c and the reprocessed sentinel-2-c1-l2a) add 1000 to every DN: pass "
+            "offset=-1000 for those. Earth Search's sentinel-2-l2a COGs have it removed already, as do "
+            "older products: pass offset=0. Or load with xs2mask.stac.load, which reads each item's offset",
             RadiometryWarning,
             stacklevel=6,  # predict's caller: through prepare, _as_band_array and _dn_offsets
         )
@@ -1059,9 +1059,9 @@ def _check_scale_now(da: xr.DataArray) -> None:
         size *= _covering(y_chunks, y0, y1) * _covering(x_chunks, x0, x1)
         if size > EAGER_CHECK_BYTES:
             return
-    window = np.asarray(window.values)
-    check_scale(window, [str(b) for b in da["band"].values])
-    _warn_if_too_dark(window)
+    pixels = np.asarray(window.values)
+    check_scale(pixels, [str(b) for b in da["band"].values])
+    _warn_if_too_dark(pixels)
 
 
 # No Sentinel-2 scene is this dark in all of its brightest pixels: of 496 real scenes and patches
