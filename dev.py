@@ -142,9 +142,9 @@ def main(argv: list[str]) -> int:
     command, rest = argv[0], argv[1:]
     if command == "demo":
         return subprocess.call([str(BIN / "xs2mask"), "demo", *rest])
-    lint = subprocess.call(
-        [str(BIN / "ruff"), "check", "src", "tests", "benchmarks", "docs", "dev.py"], cwd=ROOT
-    )
+    # Lint and format over everything ruff reads: code, notebooks and the python blocks of the docs.
+    lint = subprocess.call([str(BIN / "ruff"), "check", "."], cwd=ROOT)
+    lint |= subprocess.call([str(BIN / "ruff"), "format", "--check", "."], cwd=ROOT)
     typed = type_check()
     # Before pytest, so that its summary stays the last line a CI log shows.
     packaged = True if rest else all([check_wheel(), build_docs()])
