@@ -327,6 +327,20 @@ def test_multiband_geotiff_without_descriptions(chip_tif, tmp_path):
     np.testing.assert_array_equal(cube.values, _quiet_read(chip_tif).values)
 
 
+def test_a_geotiff_from_rioxarray_says_how_to_keep_its_band_names(tmp_path):
+    """rioxarray's to_raster writes the array's name as every band's description: the error says so,
+    and the way it gives keeps the names."""
+    import rioxarray  # noqa: F401
+
+    demo = xs2mask.data.demo_scene().isel(y=slice(0, 64), x=slice(0, 64))
+    demo.rio.to_raster(tmp_path / "saved.tif")
+    with pytest.raises(BandError, match=r"one name for all: rioxarray's to_raster .*da.attrs\['long_name'\]"):
+        read_scene(tmp_path / "saved.tif")
+    named = demo.assign_attrs(long_name=list(demo.band.values))
+    named.rio.to_raster(tmp_path / "named.tif")
+    assert list(_quiet_read(tmp_path / "named.tif", offset=0).band.values) == list(demo.band.values)
+
+
 def test_float_geotiff_is_taken_as_reflectance(real_data, toa):
     # ESA's expected TOA file: float32, bands described as Band_1 ... (not band names), nodata -3.4e38.
     tif = real_data / "l1c_radiometry" / f"{N0400}_toa.tif"

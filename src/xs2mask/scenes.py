@@ -599,10 +599,18 @@ def _multiband(path: Path, bands: Sequence[str] | str | None) -> list[_BandFile]
         names = [one] if one else None
     if names is None:
         if bands is None:
+            # rioxarray's to_raster writes the array's name as every band's description
+            same = count > 1 and len(set(descriptions)) == 1 and descriptions[0]
+            hint = (
+                " (one name for all: rioxarray's to_raster writes the array's name there; to keep the "
+                "band names, set da.attrs['long_name'] = list(da.band.values) before da.rio.to_raster)"
+                if same
+                else ""
+            )
             raise BandError(
                 f"{path} has {count} bands but no band names (its band descriptions are "
-                f"{descriptions}): pass bands= ({count} names in file order, e.g. bands=['B02', 'B03', "
-                "'B04', 'B08'] for a 4-band file), or set the descriptions with "
+                f"{descriptions}{hint}): pass bands= ({count} names in file order, e.g. bands=['B02', "
+                "'B03', 'B04', 'B08'] for a 4-band file), or set the descriptions with "
                 "rasterio's dst.set_band_description"
             )
         given = _wanted_bands(bands) or []
