@@ -66,11 +66,10 @@ def test_default_model_with_too_few_bands(demo):
     ("bands", "bad"),
     [
         (["B02", "B03", "B04", "NIR_X"], "NIR_X"),
-        ([1, 2, 3, 4], "1"),  # rioxarray's default band coordinate
         (["B02", "B03", "B04", "B13"], "B13"),
     ],
 )
-def test_unknown_band_name(demo, bands, bad):
+def test_unknown_band_name(demo, bands, bad):  # rioxarray's numbers 1..n: the test below
     with pytest.raises(BandError, match=rf"unknown band name .*{bad}.*use Sentinel-2 names \(B01"):
         xs2mask.predict(demo.assign_coords(band=bands))
 
@@ -525,4 +524,23 @@ def test_a_layer_that_is_no_band_is_named_with_the_way_to_leave_it_out(demo):
     np.testing.assert_array_equal(
         xs2mask.predict(ds.drop_vars(["cloud_mask"]), model=UKIS4).mask.values,
         xs2mask.predict(demo, model=UKIS4).mask.values,
+    )
+
+
+def test_numbered_bands_of_a_file_without_band_names_are_told_to_be_named(demo, tmp_path):
+    """rioxarray numbers the bands 1..n of a file without descriptions: the error asks for names, and
+    the names given as it shows give the masks of the named cube."""
+    import rioxarray
+
+    path = tmp_path / "unnamed.tif"
+    demo.rio.to_raster(path)  # descriptions: the array's name, not band names
+    numbered = rioxarray.open_rasterio(path)
+    assert numbered["band"].values.tolist() == [1, 2, 3, 4]
+    with pytest.raises(
+        BandError, match=r"the bands are numbered \[1, 2, 3, 4\], not named.*assign_coords\(band=\['B02'"
+    ):
+        xs2mask.predict(numbered, model=UKIS4)
+    named = numbered.assign_coords(band=BANDS4)
+    np.testing.assert_array_equal(
+        xs2mask.predict(named, model=UKIS4).mask.values, xs2mask.predict(demo, model=UKIS4).mask.values
     )

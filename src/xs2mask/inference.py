@@ -518,6 +518,13 @@ def _as_band_array(
             "the band dim has no coordinate: add one with .assign_coords(band=['B02', 'B03', ...])"
         )
     obj = _described_bands(obj)
+    if np.issubdtype(obj["band"].dtype, np.integer):
+        numbers = obj["band"].values.tolist()
+        example = ", ".join(repr(b) for b in ("B02", "B03", "B04", "B08", "B11", "B12")[: len(numbers)])
+        raise BandError(
+            f"the bands are numbered {numbers[:13]}, not named (rioxarray numbers the bands of a file "
+            f"without band descriptions): name them in their order, e.g. .assign_coords(band=[{example}])"
+        )
     names: list[str | None] = []
     for raw in obj["band"].values:
         if as_text(raw).lower() in _NON_SPECTRAL:
