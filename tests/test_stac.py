@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import warnings
 
@@ -432,3 +433,40 @@ def test_filtering_that_empties_a_day_drops_it(stac_pc):
     assert emptied not in _days(cube) and emptied in _days(stac.load(items, bands=BANDS))
     assert cube.sizes["time"] == len({i.datetime.date() for i in clear}) == 6
     assert not np.isnan(cube.max(dim=("band", "y", "x")).values).any()  # no empty time step
+
+
+@pytest.mark.parametrize(
+    ("keys", "expected"),
+    [
+        # Copernicus Data Space Ecosystem: every band at the resolutions ESA resamples it to
+        (
+            [
+                "B02_60m",
+                "B02_20m",
+                "B02_10m",
+                "B03_10m",
+                "B04_10m",
+                "B08_10m",
+                "B8A_60m",
+                "B8A_20m",
+                "SCL_20m",
+            ],
+            {"B02": "B02_10m", "B03": "B03_10m", "B04": "B04_10m", "B08": "B08_10m", "B8A": "B8A_20m"},
+        ),
+        # Earth Search: common names, COGs before their JPEG2000 twins
+        (
+            ["blue-jp2", "blue", "green", "red", "nir", "nir08-jp2", "nir08", "scl"],
+            {"B02": "blue", "B03": "green", "B04": "red", "B08": "nir", "B8A": "nir08"},
+        ),
+        # Planetary Computer: ESA names
+        (["B02", "B03", "B04", "B08", "B8A", "SCL"], {b: b for b in ("B02", "B03", "B04", "B08", "B8A")}),
+    ],
+    ids=["cdse", "earth-search", "planetary-computer"],
+)
+def test_each_providers_asset_keys_give_the_bands_at_their_native_resolution(keys, expected):
+    import pystac
+
+    item = pystac.Item("x", None, None, datetime.datetime(2024, 6, 1), {})
+    for key in keys:
+        item.add_asset(key, pystac.Asset(f"https://example.com/{key}.tif"))
+    assert stac._asset_keys(item, list(expected)) == expected

@@ -582,18 +582,26 @@ def _wanted_bands(bands: Sequence[str] | None, model: str, items: Sequence[Any])
     return wanted
 
 
+# A band at one of the resolutions ESA resamples it to, e.g. "B02_10m", "B02_20m", "B8A_20m": the asset
+# keys of the Copernicus Data Space Ecosystem's STAC.
+_AT_RESOLUTION = re.compile(r"(?i)(B\d{2}|B8A)_(\d+)m")
+
+
 def _asset_keys(item, wanted: Sequence[str]) -> dict[str, str]:
-    """Asset key of each wanted band in this item (COG preferred over JPEG2000)."""
-    found: dict[str, list[str]] = {}
+    """Asset key of each wanted band in this item: COG before JPEG2000, and of a band offered at
+    several resolutions ("B02_10m", "B02_20m"), the finest (its native one: the others are resampled)."""
+    found: dict[str, list[tuple[int, bool, str]]] = {}
     for key in item.assets:
+        resampled = _AT_RESOLUTION.fullmatch(key)
         try:
-            band = canonical_band(key)
+            band = canonical_band(resampled.group(1) if resampled else key)
         except BandError:
             continue
-        found.setdefault(band, []).append(key)
+        metres = int(resampled.group(2)) if resampled else 0
+        found.setdefault(band, []).append((metres, key.endswith("-jp2"), key))
     keys = {}
     for band in wanted:
-        candidates = sorted(found.get(band, []), key=lambda k: (k.endswith("-jp2"), k))
+        candidates = [key for *_, key in sorted(found.get(band, []))]
         if not candidates:
             raise BandError(
                 f"item {item.id} has no asset for band {band} (its assets: {', '.join(item.assets)}). "
