@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from support.dask_checks import raise_if_dask_computes
 
+import xs2mask
 from xs2mask import radiometry, stac
 from xs2mask.exceptions import BandError, InputError, RadiometryWarning, StacError
 
@@ -470,3 +471,4 @@ def test_each_providers_asset_keys_give_the_bands_at_their_native_resolution(key
     for key in keys:
         item.add_asset(key, pystac.Asset(f"https://example.com/{key}.tif"))
     assert stac._asset_keys(item, list(expected)) == expected
+    assert stac.resolve_model([item]) == xs2mask.models.registry.resolve_default(sorted(expected)).name

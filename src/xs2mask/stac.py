@@ -559,12 +559,7 @@ def resolve_model(items: Iterable[Any], model: str = "default") -> str:
         return model
     found: set[str] | None = None
     for item in map(_as_item, items):
-        bands = set()
-        for key in item.assets:
-            try:
-                bands.add(canonical_band(key))
-            except BandError:
-                continue
+        bands = set(_band_assets(item))
         found = bands if found is None else found & bands
     return registry.resolve_default(sorted(found or ())).name
 
@@ -587,8 +582,8 @@ def _wanted_bands(bands: Sequence[str] | None, model: str, items: Sequence[Any])
 _AT_RESOLUTION = re.compile(r"(?i)(B\d{2}|B8A)_(\d+)m")
 
 
-def _asset_keys(item, wanted: Sequence[str]) -> dict[str, str]:
-    """Asset key of each wanted band in this item: COG before JPEG2000, and of a band offered at
+def _band_assets(item) -> dict[str, list[str]]:
+    """The item's asset keys of each band, best first: COG before JPEG2000, and of a band offered at
     several resolutions ("B02_10m", "B02_20m"), the finest (its native one: the others are resampled)."""
     found: dict[str, list[tuple[int, bool, str]]] = {}
     for key in item.assets:
@@ -599,9 +594,15 @@ def _asset_keys(item, wanted: Sequence[str]) -> dict[str, str]:
             continue
         metres = int(resampled.group(2)) if resampled else 0
         found.setdefault(band, []).append((metres, key.endswith("-jp2"), key))
+    return {band: [key for *_, key in sorted(keys)] for band, keys in found.items()}
+
+
+def _asset_keys(item, wanted: Sequence[str]) -> dict[str, str]:
+    """Asset key of each wanted band in this item (:func:`_band_assets`' best)."""
+    found = _band_assets(item)
     keys = {}
     for band in wanted:
-        candidates = [key for *_, key in sorted(found.get(band, []))]
+        candidates = found.get(band, [])
         if not candidates:
             raise BandError(
                 f"item {item.id} has no asset for band {band} (its assets: {', '.join(item.assets)}). "
