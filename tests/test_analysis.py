@@ -479,3 +479,38 @@ def test_stac_cube_and_stored_masks_work_together(stac_pc, tmp_path):
     clear_somewhere = (mask == 0).any(axis=0)
     assert clear_somewhere.mean() > 0.5
     assert np.isfinite(best[:, clear_somewhere]).all()
+
+
+def test_a_big_scene_is_drawn_thinned_over_its_whole_extent():
+    """A 10980 px tile's panel would be 480 MB of colour: panels keep at most max_pixels a side, the
+    classes nearest (every n-th pixel), the extent the scene's."""
+    import matplotlib.pyplot as plt
+
+    from xs2mask.plotting import plot_masks
+
+    rng = np.random.default_rng(0)
+    h, w = 3001, 2000
+    values = rng.integers(0, 4, (h, w), dtype=np.uint8)
+    big = xr.DataArray(
+        values,
+        dims=("y", "x"),
+        coords={"y": 9_700_005.0 - 10.0 * np.arange(h), "x": 500_005.0 + 10.0 * np.arange(w)},
+        name="mask",
+    )
+    drawn = plot_masks(big)
+    try:
+        shown = drawn.axes[0].images[0].get_array()
+        assert shown.shape[:2] == (1000, 667)  # every 3rd pixel: at most 1024 a side
+        assert (shown[5, 7] == CLASS_COLOURS[int(values[1 + 3 * 5, 1 + 3 * 7])]).all()
+        x0, x1, y0, y1 = drawn.axes[0].images[0].get_extent()
+        assert (x0, y1) == (500_000.0, 9_700_010.0)  # the scene's top-left pixel edges
+        assert abs(x1 - (500_000.0 + 10 * w)) <= 30 and abs(y0 - (9_700_010.0 - 10 * h)) <= 30
+    finally:
+        plt.close(drawn.figure)
+    full = plot_masks(big.isel(y=slice(0, 50)), max_pixels=None)
+    try:
+        assert full.axes[0].images[0].get_array().shape[:2] == (50, 2000)
+    finally:
+        plt.close(full.figure)
+    with pytest.raises(InputError, match="max_pixels must be a positive integer or None"):
+        plot_masks(big, max_pixels=0)
