@@ -24,7 +24,7 @@ masks of both cases are compared (share of equal pixels; 100 % expected).
 Usage::
 
     PYTHONPATH=src python benchmarks/bench_job.py [--sizes 2048 4096 8192] [--model xs2mask-4b] \\
-        [--repeat 1] [--out-md results.md] [--json results.json]
+        [--block 2048] [--repeat 1] [--out-md results.md] [--json results.json]
 
 The children import the same xs2mask as the parent. Needs ``rustac`` and ``shapely`` (the ``test``
 extra), not ``../shared/data``. Each size's catalogue is built in a temporary folder (its build time
@@ -55,7 +55,15 @@ WARM_GIB = 8  # above the largest case's peak RSS (4 GB at 8192 px)
 # --------------------------------------------------------------------------- child process
 
 
-def run_case(case: str, url: str, collections: list[str], bbox: list[float], model: str, work: str) -> dict:
+def run_case(
+    case: str,
+    url: str,
+    collections: list[str],
+    bbox: list[float],
+    model: str,
+    work: str,
+    block: int | None = None,
+) -> dict:
     """Run one case in this (fresh) process; save its mask and return its timings."""
     import xs2mask
     from xs2mask import stac
@@ -77,7 +85,7 @@ def run_case(case: str, url: str, collections: list[str], bbox: list[float], mod
 
         with harness.Stopwatch() as watch:
             search = Search(url, tuple(collections), tuple(bbox), DATETIME)
-            masks = mask_stac(Job(search, Store(str(store)), predict=Predict(model=model)))
+            masks = mask_stac(Job(search, Store(str(store), block=block), predict=Predict(model=model)))
         mask = masks["mask"].values
     else:
         items = stac.search(url, collections=collections, bbox=bbox, datetime=DATETIME)
@@ -107,7 +115,7 @@ def bench_size(size: int, args: argparse.Namespace, folder: Path) -> list[dict[s
             work = Path(tmp) / f"round{turn.round}"
             work.mkdir(exist_ok=True)
             spec = {"case": turn.case, "url": served.url, "collections": list(served.collections),
-                    "bbox": bbox, "model": args.model, "work": work}  # fmt: skip
+                    "bbox": bbox, "model": args.model, "work": work, "block": args.block}  # fmt: skip
             results[turn.case] = harness.spawn(__file__, spec, args.timeout)
             if turn.case != CASES[-1]:
                 continue
@@ -168,6 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[2048, 4096, 8192])
     parser.add_argument("--model", default="xs2mask-4b")
+    parser.add_argument(
+        "--block",
+        type=int,
+        help="the job's slab edge in px (default: the store's); fixed, peak RSS stays flat",
+    )
     parser.add_argument("--out-md", type=Path)
     harness.add_run_options(
         parser, cache=None, repeat_help="runs per case, a row each", data=False, timeout=None
@@ -182,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(rows)
     note = (
         f"\n\n{platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-        f"model {args.model}, search {DATETIME} "
+        f"model {args.model}, slab {args.block or 'default'} px, search {DATETIME} "
         "(3 passes: 3-tile mosaic over 2 UTM zones, swath edge, duplicate + neighbour)"
     )
     print(table + note)
