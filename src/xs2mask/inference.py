@@ -26,7 +26,7 @@ from .bands import as_text, canonical_band
 from .checks import check_integer, check_real
 from .classes import CLASS_NAMES, NODATA, mask_attrs
 from .exceptions import BandError, InputError, InputWarning, OptionError, RadiometryWarning
-from .kernel import DN_SCALE, ModelRun, Plan, block_halo, check_scale, predict_block
+from .kernel import DN_SCALE, ModelRun, Plan, block_halo, check_scale, measured_values, predict_block
 from .models import ModelSpec, Runtime, get, resolve_default
 from .models.backends import get_backend, resolve_device, resolve_dtype
 from .tiling import TTA_TRANSFORMS, check_patch
@@ -1081,9 +1081,7 @@ def _warn_if_too_dark(window: np.ndarray) -> None:
     """Warn when float input is darker in every band than any scene: reflectance divided once too often
     (DN / 10000 twice, percent / 10000), which the models would call clear throughout."""
     brightest = [
-        float(np.percentile(valid, 99))
-        for values in window
-        if (valid := values[np.isfinite(values) & (values != 0)]).size
+        float(np.percentile(valid, 99)) for values in window if (valid := measured_values(values)).size
     ]
     if brightest and max(brightest) < _DARKEST_P99:
         warnings.warn(

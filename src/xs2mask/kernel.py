@@ -294,6 +294,11 @@ def _warn_impossible(counts: np.ndarray, pixels: int, plan: Plan) -> None:
     )
 
 
+def measured_values(values: np.ndarray) -> np.ndarray:
+    """A band's values that tell its scale: 0 and NaN are no-data, +-inf impossible."""
+    return values[np.isfinite(values) & (values != 0)]
+
+
 def check_scale(scene: np.ndarray, bands: Sequence[str]) -> None:
     """Refuse a float band whose values are DN: read as reflectance, they are all "bright".
 
@@ -313,16 +318,12 @@ def check_scale(scene: np.ndarray, bands: Sequence[str]) -> None:
     xs2mask.exceptions.InputError: band B02 is float but looks like DN, not reflectance (median 2000): ...
     """
 
-    def valid(values: np.ndarray) -> np.ndarray:
-        # 0 and NaN are no-data, +-inf impossible: none of them tells the band's scale
-        return values[np.isfinite(values) & (values != 0)]
-
     # A strided sample of ~10^4 pixels per band is plenty for a median.
     step = max(1, math.isqrt(scene[0].size // 10_000))
     for band, values in zip(bands, scene, strict=True):
-        sample = valid(values[::step, ::step])
+        sample = measured_values(values[::step, ::step])
         if sample.size == 0 and step > 1:
-            sample = valid(values)  # a sparse band whose few valid pixels the sample missed
+            sample = measured_values(values)  # a sparse band whose few valid pixels the sample missed
         median = float(np.median(sample)) if sample.size else 0.0
         if median > _DN_MEDIAN:
             # Percent reflectance (0-100) has medians of 2-60; DN that low would be black water.
