@@ -145,6 +145,44 @@ def test_shaded_cloud_tops_are_dim_grey_thick_cloud_on_their_lee_side():
     assert dim > 0
 
 
+def test_a_deck_in_the_shadow_of_a_higher_one_is_dim_grey_and_stays_cloud():
+    bands = ("B02", "B03", "B04", "B08")
+    blue, red, nir = (_idx(bands, b) for b in ("B02", "B04", "B08"))
+    refl = _constant(bands)
+    most = {}
+    for p_upper in (0.0, 1.0):
+        config = replace(THICK_ONLY, p_upper_deck=p_upper, sun_elevation_deg=(35.0, 35.0))
+        darkening = []
+        for seed in range(4):
+            # The darkness is drawn whatever its range: no darkness gives the same clouds, unshaded.
+            unshaded, unshaded_labels = simulate(
+                refl,
+                bands,
+                rng=np.random.default_rng(seed),
+                config=replace(config, shadow_darkness=(0.0, 0.0)),
+            )
+            out, labels = simulate(
+                refl,
+                bands,
+                rng=np.random.default_rng(seed),
+                config=replace(config, shadow_darkness=(0.8, 0.8)),
+            )
+            cloud = np.isin(labels, (THICK_CLOUD, THIN_CLOUD))
+            np.testing.assert_array_equal(labels[cloud], unshaded_labels[cloud])  # shade never relabels cloud
+            clear = labels == CLEAR
+            np.testing.assert_array_equal(out[:, clear], refl[:, clear])
+            thick = labels == THICK_CLOUD
+            drop = unshaded[blue, thick] - out[blue, thick]
+            darkening.append(drop)
+            # A shaded deck stays grey: not the red edge of shaded vegetation.
+            dim = drop > 0.1
+            assert (out[nir, thick][dim] / out[red, thick][dim] < 1.5).all()
+        most[p_upper] = float(np.concatenate(darkening).max())
+    # Alone, a deck dims only where it lets shaded ground through (at most half of 0.07 blue); under a
+    # higher deck's shadow it loses much of its own brightness.
+    assert most[0.0] < 0.035 < 0.15 < most[1.0]
+
+
 def test_cloud_tops_are_lit_on_the_side_facing_the_sun():
     from xs2mask.training.simulate import _top_shading
 
@@ -378,6 +416,8 @@ def test_sun_geometry_draws_from_the_config():
         {"sun_elevation_deg": (0.0, 40.0)},
         {"thick_top_slope_deg": (10.0, 90.0)},
         {"top_shading_limits": (0.5, 0.9)},
+        {"p_upper_deck": 1.5},
+        {"upper_deck_gap_m": (0.0, 1000.0)},
     ],
 )
 def test_bad_config_is_refused(kwargs):

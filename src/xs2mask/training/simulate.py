@@ -75,8 +75,17 @@ Shadows
     sun disc's penumbra (real 10-90 % edges are 7-11 px at 10 m), and ``path_reflectance`` keeps the
     atmosphere's path reflectance of top-of-atmosphere (L1C) data out of the shading, so L1C shadows
     lose little blue, as real ones do.
+Shadows on clouds
+    With ``p_upper_deck`` set, a thick sample may get a second opaque deck ``upper_deck_gap_m`` above
+    the first. Its shadow falls on the ground and on the lower deck, which it darkens as it darkens the
+    ground (the direct beam's share ``k f_b``, cast from the height difference): a cloud deck in the
+    shadow of a higher one is dim and grey and stays cloud, as CloudSEN12's labellers call it. Without
+    the upper deck, a dim deck would be taught only by real scenes, where the teacher often calls it
+    shadow. A thin layer's shade on a cloud below it (at most ``thin_shadow_weight`` of its 0.2-0.5
+    opacity) is left out. The default ``p_upper_deck = 0`` gives the same samples as before the option
+    existed.
 Labels, exact
-    Combined opacity ``1 - (1 - alpha_thick)(1 - alpha_thin)`` above ``thick_label_alpha`` (0.5) is
+    Combined opacity ``1 - prod(1 - alpha)`` over the layers above ``thick_label_alpha`` (0.5) is
     thick cloud, above ``visible_alpha`` (0.1) thin cloud. Below ``visible_alpha`` the cloud is
     *removed*, not merely left unlabelled, and so is a shadow whose NIR darkening is below
     ``shadow_label_darkening``: every pixel labelled clear is bit for bit the input. The price is a
@@ -126,6 +135,9 @@ class CloudConfig:
     p_thin : probability that a sample gets only a thin layer (cirrus, haze); the remaining
         ``1 - p_thick - p_thin`` stay clear (negatives the model must leave alone).
     p_thin_over_thick : probability that a thick sample also gets a thin layer above.
+    p_upper_deck : probability that a thick sample also gets a second opaque deck above, whose shadow
+        darkens the lower deck (see "Shadows on clouds").
+    upper_deck_gap_m : height of the upper deck's top above the lower deck's top (log-uniform).
     thick_coverage, thin_coverage : share of the image the layer covers at its label threshold.
     outer_scale_m : size of the largest cloud structures (log-uniform).
     spectral_slope : exponent ``beta`` of the power spectrum; larger is smoother (8/3 is typical).
@@ -168,6 +180,8 @@ class CloudConfig:
     p_thick: float = 0.5
     p_thin: float = 0.25
     p_thin_over_thick: float = 0.3
+    p_upper_deck: float = 0.0
+    upper_deck_gap_m: Range = (500.0, 5_000.0)
     thick_coverage: Range = (0.03, 0.7)
     thin_coverage: Range = (0.05, 0.6)
     outer_scale_m: Range = (1_500.0, 20_000.0)
@@ -208,7 +222,7 @@ class CloudConfig:
     max_shadow_shift: float = 0.5
 
     def __post_init__(self) -> None:
-        for name in ("p_thick", "p_thin", "p_thin_over_thick"):
+        for name in ("p_thick", "p_thin", "p_thin_over_thick", "p_upper_deck"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"CloudConfig.{name} must lie in [0, 1], got {getattr(self, name)}")
         if self.p_thick + self.p_thin > 1.0 + 1e-9:
@@ -232,6 +246,8 @@ class CloudConfig:
             raise ValueError("shadow_blur_m must be >= 0 and path_reflectance lie in [0, 0.2)")
         if not 0.0 < self.top_shading_limits[0] <= 1.0 <= self.top_shading_limits[1]:
             raise ValueError("top_shading_limits must be (lo, hi) with 0 < lo <= 1 <= hi")
+        if not self.upper_deck_gap_m[0] > 0.0:
+            raise ValueError("upper_deck_gap_m must be positive: the upper deck lies above the lower one")
 
 
 @dataclass(frozen=True)
@@ -364,33 +380,40 @@ def simulate(
     # Drawn only when asked for: configs without them keep their random sequence.
     extra_blur_m = _uniform(rng, config.shadow_blur_m) if config.shadow_blur_m[1] > 0 else 0.0
     path_550 = _uniform(rng, config.path_reflectance) if config.path_reflectance[1] > 0 else 0.0
+    upper = None
+    if thick is not None and config.p_upper_deck > 0 and rng.random() < config.p_upper_deck:
+        gap = config.upper_deck_gap_m
+        upper = _draw_layer(
+            rng, config, thin=False, heights=(thick.top_m + gap[0], thick.top_m + gap[1]), vapour=vapour
+        )
     if thick is None and thin is None:
         return out, labels
 
     # --- shadow geometry: displacement (pixels) of the shadow of a cloud point at height h ---
     unit = _shadow_direction(azimuth, elevation) / resolution_m  # (dy, dx) pixels per metre of height
     cap = config.max_shadow_shift * max(height, width)
+    per_m = float(np.hypot(*unit))
 
-    def offsets(layer: _Layer) -> list[tuple[int, int]]:
-        # Shadow of each level from base to top, levels <= _LEVEL_STEP_PX apart so that the cast shadow
-        # is continuous; the depth is cut to _MAX_LEVELS levels (long smears only at very low sun).
-        per_m = float(np.hypot(*unit))
+    def levels(layer: _Layer) -> np.ndarray:
+        # Heights from base to top, <= _LEVEL_STEP_PX of displacement apart so that the cast shadow is
+        # continuous; the depth is cut to _MAX_LEVELS levels (long smears only at very low sun).
         n = 1 + min(_MAX_LEVELS - 1, math.ceil(per_m * (layer.top_m - layer.base_m) / _LEVEL_STEP_PX))
         base = max(layer.base_m, layer.top_m - (n - 1) * _LEVEL_STEP_PX / max(per_m, 1e-12))
-        result = []
-        for h in np.linspace(base, layer.top_m, n):
-            d = unit * h
-            d *= min(1.0, cap / max(float(np.hypot(*d)), 1e-9))
-            result.append((round(d[0]), round(d[1])))
-        return result
+        return np.linspace(base, layer.top_m, n)
 
-    # (layer, its shadow offsets, the share of its opacity that shades) for the layers drawn
+    def shift(h: float) -> tuple[int, int]:
+        d = unit * h
+        d *= min(1.0, cap / max(float(np.hypot(*d)), 1e-9))
+        return round(d[0]), round(d[1])
+
+    # (layer, the share of its opacity that shades) in the order of their fields: the upper deck last,
+    # so that configs without it keep their random sequence
     drawn = [
-        (layer, offsets(layer), weight)
-        for layer, weight in ((thick, 1.0), (thin, config.thin_shadow_weight))
+        (layer, weight)
+        for layer, weight in ((thick, 1.0), (thin, config.thin_shadow_weight), (upper, 1.0))
         if layer is not None
     ]
-    all_off = [o for _, offs, _ in drawn for o in offs]
+    all_off = [shift(h) for layer, _ in drawn for h in levels(layer)]
     oy = max(0, *(o[0] for o in all_off))
     ox = max(0, *(o[1] for o in all_off))
     dom_shape = (
@@ -400,31 +423,42 @@ def simulate(
     inside = (slice(oy, oy + height), slice(ox, ox + width))
 
     # --- opacity of each layer over the whole domain ---
-    fields_ = [_opacity(rng, layer, dom_shape, inside, resolution_m) for layer, _, _ in drawn]
+    fields_ = [_opacity(rng, layer, dom_shape, inside, resolution_m) for layer, _ in drawn]
     alphas = [alpha for alpha, _ in fields_]
-    combined = alphas[0].copy() if len(alphas) == 1 else 1.0 - (1.0 - alphas[0]) * (1.0 - alphas[1])
+    combined = alphas[0].copy()
+    for a in alphas[1:]:
+        combined = 1.0 - (1.0 - combined) * (1.0 - a)
     visible = combined > config.visible_alpha
     # Remove sub-visible cloud altogether, so that every clear-labelled pixel is the input exactly.
     for a in (*alphas, combined):
         np.multiply(a, visible, out=a)
 
-    # --- shadows: opacity projected along the sun direction, penumbra-blurred ---
-    shade = np.zeros((height, width), np.float32)
-    for (layer, levels, weight), a in zip(drawn, alphas, strict=True):
-        if weight <= 0:
-            continue
-        cast: np.ndarray = np.zeros((height, width), np.float32)
-        for j, (dy, dx) in enumerate(levels):
-            part = a[oy - dy : oy - dy + height, ox - dx : ox - dx + width]
-            # Level j of n (base to top) holds only the parts whose opacity reaches j/n: thicker parts of
-            # a cloud are deeper, so a cloud narrows upwards (a dome, not a prism) as its shadow does.
-            np.maximum(cast, part, out=cast, where=part >= np.float32(0.95 * j / len(levels)) if j else True)
-        mean_height = 0.5 * (layer.top_m + layer.base_m)
-        penumbra_px = mean_height * _SUN_DISC_RAD / math.sin(math.radians(elevation)) / resolution_m
-        # Gaussian sigmas add in quadrature: the sun disc's (FWHM / 2.355) and the extra blur.
-        sigma_px = math.hypot(penumbra_px / 2.355, extra_blur_m / resolution_m)
-        cast = _blur(cast, sigma_px)
-        shade = 1.0 - (1.0 - shade) * (1.0 - weight * np.clip(cast, 0.0, 1.0))
+    def shade_at(floor_m: float, casters: Sequence[_Layer]) -> np.ndarray:
+        """Projected opacity of ``casters`` above ``floor_m`` on a surface that high, penumbra-blurred."""
+        shade = np.zeros((height, width), np.float32)
+        for (layer, weight), a in zip(drawn, alphas, strict=True):
+            if weight <= 0 or layer.top_m <= floor_m or not any(layer is c for c in casters):
+                continue
+            cast: np.ndarray = np.zeros((height, width), np.float32)
+            hs = levels(layer)
+            for j, h in enumerate(hs):
+                if h <= floor_m:
+                    continue
+                dy, dx = shift(h - floor_m)
+                part = a[oy - dy : oy - dy + height, ox - dx : ox - dx + width]
+                # Level j of n (base to top) holds only the parts whose opacity reaches j/n: thicker parts
+                # of a cloud are deeper, so a cloud narrows upwards (a dome, not a prism) as its shadow does.
+                np.maximum(cast, part, out=cast, where=part >= np.float32(0.95 * j / len(hs)) if j else True)
+            mean_height = 0.5 * (layer.top_m + max(layer.base_m, floor_m)) - floor_m
+            penumbra_px = mean_height * _SUN_DISC_RAD / math.sin(math.radians(elevation)) / resolution_m
+            # Gaussian sigmas add in quadrature: the sun disc's (FWHM / 2.355) and the extra blur.
+            sigma_px = math.hypot(penumbra_px / 2.355, extra_blur_m / resolution_m)
+            cast = _blur(cast, sigma_px)
+            shade = 1.0 - (1.0 - shade) * (1.0 - weight * np.clip(cast, 0.0, 1.0))
+        return shade
+
+    # --- shadows on the ground ---
+    shade = shade_at(0.0, [layer for layer, _ in drawn])
     direct = _direct_fraction(_WAVELENGTH_NM, elevation, aot)
     nir_darkening = shade * darkness * _direct_fraction(np.array([_NIR_NM]), elevation, aot)[0]
     shaded = valid & (nir_darkening >= config.shadow_label_darkening)
@@ -442,12 +476,14 @@ def simulate(
         flat[:, idx] = darkening
         labels[shaded] = CLOUD_SHADOW
 
-    # --- clouds on top of the (possibly shaded) ground ---
+    # --- clouds on top of the (possibly shaded) ground: thick, thin above it, the upper deck on top ---
+    # The upper deck shades the layers below it; a thin layer's shade on a cloud (a few percent) is left
+    # out, which keeps configs without the upper deck as they were.
     cloudy = valid & visible[inside]
     if cloudy.any():
         idx = np.flatnonzero(cloudy)
         ground = np.take(flat, idx, axis=1)
-        for (layer, _, _), a, (_, z) in zip(drawn, alphas, fields_, strict=True):  # thick first, thin above
+        for (layer, _), a, (_, z) in zip(drawn, alphas, fields_, strict=True):
             cloud = layer.spectrum[band_index][:, None]
             if layer.top_slope_deg > 0:
                 shading = _top_shading(
@@ -459,6 +495,9 @@ def simulate(
                     config.top_shading_limits,
                 )
                 cloud = np.minimum(cloud * shading[inside].ravel()[idx], np.float32(0.98))
+            if upper is not None and layer is not upper:
+                on_top = shade_at(layer.top_m, [upper]).ravel()[idx]
+                cloud = cloud * (1.0 - (darkness * direct[band_index]).astype(np.float32)[:, None] * on_top)
             ground = _add_layer(ground, a[inside].ravel()[idx], cloud)
         flat[:, idx] = ground
         c = combined[inside].ravel()[idx]
