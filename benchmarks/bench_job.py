@@ -11,7 +11,8 @@ The catalogue's files are written out to disk (``os.sync``) and read once before
 every case finds them on disk and in the page cache alike, and 8 GiB of memory are touched once (see
 ``_settle``). Each case runs in a fresh Python process
 (imports not timed; the model is loaded inside the timing in both cases), which reports its wall
-time and its own peak RSS (``resource.getrusage(RUSAGE_SELF)``):
+time and its own peak RSS (``resource.getrusage(RUSAGE_SELF)``; the job's taken when it returns, before
+the benchmark reads the whole mask back to compare it):
 
 * ``job``: ``mask_stac(Job(..., predict=Predict(model="xs2mask-4b")))`` into a fresh local Zarr store, from
   the search to the finished store (Dask's threaded scheduler);
@@ -19,12 +20,13 @@ time and its own peak RSS (``resource.getrusage(RUSAGE_SELF)``):
   then ``xs2mask.predict`` on that numpy cube (timed).
 
 Throughput is time steps x height x width / wall time; overhead = job time / predict time - 1. The
-masks of both cases are compared (share of equal pixels; 100 % expected).
+masks of both cases are compared (share of equal pixels; 100 % expected). ``--cases job`` runs the
+job alone: at areas whose cube does not fit in memory, for the job's peak memory at a fixed slab.
 
 Usage::
 
     PYTHONPATH=src python benchmarks/bench_job.py [--sizes 2048 4096 8192] [--model xs2mask-4b] \\
-        [--block 2048] [--repeat 1] [--out-md results.md] [--json results.json]
+        [--block 2048] [--cases job predict] [--repeat 1] [--out-md results.md] [--json results.json]
 
 The children import the same xs2mask as the parent. Needs ``rustac`` and ``shapely`` (the ``test``
 extra), not ``../shared/data``. Each size's catalogue is built in a temporary folder (its build time
@@ -34,6 +36,7 @@ is in the JSON rows) and removed afterwards: 8192 px takes a few GB of disk for 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import shutil
@@ -86,15 +89,16 @@ def run_case(
         with harness.Stopwatch() as watch:
             search = Search(url, tuple(collections), tuple(bbox), DATETIME)
             masks = mask_stac(Job(search, Store(str(store), block=block), predict=Predict(model=model)))
+        peak = harness.peak_rss_mb()  # the job's own, before the benchmark reads the whole mask back
         mask = masks["mask"].values
     else:
         items = stac.search(url, collections=collections, bbox=bbox, datetime=DATETIME)
         cube = stac.load(items, bounds_latlon=bbox, model=model).compute()
         with harness.Stopwatch() as watch:
             mask = xs2mask.predict(cube, model=model)["mask"].values
+        peak = harness.peak_rss_mb()  # the untimed load included: predict needs the cube in memory
     np.save(Path(work) / f"{case}.npy", mask)
-    # the child's whole peak: the mask's read-back and the untimed load included
-    return {"case": case, **watch.figures(), "peak_rss_mb": harness.peak_rss_mb(), "shape": list(mask.shape)}
+    return {"case": case, **watch.figures(), "peak_rss_mb": peak, "shape": list(mask.shape)}
 
 
 # --------------------------------------------------------------------------- parent
@@ -111,26 +115,29 @@ def bench_size(size: int, args: argparse.Namespace, folder: Path) -> list[dict[s
     rows = []
     results: dict[str, dict[str, Any]] = {}
     with catalogue.serve(cat) as served, tempfile.TemporaryDirectory(prefix="xs2mask-bench-job-") as tmp:
-        for turn in harness.interleave(CASES, args.repeat, args):
+        for turn in harness.interleave(args.cases, args.repeat, args):
             work = Path(tmp) / f"round{turn.round}"
             work.mkdir(exist_ok=True)
             spec = {"case": turn.case, "url": served.url, "collections": list(served.collections),
                     "bbox": bbox, "model": args.model, "work": work, "block": args.block}  # fmt: skip
             results[turn.case] = harness.spawn(__file__, spec, args.timeout)
-            if turn.case != CASES[-1]:
+            if turn.case != args.cases[-1]:
                 continue
-            job, pred = np.load(work / "job.npy"), np.load(work / "predict.npy")
-            same = float((job == pred).mean()) if job.shape == pred.shape else float("nan")
+            same = overhead = float("nan")
+            if len(args.cases) == len(CASES):
+                job, pred = np.load(work / "job.npy"), np.load(work / "predict.npy")
+                same = float((job == pred).mean()) if job.shape == pred.shape else same
+                overhead = results["job"]["seconds"] / results["predict"]["seconds"] - 1
             shutil.rmtree(work)  # the round's store and masks: GBs at 8192 px
-            steps, h, w = results["job"]["shape"]
-            for case in CASES:
+            steps, h, w = results[args.cases[0]]["shape"]
+            for case in args.cases:
                 res = results[case]
                 rows.append({
                     "size": size, "repeat": turn.round, "case": case, "time_steps": steps, "height": h,
                     "width": w, "seconds": res["seconds"], "mpx_per_s": steps * h * w / 1e6 / res["seconds"],
                     "cpu_seconds": res["cpu_seconds"], "peak_rss_mb": res["peak_rss_mb"],
                     "other_cores": res["other_cores"], "same_as_predict": same, "catalogue_build_s": built,
-                    "overhead": results["job"]["seconds"] / results["predict"]["seconds"] - 1,
+                    "overhead": overhead,
                 })  # fmt: skip
     return rows
 
@@ -164,8 +171,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             f"{r['seconds']:.2f}",
             f"{r['mpx_per_s']:.2f}",
             f"{r['peak_rss_mb']:.0f}",
-            f"{100 * r['overhead']:+.0f} %" if r["case"] == "job" else "",
-            f"{100 * r['same_as_predict']:.2f} %",
+            f"{100 * r['overhead']:+.0f} %" if r["case"] == "job" and not math.isnan(r["overhead"]) else "",
+            f"{100 * r['same_as_predict']:.2f} %" if not math.isnan(r["same_as_predict"]) else "",
         ]
         for r in rows
     ]
@@ -180,6 +187,13 @@ def main(argv: list[str] | None = None) -> int:
         "--block",
         type=int,
         help="the job's slab edge in px (default: the store's); fixed, peak RSS stays flat",
+    )
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        choices=CASES,
+        default=list(CASES),
+        help="the job alone measures its memory at areas whose cube would not fit in memory for predict",
     )
     parser.add_argument("--out-md", type=Path)
     harness.add_run_options(
