@@ -159,7 +159,7 @@ def test_a_deck_in_the_shadow_of_a_higher_one_is_dim_grey_and_stays_cloud():
                 refl,
                 bands,
                 rng=np.random.default_rng(seed),
-                config=replace(config, shadow_darkness=(0.0, 0.0)),
+                config=replace(config, shadow_darkness=(0.0, 0.0), deck_shadow_darkness=(0.0, 0.0)),
             )
             out, labels = simulate(
                 refl,
@@ -418,6 +418,7 @@ def test_sun_geometry_draws_from_the_config():
         {"top_shading_limits": (0.5, 0.9)},
         {"p_upper_deck": 1.5},
         {"upper_deck_gap_m": (0.0, 1000.0)},
+        {"deck_shadow_darkness": (0.5, 1.2)},
     ],
 )
 def test_bad_config_is_refused(kwargs):

@@ -78,7 +78,8 @@ Shadows
 Shadows on clouds
     With ``p_upper_deck`` set, a thick sample may get a second opaque deck ``upper_deck_gap_m`` above
     the first. Its shadow falls on the ground and on the lower deck, which it darkens as it darkens the
-    ground (the direct beam's share ``k f_b``, cast from the height difference): a cloud deck in the
+    ground (the direct beam's share ``k f_b``, cast from the height difference, with ``k`` from
+    ``deck_shadow_darkness``: no sunlit surroundings fill the shade in): a cloud deck in the
     shadow of a higher one is dim and grey and stays cloud, as CloudSEN12's labellers call it. Without
     the upper deck, a dim deck would be taught only by real scenes, where the teacher often calls it
     shadow. A thin layer's shade on a cloud below it (at most ``thin_shadow_weight`` of its 0.2-0.5
@@ -138,6 +139,8 @@ class CloudConfig:
     p_upper_deck : probability that a thick sample also gets a second opaque deck above, whose shadow
         darkens the lower deck (see "Shadows on clouds").
     upper_deck_gap_m : height of the upper deck's top above the lower deck's top (log-uniform).
+    deck_shadow_darkness : share of the direct beam the upper deck's shadow removes from the deck below;
+        higher than on the ground, where sunlit surroundings fill shadows in.
     thick_coverage, thin_coverage : share of the image the layer covers at its label threshold.
     outer_scale_m : size of the largest cloud structures (log-uniform).
     spectral_slope : exponent ``beta`` of the power spectrum; larger is smoother (8/3 is typical).
@@ -182,6 +185,7 @@ class CloudConfig:
     p_thin_over_thick: float = 0.3
     p_upper_deck: float = 0.0
     upper_deck_gap_m: Range = (500.0, 5_000.0)
+    deck_shadow_darkness: Range = (0.7, 1.0)
     thick_coverage: Range = (0.03, 0.7)
     thin_coverage: Range = (0.05, 0.6)
     outer_scale_m: Range = (1_500.0, 20_000.0)
@@ -246,6 +250,8 @@ class CloudConfig:
             raise ValueError("shadow_blur_m must be >= 0 and path_reflectance lie in [0, 0.2)")
         if not 0.0 < self.top_shading_limits[0] <= 1.0 <= self.top_shading_limits[1]:
             raise ValueError("top_shading_limits must be (lo, hi) with 0 < lo <= 1 <= hi")
+        if not 0.0 <= self.deck_shadow_darkness[0] <= self.deck_shadow_darkness[1] <= 1.0:
+            raise ValueError("deck_shadow_darkness must lie in [0, 1]")
         if not self.upper_deck_gap_m[0] > 0.0:
             raise ValueError("upper_deck_gap_m must be positive: the upper deck lies above the lower one")
 
@@ -380,12 +386,13 @@ def simulate(
     # Drawn only when asked for: configs without them keep their random sequence.
     extra_blur_m = _uniform(rng, config.shadow_blur_m) if config.shadow_blur_m[1] > 0 else 0.0
     path_550 = _uniform(rng, config.path_reflectance) if config.path_reflectance[1] > 0 else 0.0
-    upper = None
+    upper, deck_darkness = None, 0.0
     if thick is not None and config.p_upper_deck > 0 and rng.random() < config.p_upper_deck:
         gap = config.upper_deck_gap_m
         upper = _draw_layer(
             rng, config, thin=False, heights=(thick.top_m + gap[0], thick.top_m + gap[1]), vapour=vapour
         )
+        deck_darkness = rng.uniform(*config.deck_shadow_darkness)
     if thick is None and thin is None:
         return out, labels
 
@@ -497,7 +504,9 @@ def simulate(
                 cloud = np.minimum(cloud * shading[inside].ravel()[idx], np.float32(0.98))
             if upper is not None and layer is not upper:
                 on_top = shade_at(layer.top_m, [upper]).ravel()[idx]
-                cloud = cloud * (1.0 - (darkness * direct[band_index]).astype(np.float32)[:, None] * on_top)
+                cloud = cloud * (
+                    1.0 - (deck_darkness * direct[band_index]).astype(np.float32)[:, None] * on_top
+                )
             ground = _add_layer(ground, a[inside].ravel()[idx], cloud)
         flat[:, idx] = ground
         c = combined[inside].ravel()[idx]
