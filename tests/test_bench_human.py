@@ -104,6 +104,8 @@ def test_bench_human_scores_every_set_model_and_size(shared_data: Path, tmp_path
         "new-chips": ["cloud"],
         "cs12-rgbn": ["cloud", "thick", "thin", "shadow"],
         "sim-4b": ["cloud", "thick", "thin", "shadow"],
+        "sim-4b-interior": ["cloud", "thick", "thin", "shadow"],
+        "sim-4b-edges": ["cloud", "thick", "thin", "shadow"],
     }
     assert doc["setup"]["models"] == ["xs2mask-4b", "cand"]  # the run's ONNX model, not its -torch twin
     for name, keys in main_figures.items():
@@ -120,6 +122,12 @@ def test_bench_human_scores_every_set_model_and_size(shared_data: Path, tmp_path
         assert labels["thick"] > 80  # the cloudy patch, not the clear city
         assert 0 <= sets["cs12-clear"]["xs2mask-4b"][size]["false_alarm"] <= 100
         assert 0 <= sets["clear-scenes"]["xs2mask-4b"][size]["false_alarm"] <= 100
+        # interior and edge pixels split the simulated samples' pixels between them
+        n = [
+            sets[k]["xs2mask-4b"][size]["scores"]["n_pixels"]
+            for k in ("sim-4b", "sim-4b-interior", "sim-4b-edges")
+        ]
+        assert n[0] == n[1] + n[2] and min(n) > 0
     # the no-data padding of the CloudSEN12 patch (its last 3 rows and columns) is not scored
     scores_10 = sets["cs12-rgbn"]["xs2mask-4b"]["10"]["scores"]
     assert scores_10["n_pixels"] == 509 * 509
