@@ -124,7 +124,7 @@ def bench_size(size: int, args: argparse.Namespace, folder: Path) -> list[dict[s
             if turn.case != args.cases[-1]:
                 continue
             same = overhead = float("nan")
-            if len(args.cases) == len(CASES):
+            if set(args.cases) == set(CASES):
                 job, pred = np.load(work / "job.npy"), np.load(work / "predict.npy")
                 same = float((job == pred).mean()) if job.shape == pred.shape else same
                 overhead = results["job"]["seconds"] / results["predict"]["seconds"] - 1

@@ -577,12 +577,13 @@ def _dn_offsets(
     dates differ. "auto" reads ``radiometric_offset``; float input already holds it; None is 0, said
     in a warning when the dates are of processing baseline 04.00 or later."""
     variables = obj.data_vars.values() if isinstance(obj, xr.Dataset) else [obj]
+    integer = any(np.issubdtype(v.dtype, np.integer) for v in variables)
     if offset is None:
-        if any(np.issubdtype(v.dtype, np.integer) for v in variables):
+        if integer:
             _warn_if_offset_era(obj)
         return 0.0
     if isinstance(offset, str):
-        if not any(np.issubdtype(v.dtype, np.integer) for v in variables):
+        if not integer:
             return 0.0
         if "radiometric_offset" not in obj.coords:
             raise InputError(

@@ -440,11 +440,15 @@ def simulate(
     for a in (*alphas, combined):
         np.multiply(a, visible, out=a)
 
-    def shade_at(floor_m: float, casters: Sequence[_Layer]) -> np.ndarray:
-        """Projected opacity of ``casters`` above ``floor_m`` on a surface that high, penumbra-blurred."""
+    # (layer, the share of its opacity that shades, its opacity), in the order of ``drawn``
+    casters = [(layer, weight, a) for (layer, weight), a in zip(drawn, alphas, strict=True)]
+
+    def shade_at(floor_m: float, casting: Sequence[tuple[_Layer, float, np.ndarray]]) -> np.ndarray:
+        """Projected opacity of the ``casting`` layers above ``floor_m`` on a surface that high,
+        penumbra-blurred."""
         shade = np.zeros((height, width), np.float32)
-        for (layer, weight), a in zip(drawn, alphas, strict=True):
-            if weight <= 0 or layer.top_m <= floor_m or not any(layer is c for c in casters):
+        for layer, weight, a in casting:
+            if weight <= 0 or layer.top_m <= floor_m:
                 continue
             cast: np.ndarray = np.zeros((height, width), np.float32)
             hs = levels(layer)
@@ -465,7 +469,7 @@ def simulate(
         return shade
 
     # --- shadows on the ground ---
-    shade = shade_at(0.0, [layer for layer, _ in drawn])
+    shade = shade_at(0.0, casters)
     direct = _direct_fraction(_WAVELENGTH_NM, elevation, aot)
     nir_darkening = shade * darkness * _direct_fraction(np.array([_NIR_NM]), elevation, aot)[0]
     shaded = valid & (nir_darkening >= config.shadow_label_darkening)
@@ -503,7 +507,7 @@ def simulate(
                 )
                 cloud = np.minimum(cloud * shading[inside].ravel()[idx], np.float32(0.98))
             if upper is not None and layer is not upper:
-                on_top = shade_at(layer.top_m, [upper]).ravel()[idx]
+                on_top = shade_at(layer.top_m, casters[-1:]).ravel()[idx]  # the upper deck: drawn last
                 cloud = cloud * (
                     1.0 - (deck_darkness * direct[band_index]).astype(np.float32)[:, None] * on_top
                 )
